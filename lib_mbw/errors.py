@@ -1,0 +1,51 @@
+"""Error types of auto-MBW.
+
+Every error a user can cause carries a message that names the file or field
+and says what to do. Hosts (CLI, UI, WebUI) show ``str(error)`` as is; the CLI
+turns any ``MBWError`` into a one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+
+class MBWError(Exception):
+    """Base class of the errors auto-MBW reports to users."""
+
+
+class ModelFormatError(MBWError):
+    """A checkpoint file is missing, unreadable, of an unsupported kind, or corrupt."""
+
+
+class ArchitectureMismatchError(MBWError):
+    """Two models cannot be merged because their architectures or keys differ."""
+
+
+class UnknownKeyError(MBWError):
+    """A UNet key does not belong to any known block."""
+
+
+class RecipeError(MBWError):
+    """A recipe is malformed: wrong count, unknown block, value out of range."""
+
+
+class OutputExistsError(MBWError):
+    """An output file exists and overwriting it was not asked for."""
+
+
+class PickleRefusedError(ModelFormatError):
+    """A pickle checkpoint (.ckpt/.pt/.bin) was given without the explicit opt-in."""
+
+
+class EvaluationFailed(MBWError):
+    """One evaluation produced no usable score (generator error, NaN score, black images).
+
+    The loop records it with ``reason`` and does not feed it to the optimizer.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PayloadError(MBWError):
+    """A payload file or field is invalid; the message names the file and field."""

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny checkpoints with real key names, written once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+def read_key_list(name: str) -> dict[str, tuple[int, ...]]:
+    """The reference key list of a real architecture (tests/data/keys/NAME.txt)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for line in (DATA / "keys" / f"{name}.txt").read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        key, shape = line.rsplit(" ", 1)
+        shapes[key] = () if shape == "-" else tuple(int(d) for d in shape.split("x"))
+    return shapes
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Two different tiny fp32 checkpoints (A, B) per architecture: {'sd1': (a, b), ...}."""
+    from lib_mbw.keyspec import tiny_config
+    from lib_mbw.synthetic import write_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny")
+    out = {}
+    for arch in ("sd1", "sd2", "sdxl"):
+        cfg = tiny_config(arch)
+        out[arch] = (write_checkpoint(root / f"{arch}-a.safetensors", cfg, seed=1), write_checkpoint(root / f"{arch}-b.safetensors", cfg, seed=2))
+    return out
