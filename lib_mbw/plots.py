@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .blocks import IN_BLOCKS, OUT, OUT_BLOCKS, TIME_EMBED, present_blocks
 from .fileio import write_atomic
@@ -31,22 +31,20 @@ _STATUS_STYLE = {
 }
 
 
-def _figure_bytes(fig: object) -> bytes:
-    import matplotlib.pyplot as plt
+def _new_figure(width: float, height: float) -> Any:
+    """A figure drawn by the Agg canvas, without pyplot (no global state, no display, faster import)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _figure_bytes(figure: Any) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
+    figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def convergence_plot(
@@ -61,8 +59,8 @@ def convergence_plot(
     Failed evaluations are marked on the x axis; the selected recipe's score
     is a star at the end. Returns the PNG bytes (written to ``path`` if given).
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    fig = _new_figure(9, 4.8)
+    ax = fig.subplots()
     sign = 1.0 if higher_is_better else -1.0
     xs_best: list[int] = []
     ys_best: list[float] = []
@@ -132,11 +130,11 @@ def unet_weights_plot(
     title: str = "Best recipe: weight of model B per block",
 ) -> bytes:
     """The recipe's block weights drawn as a UNet; returns the PNG bytes (written to ``path`` if given)."""
-    plt = _pyplot()
     from matplotlib.patches import Rectangle
 
     present = set(present_blocks(family))
-    fig, ax = plt.subplots(figsize=(14, 6.4))
+    fig = _new_figure(14, 6.4)
+    ax = fig.subplots()
     width, height = 0.9, 0.75
     for block, (x, y) in _unet_positions().items():
         is_present = block in present and block in recipe.weights

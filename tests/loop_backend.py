@@ -220,8 +220,8 @@ class ScriptedOptimizer(RandomGridOptimizer):
 # ---------------------------------------------------------------- CLI factories (package.module:factory)
 
 
-def make_generator(model_a: str | None = None, model_b: str | None = None, delay: float = 0.0, name: str = "fake", **_: Any) -> FakeGenerator:
-    return FakeGenerator(name=name, delay=float(delay))
+def make_generator(model_a: str | None = None, model_b: str | None = None, delay: float = 0.0, name: str = "fake", fail: bool = False, **_: Any) -> FakeGenerator:
+    return FakeGenerator(name=name, delay=float(delay), fail_when=(lambda recipe, payload: True) if fail else None)
 
 
 def make_scorer(higher_is_better: bool = True, **_: Any) -> FakeScorer:

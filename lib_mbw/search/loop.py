@@ -288,7 +288,7 @@ class SearchRun:
             self.emit(
                 RunStarted(
                     run_id=self.run_id,
-                    run_dir=str(self.history.folder) if self.history else None,
+                    run_dir=str(self.history.folder) if self.history is not None else None,
                     strategy=self.strategy,
                     payloads=len(self.payloads),
                     images_per_evaluation=sum(p.batch_size for p in self.payloads),
@@ -801,5 +801,5 @@ class SearchRun:
             best_observed=self._best,
             images=list(self._images.get(recipe, [])) if recipe is not None else [],
             rows=list(self._rows),
-            run_dir=self.history.folder if self.history else None,
+            run_dir=self.history.folder if self.history is not None else None,
         )
