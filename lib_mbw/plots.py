@@ -108,8 +108,8 @@ def convergence_plot(
     return data
 
 
-def _unet_positions() -> dict[str, tuple[float, float]]:
-    """(x, y) of every canonical block: the U shape, with TIME_EMBED and OUT apart."""
+def unet_positions() -> dict[str, tuple[float, float]]:
+    """(x, y) of every canonical block: the U shape, with TIME_EMBED and OUT apart (also used by the UI's live view)."""
     depth_in = {b: -i for i, b in enumerate(IN_BLOCKS)}
     positions: dict[str, tuple[float, float]] = {}
     for i, block in enumerate(IN_BLOCKS):
@@ -136,7 +136,7 @@ def unet_weights_plot(
     fig = _new_figure(14, 6.4)
     ax = fig.subplots()
     width, height = 0.9, 0.75
-    for block, (x, y) in _unet_positions().items():
+    for block, (x, y) in unet_positions().items():
         is_present = block in present and block in recipe.weights
         ax.add_patch(
             Rectangle(
@@ -182,4 +182,4 @@ def plot_run(rows: Sequence[object], recipe: Recipe | None, folder: str | os.Pat
     return paths
 
 
-__all__ = ["convergence_plot", "plot_run", "unet_weights_plot"]
+__all__ = ["convergence_plot", "plot_run", "unet_positions", "unet_weights_plot"]

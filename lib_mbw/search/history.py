@@ -315,6 +315,26 @@ class RunHistory:
         return read_manifest(self.folder)
 
 
+def read_history_rows(folder: str | os.PathLike[str]) -> list[HistoryRow]:
+    """The rows of a run folder's history, read without touching the file (safe while the run is writing it).
+
+    A last line without its newline (being written, or left by a crash) is skipped.
+    """
+    path = Path(folder) / HISTORY_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HistoryError(f"{folder}: no {HISTORY_FILE}; is this a run folder (csv/history/<run-id>)?") from None
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.reader(io.StringIO(text))
+    columns = next(reader, None)
+    if not columns or list(columns[: len(_LEAD)]) != list(_LEAD):
+        raise HistoryError(f"{path}: not an auto-MBW history")
+    history = RunHistory(Path(folder), list(columns))
+    return [history._parse(values, f"{path}:{n + 2}") for n, values in enumerate(reader) if values]
+
+
 def _repair_tail(path: Path) -> None:
     """Cut a last line that a crash left without its newline."""
     with open(path, "rb+") as handle:
@@ -501,6 +521,7 @@ __all__ = [
     "create_run_folder",
     "load_warm_start",
     "new_run_id",
+    "read_history_rows",
     "read_history_scores",
     "read_manifest",
     "read_seed_csv",

@@ -1,0 +1,76 @@
+"""``python -m lib_mbw ui``: the standalone app (the WebUI tab's interface on a local web server, no WebUI needed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EXAMPLES = """examples:
+  # models from ./models, payloads from ./payloads, runs in ./csv/history; open http://127.0.0.1:7861
+  python -m lib_mbw ui
+
+  # another models folder and port, reachable from the local network
+  python -m lib_mbw ui --models /data/sd-models --host 0.0.0.0 --port 7870
+
+  # a generator from your own code (package.module:factory) with options
+  python -m lib_mbw ui --generator mypkg.gen:make --generator-option device=cuda:1"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "ui",
+        help="the search interface as a standalone web app (no WebUI needed)",
+        description=(
+            "Serve the auto-MBW interface (the same one as the WebUI tab) on a local web server. Models A and B are "
+            "picked from the .safetensors files (and diffusers folders) in --models; images are rendered with the "
+            "diffusers backend unless --generator names another. Ctrl-C stops a running search cleanly (the model is "
+            "restored and the run can be resumed from 'Past runs') and shuts the server down."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 = every interface)")
+    parser.add_argument("--port", type=int, default=7861, help="port to listen on")
+    parser.add_argument("--models", default="models", help="folder with the checkpoints to merge (searched recursively); merged models are saved here")
+    parser.add_argument("--payloads", default="payloads", help="payload folder (wildcards in its wildcards/ subfolder)")
+    parser.add_argument("--history-dir", default="csv/history", help="where run folders are created and read")
+    parser.add_argument("--generator", default="diffusers", help="generator name or package.module:factory")
+    parser.add_argument("--generator-option", action="append", metavar="K=V", help="option for the generator (repeat)")
+    parser.set_defaults(func=run_ui)
+
+
+def make_host(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from ..hosts.base import HostPaths
+    from ..hosts.standalone import StandaloneHost
+    from ..search.cli import _pairs
+
+    payloads = Path(args.payloads)
+    paths = HostPaths(payloads=payloads, wildcards=payloads / "wildcards", history=Path(args.history_dir), models=Path(args.models))
+    return StandaloneHost(args.models, generator=args.generator, generator_options=_pairs(args.generator_option, "--generator-option"), paths=paths)
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    from . import compat
+    from .app import build_ui, controller_for
+
+    host = make_host(args)
+    blocks = build_ui(host)
+    compat.enable_queue(blocks)
+    print(f"auto-MBW UI on http://{args.host}:{args.port} (models from {host.models_dir}); Ctrl-C to quit", file=sys.stderr)
+    try:
+        compat.launch(blocks, server_name=args.host, server_port=args.port, block=True, quiet=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        controller = controller_for(host)
+        if controller.active:
+            print("stopping the running search (the model is restored; resume it later from Past runs)", file=sys.stderr)
+            controller.stop()
+            controller.wait(120)
+        blocks.close()
+    return 0

@@ -1,0 +1,173 @@
+"""Every difference between gradio 3.41 (AUTOMATIC1111 1.10) and gradio 4.x (Forge) that the UI meets, in one place.
+
+The rest of ``lib_mbw.ui`` builds components and events only through these
+helpers and never checks gradio's version itself:
+
+* component constructors whose keyword arguments differ (``Gallery``/``Image``
+  are uploads by default in 4.x and cache files as WebP; ``Image(source=)``
+  became ``sources=``; ``File(type="file")`` became ``"filepath"``;
+  ``Dataframe(max_rows=)`` is gone in 4.x);
+* "leave this component unchanged" and "change these properties"
+  (``gr.update`` works in both; ``Component.update`` is 3.x only);
+* event options: ``_js`` vs ``js``, ``concurrency_limit`` (4.x only);
+* the queue: ``concurrency_count`` (3.x, one pool for all events) vs
+  ``default_concurrency_limit`` (4.x, per event);
+* launch arguments and uploaded-file values (a temp-file object with
+  ``.name`` in 3.x, a path string in 4.x).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import gradio as gr
+
+GRADIO_VERSION: str = gr.__version__
+GRADIO_MAJOR: int = int(GRADIO_VERSION.split(".")[0])
+IS_GRADIO_4: bool = GRADIO_MAJOR >= 4
+
+#: Events that may run at the same time (live viewers, control buttons, form actions).
+DEFAULT_CONCURRENCY = 16
+
+
+def no_change() -> Any:
+    """A value that leaves an output component as it is."""
+    return gr.update()
+
+
+def update(**properties: Any) -> Any:
+    """Change properties (``value``, ``visible``, ``choices``, ``label``, ...) of an output component."""
+    return gr.update(**properties)
+
+
+def gallery(label: str, *, columns: int = 4, height: int | str | None = None, elem_id: str | None = None, **kwargs: Any) -> Any:
+    """A read-only image gallery; values are lists of (PIL image, caption)."""
+    options: dict[str, Any] = dict(label=label, columns=columns, height=height, object_fit="contain", elem_id=elem_id, **kwargs)
+    if IS_GRADIO_4:
+        options.update(interactive=False, format="png")
+    return gr.Gallery(**options)
+
+
+def output_image(label: str, *, elem_id: str | None = None, height: int | None = None, **kwargs: Any) -> Any:
+    """A read-only image (PIL values), e.g. a plot."""
+    options: dict[str, Any] = dict(label=label, type="pil", interactive=False, elem_id=elem_id, height=height, **kwargs)
+    if IS_GRADIO_4:
+        options["format"] = "png"
+    return gr.Image(**options)
+
+
+def upload_files(label: str, *, file_types: Sequence[str] | None = None, multiple: bool = True, **kwargs: Any) -> Any:
+    """A file upload whose value ``uploaded_paths`` turns into paths."""
+    return gr.File(
+        label=label,
+        file_count="multiple" if multiple else "single",
+        file_types=list(file_types) if file_types else None,
+        type="filepath" if IS_GRADIO_4 else "file",
+        **kwargs,
+    )
+
+
+def download_file(label: str, **kwargs: Any) -> Any:
+    """A file output the user can download (value: a path)."""
+    return gr.File(label=label, interactive=False, **kwargs)
+
+
+def uploaded_paths(value: Any) -> list[str]:
+    """Paths of uploaded files in either version's value format."""
+    from .form import file_paths
+
+    return file_paths(value)
+
+
+def dataframe(*, headers: Sequence[str], datatype: Sequence[str] | str = "str", interactive: bool = False,
+              fixed_rows: int | None = None, label: str | None = None, elem_id: str | None = None, height: int | None = None,
+              wrap: bool = True, value: Any = None) -> Any:
+    """A table of plain rows (``type="array"``); ``fixed_rows`` locks the row count (the 27-block grid)."""
+    options: dict[str, Any] = dict(
+        headers=list(headers),
+        datatype=list(datatype) if not isinstance(datatype, str) else datatype,
+        type="array",
+        interactive=interactive,
+        label=label,
+        elem_id=elem_id,
+        wrap=wrap,
+        col_count=(len(headers), "fixed"),
+        row_count=(fixed_rows, "fixed") if fixed_rows else (1, "dynamic"),
+    )
+    if value is not None:
+        options["value"] = value
+    if IS_GRADIO_4:
+        if height is not None:
+            options["height"] = height
+    else:
+        options["max_rows"] = None
+        if height is not None:
+            options["height"] = height
+    return gr.Dataframe(**options)
+
+
+def dropdown(label: str, choices: Sequence[str], value: Any = None, *, custom: bool = False, multiselect: bool = False, **kwargs: Any) -> Any:
+    """A dropdown; ``custom`` allows values outside ``choices`` (4.x refuses them otherwise)."""
+    return gr.Dropdown(choices=list(choices), value=value, label=label, allow_custom_value=custom, multiselect=multiselect, **kwargs)
+
+
+def event_options(*, js: str | None = None, queue: bool = True, concurrency_limit: int | None = None, show_progress: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of an event listener (``click``, ``change``, ``then``, ``load``) for this gradio."""
+    options: dict[str, Any] = {"queue": queue}
+    if js is not None:
+        options["js" if IS_GRADIO_4 else "_js"] = js
+    if show_progress is not None:
+        options["show_progress"] = show_progress
+    if IS_GRADIO_4 and concurrency_limit is not None:
+        options["concurrency_limit"] = concurrency_limit
+    return options
+
+
+def listen(trigger: Callable[..., Any], fn: Callable[..., Any], inputs: Sequence[Any] | None, outputs: Sequence[Any] | None, **options: Any) -> Any:
+    """``trigger(fn, inputs, outputs, **event_options(...))``: one way to wire an event in both versions."""
+    api_name = options.pop("api_name", None)
+    kwargs = event_options(**options)
+    if api_name is not None:
+        kwargs["api_name"] = api_name
+    return trigger(fn, inputs=list(inputs or []), outputs=list(outputs or []), **kwargs)
+
+
+def enable_queue(blocks: Any, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
+    """Turn on the queue (generator callbacks stream through it) with room for viewers and control buttons."""
+    if IS_GRADIO_4:
+        return blocks.queue(default_concurrency_limit=concurrency)
+    return blocks.queue(concurrency_count=concurrency)
+
+
+def launch(blocks: Any, *, server_name: str, server_port: int | None, block: bool = True, **kwargs: Any) -> Any:
+    """Start the app's server; ``block=False`` returns at once (tests)."""
+    options: dict[str, Any] = dict(server_name=server_name, server_port=server_port, prevent_thread_lock=not block,
+                                   show_error=True, inbrowser=False, **kwargs)
+    return blocks.launch(**options)
+
+
+def error(message: str) -> Exception:
+    """An exception that gradio shows to the user as a message (raise it from a callback)."""
+    return gr.Error(message)
+
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "GRADIO_MAJOR",
+    "GRADIO_VERSION",
+    "IS_GRADIO_4",
+    "dataframe",
+    "download_file",
+    "dropdown",
+    "enable_queue",
+    "error",
+    "event_options",
+    "gallery",
+    "launch",
+    "listen",
+    "no_change",
+    "output_image",
+    "update",
+    "upload_files",
+    "uploaded_paths",
+]

@@ -1,0 +1,653 @@
+"""The search form as data: form values <-> ``SearchSettings``, with a message per field for bad input.
+
+The UI collects its inputs in the order of ``FORM_FIELDS`` and hands them to
+``settings_from_form``, which returns either valid ``SearchSettings`` or the
+problems keyed by form field, so each message is shown next to its field
+(``SECTIONS`` says which message slot a field belongs to). Nothing here
+imports gradio: these are plain functions tested without a server.
+
+The 27-block grid is a table with one row per block: ``[block, min, max,
+freeze, group]``. A ``freeze`` value fixes the block's weight; ``min``/``max``
+other than 0/1 restrict its range; blocks with the same ``group`` label share
+one weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..blocks import BLOCKS, present_blocks
+from ..errors import MBWError
+from ..hosts.base import HostPaths
+from ..recipe import FOLDS, ORDERS
+from ..scorers.tally import POSITIVE_MAPS, TALLIES
+from ..search.settings import DTYPES, SearchSettings, SettingsError, from_mapping
+from ..search.stopping import DEFAULT_MAX_EVALUATIONS, DEFAULT_PATIENCE
+
+#: Columns of the block grid.
+GRID_HEADERS: tuple[str, ...] = ("block", "min", "max", "freeze", "group")
+
+ON_MISSING: tuple[str, ...] = ("fail", "auto")
+BASE_FROM: tuple[str, ...] = ("a", "b", "merge")
+
+
+def default_block_grid() -> list[list[Any]]:
+    """One row per canonical block: full range, not frozen, no group."""
+    return [[block, 0.0, 1.0, "", ""] for block in BLOCKS]
+
+
+@dataclass
+class FormValues:
+    """Every input of the search form (types as gradio components deliver them)."""
+
+    # models
+    model_a: str | None = None
+    model_b: str | None = None
+    # payloads
+    payload_names: list[str] = field(default_factory=list)
+    # search
+    run_name: str = "search"
+    seed: float | None = 0
+    strategy: str = "default"
+    strategy_options: str = ""
+    max_evaluations: float | None = DEFAULT_MAX_EVALUATIONS
+    patience: float | None = DEFAULT_PATIENCE
+    tol_abs: float | None = 0.0
+    tol_rel: float | None = 0.0
+    max_minutes: float | None = 0.0
+    target_score: str = ""
+    levels: float | None = 21
+    init_random: float | None = 10
+    init_grid: float | None = 0
+    init_vertex: float | None = 0
+    search_base: bool = False
+    block_grid: Any = field(default_factory=default_block_grid)
+    # warm start
+    warm_start_paths: str = ""
+    warm_start_files: Any = None
+    initial_recipe: str = ""
+    recipe_order: str = "rt"
+    recipe_fold: str = "mbw"
+    # scoring
+    scorer: str = "imagereward"
+    scorer_options: str = ""
+    tally: str = "arithmetic"
+    tally_trim: float | None = 0.1
+    tally_positive: str = "sigmoid"
+    abandon_margin: str = ""
+    abandon_after: str = ""
+    rescore_top: float | None = 3
+    max_failures: float | None = 3
+    human_low: float | None = 1
+    human_high: float | None = 10
+    human_timeout: str = ""
+    human_on_missing: str = "fail"
+    human_auto_weight: float | None = 0.0
+    human_auto_scorer: str = ""
+    # generator
+    generator_options: str = ""
+    # outputs
+    merge_when_done: bool = False
+    output_name: str = ""
+    dtype: str = "fp16"
+    base_from: str = "a"
+    vae_from: str = ""
+    overwrite: bool = False
+    save_images: bool = True
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> "FormValues":
+        """Form values from the UI's inputs, given in ``FORM_FIELDS`` order."""
+        if len(values) != len(FORM_FIELDS):
+            raise ValueError(f"expected {len(FORM_FIELDS)} form values, got {len(values)}")
+        return cls(**dict(zip(FORM_FIELDS, values)))
+
+    def values(self) -> list[Any]:
+        return [getattr(self, name) for name in FORM_FIELDS]
+
+
+FORM_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FormValues))
+
+#: Message slot (form section) of each field.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "models": ("model_a", "model_b"),
+    "payloads": ("payload_names",),
+    "search": (
+        "run_name", "seed", "strategy", "strategy_options", "max_evaluations", "patience", "tol_abs", "tol_rel",
+        "max_minutes", "target_score", "levels", "init_random", "init_grid", "init_vertex", "search_base",
+    ),
+    "blocks": ("block_grid",),
+    "warm_start": ("warm_start_paths", "warm_start_files", "initial_recipe", "recipe_order", "recipe_fold"),
+    "scoring": (
+        "scorer", "scorer_options", "tally", "tally_trim", "tally_positive", "abandon_margin", "abandon_after",
+        "rescore_top", "max_failures", "human_low", "human_high", "human_timeout", "human_on_missing",
+        "human_auto_weight", "human_auto_scorer", "generator_options",
+    ),
+    "output": ("merge_when_done", "output_name", "dtype", "base_from", "vae_from", "overwrite", "save_images"),
+}
+SECTION_OF: dict[str, str] = {name: section for section, names in SECTIONS.items() for name in names}
+
+#: Settings key (as ``SettingsError`` names it) -> form field.
+_KEY_TO_FIELD: dict[str, str] = {
+    "name": "run_name",
+    "seed": "seed",
+    "models": "model_a",
+    "models.family": "model_a",
+    "space.levels": "levels",
+    "init": "init_random",
+    "recipe_order": "recipe_order",
+    "recipe_fold": "recipe_fold",
+    "tally.method": "tally",
+    "tally.positive": "tally_positive",
+    "tally.trim": "tally_trim",
+    "rescore_top": "rescore_top",
+    "max_failures": "max_failures",
+    "abandon.margin": "abandon_margin",
+    "abandon.after": "abandon_after",
+    "output.dtype": "dtype",
+    "generator.name": "generator_options",
+    "scorer.name": "scorer",
+    "stop.max_evaluations": "max_evaluations",
+    "stop.patience": "patience",
+    "stop.tol_abs": "tol_abs",
+    "stop.max_minutes": "max_minutes",
+}
+
+
+@dataclass
+class FormResult:
+    """``settings`` when the form is valid, else ``errors``: form field -> message."""
+
+    settings: SearchSettings | None
+    errors: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return self.settings is not None and not self.errors
+
+    def section_messages(self) -> dict[str, str]:
+        """Markdown per section: the messages of that section's fields ('' when it has none)."""
+        out = {section: "" for section in SECTIONS}
+        for name, message in self.errors.items():
+            section = SECTION_OF.get(name, "search")
+            label = name.replace("_", " ")
+            out[section] += f"- **{label}**: {message}\n"
+        return out
+
+
+# --------------------------------------------------------------------------- field parsers
+
+
+class _Problems:
+    """Collects one message per field."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+
+    def add(self, name: str, message: str) -> None:
+        self.errors.setdefault(name, message)
+
+    def integer(self, name: str, value: Any, low: int, high: int | None = None, what: str = "") -> int:
+        number = _number(value)
+        bound = f"≥ {low}" if high is None else f"between {low} and {high}"
+        if number is None or not float(number).is_integer() or number < low or (high is not None and number > high):
+            self.add(name, f"must be a whole number {bound}{what}, got {_show(value)}")
+            return low
+        return int(number)
+
+    def real(self, name: str, value: Any, low: float | None = None, high: float | None = None, what: str = "") -> float:
+        number = _number(value)
+        if number is None or (low is not None and number < low) or (high is not None and number > high):
+            if low is not None and high is not None:
+                bound = f" between {low:g} and {high:g}"
+            elif low is not None:
+                bound = f" ≥ {low:g}"
+            else:
+                bound = ""
+            self.add(name, f"must be a number{bound}{what}, got {_show(value)}")
+            return low if low is not None else 0.0
+        return number
+
+    def optional_real(self, name: str, value: Any, low: float | None = None, what: str = "") -> float | None:
+        if _blank(value):
+            return None
+        return self.real(name, value, low, what=what)
+
+    def optional_integer(self, name: str, value: Any, low: int, what: str = "") -> int | None:
+        if _blank(value):
+            return None
+        return self.integer(name, value, low, what=what)
+
+    def choice(self, name: str, value: Any, choices: Sequence[str]) -> str:
+        if value not in choices:
+            self.add(name, f"must be one of {', '.join(choices)}, got {_show(value)}")
+            return choices[0]
+        return str(value)
+
+    def json_object(self, name: str, text: Any) -> dict[str, Any]:
+        if _blank(text):
+            return {}
+        try:
+            data = json.loads(str(text))
+        except json.JSONDecodeError as exc:
+            self.add(name, f"must be a JSON object such as {{\"key\": 1}} (line {exc.lineno}: {exc.msg})")
+            return {}
+        if not isinstance(data, dict):
+            self.add(name, f"must be a JSON object such as {{\"key\": 1}}, got {_show(data)}")
+            return {}
+        return data
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or _blank(value):
+        return None
+    try:
+        number = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _show(value: Any) -> str:
+    return "nothing" if _blank(value) else repr(value)
+
+
+def _lines(text: Any) -> list[str]:
+    if _blank(text):
+        return []
+    return [line.strip() for line in str(text).splitlines() if line.strip()]
+
+
+def file_paths(value: Any) -> list[str]:
+    """Paths of uploaded files as gradio delivers them (str, a temp-file object with ``.name``, or a list)."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    paths = []
+    for item in items:
+        if isinstance(item, Mapping):
+            item = item.get("path") or item.get("name")
+        path = getattr(item, "name", item)
+        if path:
+            paths.append(str(path))
+    return paths
+
+
+# --------------------------------------------------------------------------- the block grid
+
+
+@dataclass
+class BlockSpace:
+    """Per-block ranges, frozen weights and groups read from the grid."""
+
+    ranges: dict[str, list[float]] = field(default_factory=dict)
+    frozen: dict[str, float] = field(default_factory=dict)
+    groups: list[list[str]] = field(default_factory=list)
+
+
+def table_rows(grid: Any) -> list[list[Any]]:
+    """Rows of the grid as lists (gradio gives lists of lists, a pandas DataFrame, or {'data': rows})."""
+    if grid is None:
+        return []
+    if isinstance(grid, Mapping):
+        grid = grid.get("data", [])
+    if hasattr(grid, "values") and hasattr(grid, "columns"):  # pandas
+        grid = grid.values.tolist()
+    return [list(row) for row in grid]
+
+
+def parse_block_grid(grid: Any, family: str | None = None) -> tuple[BlockSpace, list[str]]:
+    """The space settings of the grid, and a list of problems (each naming the block)."""
+    space = BlockSpace()
+    problems: list[str] = []
+    present = set(present_blocks(family)) if family else set(BLOCKS)
+    groups: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for row in table_rows(grid):
+        row = (row + ["", "", "", "", ""])[:5]
+        block = str(row[0]).strip().upper()
+        if not block:
+            continue
+        if block not in BLOCKS:
+            problems.append(f"unknown block {row[0]!r} (rows must be {BLOCKS[0]}..{BLOCKS[-1]})")
+            continue
+        if block in seen:
+            problems.append(f"{block} is listed twice")
+            continue
+        seen.add(block)
+        low, high = _number(row[1]), _number(row[2])
+        low = 0.0 if _blank(row[1]) else low
+        high = 1.0 if _blank(row[2]) else high
+        freeze = None if _blank(row[3]) else _number(row[3])
+        group = "" if _blank(row[4]) else str(row[4]).strip()
+        is_default = low == 0.0 and high == 1.0 and _blank(row[3]) and not group
+        if block not in present:
+            if not is_default:
+                problems.append(f"{block} does not exist on {family}; leave its row at 0..1, not frozen, no group")
+            continue
+        if low is None or high is None or not 0.0 <= low < high <= 1.0:
+            problems.append(f"{block}: min and max must be numbers with 0 ≤ min < max ≤ 1, got {row[1]!r}..{row[2]!r}")
+            continue
+        if not _blank(row[3]):
+            if freeze is None or not 0.0 <= freeze <= 1.0:
+                problems.append(f"{block}: freeze must be a weight between 0 and 1, got {row[3]!r}")
+                continue
+            if (low, high) != (0.0, 1.0) or group:
+                problems.append(f"{block}: a frozen block has no range or group; clear min/max or freeze")
+                continue
+            space.frozen[block] = freeze
+            continue
+        if (low, high) != (0.0, 1.0):
+            space.ranges[block] = [low, high]
+        if group:
+            groups.setdefault(group, []).append(block)
+    for label, members in groups.items():
+        if len(members) < 2:
+            problems.append(f"group {label!r} has only {members[0]}; a group needs two or more blocks")
+            continue
+        bounds = {tuple(space.ranges.get(b, [0.0, 1.0])) for b in members}
+        if len(bounds) > 1:
+            problems.append(f"group {label!r}: its blocks ({', '.join(members)}) must share one range")
+            continue
+        space.groups.append(members)
+    return space, problems
+
+
+def block_grid_from_space(ranges: Mapping[str, Sequence[float]], frozen: Mapping[str, float], groups: Sequence[Sequence[str]]) -> list[list[Any]]:
+    """The grid showing saved space settings (the inverse of ``parse_block_grid``)."""
+    label = {block: f"g{n + 1}" for n, members in enumerate(groups) for block in members}
+    rows = []
+    for block in BLOCKS:
+        low, high = ranges.get(block, (0.0, 1.0))
+        rows.append([block, float(low), float(high), "" if block not in frozen else float(frozen[block]), label.get(block, "")])
+    return rows
+
+
+# --------------------------------------------------------------------------- form -> settings
+
+
+def _settings_key(message: str) -> str | None:
+    match = re.search(r"\b(?:setting |: )?([a-z_]+(?:\.[a-z_]+)*) must\b", message)
+    return match.group(1) if match else None
+
+
+def settings_from_form(
+    form: FormValues,
+    paths: HostPaths,
+    *,
+    model_path: Callable[[str], Path],
+    generator: str,
+    family: str | None = None,
+) -> FormResult:
+    """Validate the form and build the ``SearchSettings`` of a new search.
+
+    ``model_path`` turns a model title into its file (the host's
+    ``model_path``); settings record files, so a run's manifest knows the
+    exact models. ``generator`` is the name recorded for the generator
+    (the host makes the generators). ``family`` (detected from model A) lets
+    the block grid reject blocks the architecture lacks.
+    """
+    p = _Problems()
+    files: dict[str, str] = {}
+    for name in ("model_a", "model_b"):
+        title = getattr(form, name)
+        if _blank(title):
+            p.add(name, "choose a checkpoint")
+            continue
+        try:
+            files[name] = str(model_path(str(title)))
+        except MBWError as exc:
+            p.add(name, str(exc))
+    if "model_a" in files and files.get("model_a") == files.get("model_b"):
+        p.add("model_b", "is the same checkpoint as model A; every merge would be identical and score the same")
+
+    from ..payloads import list_payloads
+
+    available = list_payloads(paths.payloads)
+    chosen = [str(n) for n in (form.payload_names or [])]
+    if not available:
+        p.add("payload_names", f"no payload files in {paths.payloads}; create one in the payload manager")
+    missing = [n for n in chosen if n not in available]
+    if missing:
+        p.add("payload_names", f"not found in {paths.payloads}: {', '.join(missing)}")
+
+    seed = p.integer("seed", form.seed, 0, 2**32 - 1)
+    max_evaluations = p.integer("max_evaluations", form.max_evaluations, 1)
+    patience = p.integer("patience", form.patience, 0, what=" (0 = never stop early)")
+    tol_abs = p.real("tol_abs", form.tol_abs, 0.0)
+    tol_rel = p.real("tol_rel", form.tol_rel, 0.0)
+    max_minutes = p.real("max_minutes", form.max_minutes, 0.0, what=" (0 = no time budget)")
+    target = p.optional_real("target_score", form.target_score)
+    levels = p.integer("levels", form.levels, 2, 1001)
+    init = {
+        "random": p.integer("init_random", form.init_random, 0),
+        "grid": p.integer("init_grid", form.init_grid, 0),
+        "vertex": p.integer("init_vertex", form.init_vertex, 0),
+    }
+    strategy_options = p.json_object("strategy_options", form.strategy_options)
+    if _blank(form.strategy):
+        p.add("strategy", "choose a strategy")
+
+    space, grid_problems = parse_block_grid(form.block_grid, family)
+    if grid_problems:
+        p.add("block_grid", "; ".join(grid_problems))
+
+    warm = _lines(form.warm_start_paths) + file_paths(form.warm_start_files)
+    for spec in _lines(form.warm_start_paths):
+        if not Path(spec).exists():
+            p.add("warm_start_paths", f"{spec}: no such file or folder (give a run folder, a history CSV or a recipe file)")
+    order = p.choice("recipe_order", form.recipe_order, list(ORDERS))
+    fold = p.choice("recipe_fold", form.recipe_fold, list(FOLDS))
+    initial: list[str] = []
+    if not _blank(form.initial_recipe):
+        from ..recipe import read_recipe
+
+        try:
+            read_recipe(str(form.initial_recipe).strip(), order, fold)
+            initial.append(str(form.initial_recipe).strip())
+        except MBWError as exc:
+            p.add("initial_recipe", str(exc))
+
+    scorer_options = p.json_object("scorer_options", form.scorer_options)
+    scorer = str(form.scorer or "").strip()
+    if not scorer:
+        p.add("scorer", "choose a scorer (a registered name or package.module:factory)")
+    if scorer == "human":
+        scorer_options = {**_human_options(p, form), **scorer_options}
+    tally = p.choice("tally", form.tally, list(TALLIES))
+    trim = p.real("tally_trim", form.tally_trim, 0.0, 0.49)
+    positive = p.choice("tally_positive", form.tally_positive, list(POSITIVE_MAPS))
+    margin = p.optional_real("abandon_margin", form.abandon_margin, 0.0, what=" (blank = never abandon early)")
+    after = p.optional_integer("abandon_after", form.abandon_after, 1, what=" (blank = half of the payloads)")
+    rescore_top = p.integer("rescore_top", form.rescore_top, 0, what=" (0 = no re-scoring)")
+    max_failures = p.integer("max_failures", form.max_failures, 1)
+    generator_options = p.json_object("generator_options", form.generator_options)
+
+    dtype = p.choice("dtype", form.dtype, list(DTYPES))
+    base_from = str(form.base_from or "a").strip()
+    if base_from not in BASE_FROM and not Path(base_from).is_file():
+        p.add("base_from", f"must be a, b, merge or a checkpoint file, got {_show(form.base_from)}")
+    vae_from = None if _blank(form.vae_from) else str(form.vae_from).strip()
+    if vae_from and not Path(vae_from).is_file():
+        p.add("vae_from", f"{vae_from}: no such file")
+    output_model = None
+    if form.merge_when_done:
+        output_model = str(paths.models)
+        if not _blank(form.output_name):
+            from ..fileio import safe_name
+
+            stem = str(form.output_name).strip()
+            if stem.lower().endswith(".safetensors"):
+                stem = stem[: -len(".safetensors")]
+            if safe_name(stem, default="") != stem:
+                p.add("output_name", f"use letters, digits, '.', '_', '-' and spaces only (e.g. {safe_name(stem)!r})")
+            output_model = str(Path(paths.models) / f"{stem}.safetensors")
+            if Path(output_model).exists() and not form.overwrite:
+                p.add("output_name", f"{output_model} exists; choose another name or tick overwrite")
+
+    if p.errors:
+        return FormResult(None, p.errors)
+    data: dict[str, Any] = {
+        "name": str(form.run_name or "").strip() or "search",
+        "seed": seed,
+        "models": {"a": files["model_a"], "b": files["model_b"], "family": family},
+        "payloads": {"folder": str(paths.payloads), "names": chosen, "wildcards": str(paths.wildcards)},
+        "strategy": str(form.strategy).strip(),
+        "strategy_options": strategy_options,
+        "init": init,
+        "warm_start": warm,
+        "initial_recipes": initial,
+        "recipe_order": order,
+        "recipe_fold": fold,
+        "space": {"levels": levels, "ranges": space.ranges, "frozen": space.frozen, "groups": space.groups, "search_base": bool(form.search_base)},
+        "stop": {
+            "max_evaluations": max_evaluations,
+            "patience": patience or None,
+            "tol_abs": tol_abs,
+            "tol_rel": tol_rel,
+            "max_minutes": max_minutes or None,
+            "target_score": target,
+        },
+        "abandon": {"margin": margin, "after": after},
+        "tally": {"method": tally, "trim": trim, "positive": positive},
+        "rescore_top": rescore_top,
+        "max_failures": max_failures,
+        "generator": {"name": generator, "options": generator_options},
+        "scorer": {"name": scorer, "options": scorer_options},
+        "history_dir": str(paths.history),
+        "output": {
+            "model": output_model,
+            "merge": bool(form.merge_when_done),
+            "dtype": dtype,
+            "base_from": base_from,
+            "vae_from": vae_from,
+            "overwrite": bool(form.overwrite),
+            "save_images": bool(form.save_images),
+        },
+    }
+    try:
+        settings = from_mapping(SearchSettings, data, "form").validate()
+    except MBWError as exc:
+        key = _settings_key(str(exc)) or ""
+        return FormResult(None, {_KEY_TO_FIELD.get(key, "run_name"): str(exc)})
+    return FormResult(settings, {})
+
+
+def _human_options(p: _Problems, form: FormValues) -> dict[str, Any]:
+    """Options of the human scorer from its form fields."""
+    low = p.integer("human_low", form.human_low, -1000)
+    high = p.integer("human_high", form.human_high, -1000)
+    if "human_low" not in p.errors and "human_high" not in p.errors and low >= high:
+        p.add("human_high", f"must be above the lowest rating ({low}), got {high}")
+    timeout = p.optional_real("human_timeout", form.human_timeout, 1.0, what=" seconds (blank = wait as long as it takes)")
+    on_missing = p.choice("human_on_missing", form.human_on_missing, list(ON_MISSING))
+    weight = p.real("human_auto_weight", form.human_auto_weight, 0.0, 1.0)
+    auto = None if _blank(form.human_auto_scorer) else str(form.human_auto_scorer).strip()
+    if (weight > 0 or on_missing == "auto") and not auto:
+        p.add("human_auto_scorer", "name the automatic scorer to mix in (e.g. imagereward), or set its weight to 0 and 'fail'")
+    options: dict[str, Any] = {"low": low, "high": high, "timeout_s": timeout, "on_missing": on_missing, "auto_weight": weight}
+    if auto:
+        options["auto"] = auto
+    return options
+
+
+# --------------------------------------------------------------------------- settings -> form
+
+
+def form_from_settings(settings: SearchSettings, title_of: Callable[[str], str | None] = lambda path: None) -> FormValues:
+    """The form showing ``settings`` (a past run's), e.g. to start a new search like it.
+
+    ``title_of`` maps a model file back to the host's title (None when the
+    host does not list it: the field is left empty).
+    """
+    s = settings
+    human = s.scorer.options if s.scorer.name == "human" else {}
+    other_options = {k: v for k, v in s.scorer.options.items() if k not in ("low", "high", "timeout_s", "on_missing", "auto_weight", "auto")} if human else s.scorer.options
+    model_name = Path(s.output.model).name if s.output.model and s.output.model.lower().endswith(".safetensors") else ""
+    return FormValues(
+        model_a=title_of(s.models.a) if s.models.a else None,
+        model_b=title_of(s.models.b) if s.models.b else None,
+        payload_names=list(s.payloads.names),
+        run_name=s.name,
+        seed=s.seed,
+        strategy=s.strategy,
+        strategy_options=json.dumps(s.strategy_options) if s.strategy_options else "",
+        max_evaluations=s.stop.max_evaluations,
+        patience=s.stop.patience or 0,
+        tol_abs=s.stop.tol_abs,
+        tol_rel=s.stop.tol_rel,
+        max_minutes=s.stop.max_minutes or 0.0,
+        target_score="" if s.stop.target_score is None else f"{s.stop.target_score:g}",
+        levels=s.space.levels,
+        init_random=s.init.random,
+        init_grid=s.init.grid,
+        init_vertex=s.init.vertex,
+        search_base=s.space.search_base,
+        block_grid=block_grid_from_space(s.space.ranges, s.space.frozen, s.space.groups),
+        warm_start_paths="\n".join(s.warm_start),
+        initial_recipe=s.initial_recipes[0] if s.initial_recipes else "",
+        recipe_order=s.recipe_order,
+        recipe_fold=s.recipe_fold,
+        scorer=s.scorer.name,
+        scorer_options=json.dumps(other_options) if other_options else "",
+        tally=s.tally.method,
+        tally_trim=s.tally.trim,
+        tally_positive=s.tally.positive,
+        abandon_margin="" if s.abandon.margin is None else f"{s.abandon.margin:g}",
+        abandon_after="" if s.abandon.after is None else str(s.abandon.after),
+        rescore_top=s.rescore_top,
+        max_failures=s.max_failures,
+        human_low=human.get("low", 1),
+        human_high=human.get("high", 10),
+        human_timeout="" if human.get("timeout_s") is None else f"{human['timeout_s']:g}",
+        human_on_missing=human.get("on_missing", "fail"),
+        human_auto_weight=human.get("auto_weight", 0.0),
+        human_auto_scorer=str(human.get("auto") or ""),
+        generator_options=json.dumps(s.generator.options) if s.generator.options else "",
+        merge_when_done=bool(s.output.model) and s.output.merge,
+        output_name=model_name,
+        dtype=s.output.dtype,
+        base_from=s.output.base_from,
+        vae_from=s.output.vae_from or "",
+        overwrite=s.output.overwrite,
+        save_images=s.output.save_images,
+    )
+
+
+def settings_from_manifest(manifest: Mapping[str, Any], source: str) -> SearchSettings:
+    """The settings a run recorded in its manifest."""
+    try:
+        return from_mapping(SearchSettings, manifest.get("settings", {}), source)
+    except SettingsError:
+        raise
+    except MBWError as exc:
+        raise SettingsError(f"{source}: {exc}") from None
+
+
+__all__ = [
+    "BlockSpace",
+    "FORM_FIELDS",
+    "FormResult",
+    "FormValues",
+    "GRID_HEADERS",
+    "SECTIONS",
+    "SECTION_OF",
+    "block_grid_from_space",
+    "default_block_grid",
+    "file_paths",
+    "form_from_settings",
+    "parse_block_grid",
+    "settings_from_form",
+    "table_rows",
+    "settings_from_manifest",
+]

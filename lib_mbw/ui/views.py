@@ -1,0 +1,319 @@
+"""Pure renderers of the live view: a ``LiveState`` snapshot in, values for the UI's components out.
+
+* ``unet_html``: the block weights drawn as a UNet (input blocks down the
+  left, M00 at the bottom, output blocks up the right, TIME_EMBED and OUT
+  apart), the current candidate and the best recipe side by side in each box;
+* ``gallery_items``: images with captions (payload, seed, score) for a gallery;
+* ``convergence_svg``: score per evaluation and the running best, drawn as SVG
+  (cheap enough to redraw after every evaluation; the run's PNG from
+  ``lib_mbw.plots`` is written when it ends);
+* ``history_table``: the evaluations, newest first;
+* ``render_live``: all of them for the parts whose version changed since the
+  last render (``None`` = leave the component as it is).
+
+Nothing here imports gradio; every function is tested on plain data.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from PIL import Image
+
+from ..blocks import BLOCKS, present_blocks
+from ..generators.base import GeneratedImage
+from ..plots import unet_positions
+from ..recipe import Recipe, format_weight
+from .live import LiveRow, LiveState, PendingRating, status_line
+
+HISTORY_HEADERS: tuple[str, ...] = ("evaluation", "phase", "status", "score", "best", "seconds", "note")
+
+#: Smallest side of an image in a gallery (tiny test images are scaled up, pixel for pixel).
+MIN_DISPLAY_SIDE = 128
+
+_CURRENT_COLOR = "#1f77b4"
+_BEST_COLOR = "#ff7f0e"
+
+
+# --------------------------------------------------------------------------- UNet visualizer
+
+
+def unet_html(current: Recipe | None, best: Recipe | None, family: str | None = None, *, title: str = "") -> str:
+    """An SVG of the UNet's blocks: in each box the current candidate's weight (left bar) and the best's (right bar).
+
+    Bars fill from the bottom: empty = model A (0), full = model B (1).
+    Blocks the architecture lacks are dashed and marked "absent".
+    """
+    present = set(present_blocks(family)) if family else set(BLOCKS)
+    unit, box_w, box_h = 36.0, 32.0, 30.0
+    positions = unet_positions()
+    min_x = min(x for x, _ in positions.values())
+    max_y = max(y for _, y in positions.values())
+    width = (max(x for x, _ in positions.values()) - min_x + 1.4) * unit
+    height = (max_y - min(y for _, y in positions.values()) + 2.2) * unit
+
+    def place(block: str) -> tuple[float, float]:
+        x, y = positions[block]
+        return (x - min_x + 0.7) * unit - box_w / 2, (max_y - y + 0.9) * unit - box_h / 2
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
+        f'style="width:100%;max-width:{width:.0f}px;height:auto" role="img" aria-label="block weights">',
+        '<style>.mbw-t{font:9px sans-serif;fill:currentColor}.mbw-v{font:8px monospace;fill:currentColor}</style>',
+    ]
+    for block in BLOCKS:
+        x, y = place(block)
+        name = html.escape(block)
+        if block not in present:
+            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{box_w}" height="{box_h}" fill="none" stroke="#9e9e9e" stroke-dasharray="3,2"/>')
+            parts.append(f'<text class="mbw-t" x="{x + box_w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" opacity="0.5">{name}</text>')
+            parts.append(f'<text class="mbw-v" x="{x + box_w / 2:.1f}" y="{y + box_h / 2 + 3:.1f}" text-anchor="middle" opacity="0.5">absent</text>')
+            continue
+        parts.append(f'<g data-block="{name}">')
+        parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{box_w}" height="{box_h}" fill="none" stroke="#777"/>')
+        for offset, recipe, color, role in ((0.0, current, _CURRENT_COLOR, "current"), (box_w / 2, best, _BEST_COLOR, "best")):
+            weight = recipe.weights.get(block) if recipe is not None else None
+            if weight is None:
+                continue
+            bar = box_h * weight
+            parts.append(
+                f'<rect data-role="{role}" data-weight="{format_weight(weight)}" x="{x + offset + 1:.1f}" y="{y + box_h - bar:.1f}" '
+                f'width="{box_w / 2 - 2:.1f}" height="{bar:.1f}" fill="{color}" opacity="0.85"><title>{name} {role}: {format_weight(weight)}</title></rect>'
+            )
+        parts.append(f'<text class="mbw-t" x="{x + box_w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle">{name}</text>')
+        values = " / ".join(_short_weight(r.weights.get(block)) if r is not None else "–" for r in (current, best))
+        parts.append(f'<text class="mbw-v" x="{x + box_w / 2:.1f}" y="{y + box_h + 9:.1f}" text-anchor="middle">{values}</text>')
+        parts.append("</g>")
+    legend_y = height - 8
+    parts.append(f'<rect x="8" y="{legend_y - 9:.1f}" width="10" height="10" fill="{_CURRENT_COLOR}"/>')
+    parts.append(f'<text class="mbw-t" x="22" y="{legend_y:.1f}">current candidate</text>')
+    parts.append(f'<rect x="120" y="{legend_y - 9:.1f}" width="10" height="10" fill="{_BEST_COLOR}"/>')
+    parts.append(f'<text class="mbw-t" x="134" y="{legend_y:.1f}">best so far</text>')
+    parts.append(f'<text class="mbw-t" x="210" y="{legend_y:.1f}">bar height = weight of model B (empty = A, full = B)</text>')
+    if best is not None and best.base is not None:
+        parts.append(f'<text class="mbw-t" x="{width - 8:.1f}" y="{legend_y:.1f}" text-anchor="end">BASE (text encoder) best: {format_weight(best.base)}</text>')
+    parts.append("</svg>")
+    heading = f"<div><b>{html.escape(title)}</b></div>" if title else ""
+    return f'<div class="mbw-unet">{heading}{"".join(parts)}</div>'
+
+
+def _short_weight(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value not in (0.0, 1.0) else format_weight(value)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def display_image(image: Image.Image, min_side: int = MIN_DISPLAY_SIDE) -> Image.Image:
+    """``image`` as an RGB picture a browser can show: float/16-bit modes scaled to 8 bits, tiny images enlarged."""
+    picture = image
+    if picture.mode in ("F", "I", "I;16"):
+        low, high = picture.getextrema()
+        scale = 255.0 / (high - low) if high > low else 0.0
+        picture = picture.point(lambda v: (v - low) * scale).convert("L")
+    if picture.mode not in ("RGB", "RGBA", "L"):
+        picture = picture.convert("RGB")
+    if min(picture.size) < min_side:
+        factor = -(-min_side // max(1, min(picture.size)))
+        picture = picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+    return picture
+
+
+def gallery_items(images: Sequence[GeneratedImage], payload_scores: Mapping[str, float] | None = None) -> list[tuple[Image.Image, str]]:
+    """(picture, caption) pairs: payload, image number, seed and the payload's mean score."""
+    scores = payload_scores or {}
+    items = []
+    for item in images:
+        score = scores.get(item.payload.name)
+        caption = f"{item.payload.key} #{item.index} · seed {item.seed}" + (f" · score {score:.4g}" if score is not None else "")
+        items.append((display_image(item.image), caption))
+    return items
+
+
+_STATUS_MARKS = {"ok": "#1f77b4", "cached": "#9e9e9e", "abandoned": "#ff7f0e", "rescore": "#2ca02c"}
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    if high <= low:
+        return [low]
+    raw = (high - low) / max(1, count - 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=raw)
+    first = math.ceil(low / step) * step
+    ticks = []
+    value = first
+    while value <= high + step * 1e-9:
+        ticks.append(round(value, 10))
+        value += step
+    return ticks
+
+
+def convergence_svg(rows: Sequence[Any], *, higher_is_better: bool = True) -> str:
+    """The convergence chart as SVG: a dot per evaluation (colour by status), the running best, the returned recipe.
+
+    ``rows`` are ``live.LiveRow``\\ s or ``history.HistoryRow``\\ s (``index``, ``status``, ``score``).
+
+    Drawn as text in a few milliseconds, so the live view can redraw it after
+    every evaluation (a matplotlib PNG takes 0.3-2 s of CPU the search needs).
+    Failed evaluations are red ticks on the x axis.
+    """
+    width, height = 640.0, 280.0
+    left, right, top, bottom = 56.0, 12.0, 14.0, 34.0
+    points = [(n, r) for n, r in enumerate(rows, start=1)]
+    scored = [(n, r.score) for n, r in points if r.score is not None and r.status != "failed"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" style="width:100%;max-width:{width:.0f}px;height:auto" '
+             'role="img" aria-label="convergence">',
+             '<style>.mbw-a{font:10px sans-serif;fill:currentColor}</style>']
+    plot_w, plot_h = width - left - right, height - top - bottom
+    if not scored:
+        parts.append(f'<text class="mbw-a" x="{width / 2:.0f}" y="{height / 2:.0f}" text-anchor="middle">no scores yet</text></svg>')
+        return f'<div class="mbw-convergence">{"".join(parts)}</div>'
+    ys = [s for _, s in scored]
+    low, high = min(ys), max(ys)
+    pad = (high - low) * 0.08 or max(abs(high) * 0.05, 0.05)
+    low, high = low - pad, high + pad
+    count = max(len(points), 2)
+
+    def sx(n: float) -> float:
+        return left + (n - 1) / (count - 1) * plot_w
+
+    def sy(v: float) -> float:
+        return top + (high - v) / (high - low) * plot_h
+
+    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999" stroke-width="0.6"/>')
+    for tick in _ticks(low, high):
+        y = sy(tick)
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#999" stroke-opacity="0.25"/>')
+        parts.append(f'<text class="mbw-a" x="{left - 4}" y="{y + 3:.1f}" text-anchor="end">{tick:.4g}</text>')
+    for tick in _ticks(1, count, 7):
+        if float(tick).is_integer():
+            x = sx(tick)
+            parts.append(f'<text class="mbw-a" x="{x:.1f}" y="{top + plot_h + 14:.1f}" text-anchor="middle">{int(tick)}</text>')
+    parts.append(f'<text class="mbw-a" x="{left + plot_w / 2:.0f}" y="{height - 4:.0f}" text-anchor="middle">evaluation</text>')
+    label = "score" + ("" if higher_is_better else " (lower is better)")
+    parts.append(f'<text class="mbw-a" transform="translate(12 {top + plot_h / 2:.0f}) rotate(-90)" text-anchor="middle">{label}</text>')
+    sign = 1.0 if higher_is_better else -1.0
+    best: float | None = None
+    path: list[str] = []
+    for n, row in points:
+        if row.status == "ok" and row.score is not None and (best is None or sign * row.score > sign * best):
+            best = row.score
+        if best is not None and row.status != "selected":
+            command = "M" if not path else "H"
+            path.append(f"{command}{sx(n):.1f}" + (f" {sy(best):.1f}" if command == "M" else "") + f" V{sy(best):.1f}")
+    if path:
+        parts.append(f'<path data-role="best" d="{" ".join(path)}" fill="none" stroke="#d62728" stroke-width="1.8"/>')
+    for n, row in points:
+        x = sx(n)
+        if row.status == "failed" or row.score is None:
+            if row.status != "selected":
+                parts.append(f'<line data-status="failed" x1="{x:.1f}" x2="{x:.1f}" y1="{top + plot_h - 8:.1f}" y2="{top + plot_h:.1f}" stroke="#d62728" stroke-width="2"/>')
+            continue
+        y = sy(row.score)
+        if row.status == "selected":
+            parts.append(f'<path data-status="selected" d="M{x:.1f} {y - 7:.1f} L{x + 2.2:.1f} {y - 2:.1f} L{x + 7:.1f} {y - 2:.1f} L{x + 3:.1f} {y + 1.5:.1f} '
+                         f'L{x + 4.5:.1f} {y + 7:.1f} L{x:.1f} {y + 3.6:.1f} L{x - 4.5:.1f} {y + 7:.1f} L{x - 3:.1f} {y + 1.5:.1f} L{x - 7:.1f} {y - 2:.1f} '
+                         f'L{x - 2.2:.1f} {y - 2:.1f} Z" fill="#ffbf00" stroke="#333" stroke-width="0.6"><title>returned recipe: {row.score:.4g}</title></path>')
+            continue
+        color = _STATUS_MARKS.get(row.status, "#333")
+        parts.append(f'<circle data-status="{html.escape(row.status)}" cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}" fill-opacity="0.8">'
+                     f'<title>evaluation {row.index} ({html.escape(row.status)}): {row.score:.4g}</title></circle>')
+    parts.append("</svg>")
+    legend = " · ".join(f'<span style="color:{c}">●</span> {s}' for s, c in _STATUS_MARKS.items())
+    legend += ' · <span style="color:#d62728">━</span> best so far · <span style="color:#d62728">|</span> failed · <span style="color:#ffbf00">★</span> returned'
+    return f'<div class="mbw-convergence">{"".join(parts)}<div style="font-size:11px">{legend}</div></div>'
+
+
+def history_table(rows: Sequence[LiveRow], limit: int | None = None) -> list[list[Any]]:
+    """Rows for the history table, newest first (``limit`` keeps the newest ones)."""
+    shown = list(rows)[-limit:] if limit else list(rows)
+    table = []
+    for row in reversed(shown):
+        table.append([
+            row.index,
+            row.phase,
+            row.status,
+            "" if row.score is None else round(row.score, 6),
+            "★" if row.is_new_best else "",
+            round(row.seconds, 2),
+            row.reason,
+        ])
+    return table
+
+
+# --------------------------------------------------------------------------- the whole live view
+
+
+@dataclass
+class LiveView:
+    """New values for the live components; ``None`` leaves a component unchanged."""
+
+    status: str | None = None
+    unet: str | None = None
+    latest: list[tuple[Image.Image, str]] | None = None
+    best: list[tuple[Image.Image, str]] | None = None
+    convergence: str | None = None
+    history: list[list[Any]] | None = None
+    rating: "RatingView | None" = None
+    seen: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RatingView:
+    """The human-rating panel: shown with images and ``count`` sliders on ``low..high``, or hidden."""
+
+    visible: bool
+    request_id: int = 0
+    images: list[tuple[Image.Image, str]] = field(default_factory=list)
+    count: int = 0
+    low: int = 1
+    high: int = 10
+    message: str = ""
+
+
+def rating_view(pending: PendingRating | None, max_sliders: int) -> RatingView:
+    if pending is None:
+        return RatingView(False)
+    items = [(display_image(i.image), f"image {n + 1}: {i.payload.key} · {i.prompt[:80]}") for n, i in enumerate(pending.images)]
+    count = len(pending.images)
+    extra = f" Rate images beyond {max_sliders} in the text box." if count > max_sliders else ""
+    return RatingView(True, pending.request_id, items, count, pending.low, pending.high,
+                      f"Rate each image from {pending.low} (worst) to {pending.high} (best), then submit.{extra}")
+
+
+def render_live(state: LiveState, seen: Mapping[str, int] | None = None, *, now: float | None = None, max_sliders: int = 16) -> LiveView:
+    """The view of ``state``: only the parts whose version differs from ``seen`` (all of them when ``seen`` is empty)."""
+    seen = dict(seen or {})
+    changed = {part for part, version in state.versions.items() if seen.get(part) != version}
+    view = LiveView(status=status_line(state, now), seen=dict(state.versions))
+    if changed & {"current", "best", "final"}:
+        view.unet = unet_html(state.current, state.shown_best, state.family)
+    if "latest" in changed:
+        view.latest = gallery_items(state.latest_images, state.latest_payload_scores)
+    if changed & {"best", "final"}:
+        view.best = gallery_items(state.best_images, state.best_payload_scores)
+    if "rows" in changed:
+        view.convergence = convergence_svg(state.rows, higher_is_better=state.higher_is_better)
+        view.history = history_table(state.rows)
+    if "rating" in changed:
+        view.rating = rating_view(state.rating, max_sliders)
+    return view
+
+
+__all__ = [
+    "HISTORY_HEADERS",
+    "LiveView",
+    "RatingView",
+    "convergence_svg",
+    "display_image",
+    "gallery_items",
+    "history_table",
+    "rating_view",
+    "render_live",
+    "unet_html",
+]

@@ -1,0 +1,212 @@
+"""Drive the standalone app through its HTTP API, under whichever gradio the running Python has (not collected).
+
+``python tests/ui_driver.py`` (run from the repository root, with the main
+venv for gradio 3.41 or ``.venv-gradio4`` for gradio 4.40):
+
+1. writes two tiny checkpoints and two payloads into a temporary folder;
+2. starts ``python -m lib_mbw ui`` on a free 127.0.0.1 port with the test
+   doubles of ``tests.ui_backend`` as generator and scorer;
+3. with ``gradio_client``: shows that bad settings are refused with a message
+   next to the field, runs a short search and follows it through the
+   streaming ``watch`` endpoint until it ends, exports the best recipe;
+4. checks the run folder on disk and prints one JSON line with what it saw.
+
+It exits non-zero (with the reason) when anything is wrong, and always stops
+the server. ``tests/test_ui_app.py`` runs it in a subprocess for each gradio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lib_mbw.ui.form import FORM_FIELDS, GRID_HEADERS, FormValues  # noqa: E402
+
+MAX_EVALUATIONS = 6
+PAYLOAD = {"prompt": "a {red|blue} house", "steps": 2, "width": 64, "height": 64, "seed": 5, "batch_size": 2}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prepare(root: Path) -> None:
+    from lib_mbw.keyspec import tiny_config
+    from lib_mbw.synthetic import write_checkpoint
+
+    (root / "models").mkdir()
+    config = tiny_config("sd1")
+    write_checkpoint(root / "models" / "A.safetensors", config, seed=1)
+    write_checkpoint(root / "models" / "B.safetensors", config, seed=2)
+    (root / "payloads" / "wildcards").mkdir(parents=True)
+    for name, shift in (("house", 0), ("street", 1)):
+        (root / "payloads" / f"{name}.json").write_text(json.dumps({**PAYLOAD, "seed": PAYLOAD["seed"] + shift}))
+
+
+def start_server(root: Path, port: int, delay: float) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "lib_mbw", "ui", "--port", str(port), "--models", str(root / "models"),
+        "--payloads", str(root / "payloads"), "--history-dir", str(root / "history"),
+        "--generator", "tests.ui_backend:make_generator", "--generator-option", f"delay={delay}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(root / "server.log", "wb")
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for(port: int, server: subprocess.Popen[bytes], root: Path, timeout: float = 180.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"the server did not answer within {timeout:.0f} s")
+
+
+def form_values(**changes: Any) -> list[Any]:
+    """The search form's values as raw API data (tables as {headers, data}, no uploads)."""
+    form = FormValues(
+        model_a="A.safetensors", model_b="B.safetensors", strategy="tests.loop_backend:make_optimizer",
+        scorer="tests.ui_backend:make_scorer", max_evaluations=MAX_EVALUATIONS, patience=0, rescore_top=1,
+        init_random=2, run_name="driver",
+    )
+    for key, value in changes.items():
+        setattr(form, key, value)
+    values = form.values()
+    values[FORM_FIELDS.index("block_grid")] = {"headers": list(GRID_HEADERS), "data": form.block_grid}
+    values[FORM_FIELDS.index("warm_start_files")] = []
+    return values
+
+
+def make_client(port: int) -> Any:
+    """A client that passes data raw both ways (gradio_client 0.x cannot deserialize component updates)."""
+    import gradio_client
+
+    url = f"http://127.0.0.1:{port}/"
+    if int(gradio_client.__version__.split(".")[0]) >= 1:
+        return gradio_client.Client(url, verbose=False, download_files=False)
+    return gradio_client.Client(url, verbose=False, serialize=False)
+
+
+def last_output(job: Any, timeout: float) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while not job.done():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the live view did not finish within {timeout:.0f} s; outputs so far: {len(job.outputs())}")
+        time.sleep(0.2)
+    outputs = job.outputs()
+    if not outputs:
+        raise SystemExit(f"the watch endpoint yielded nothing (status {job.status()})")
+    return list(outputs[-1]) if isinstance(outputs[-1], (list, tuple)) else [outputs[-1]]
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise SystemExit(f"check failed: {message}")
+
+
+def drive(port: int, root: Path) -> dict[str, Any]:
+    import gradio
+    from gradio_client import Client
+
+    client = make_client(port)
+    error_count = len([*"models payloads search blocks warm_start scoring output".split()])
+
+    # bad settings: refused with messages next to the fields, nothing starts
+    bad = client.predict(*form_values(model_b="A.safetensors", max_evaluations=0), api_name="/auto_mbw_search")
+    messages = list(bad)
+    check("same checkpoint" in messages[0], f"model error next to the models, got {messages[0]!r}")
+    check("max evaluations" in messages[2] and "whole number" in messages[2], f"evaluations error in the optimizer section, got {messages[2]!r}")
+    check(messages[error_count].startswith("⚠"), f"summary says to fix the settings, got {messages[error_count]!r}")
+    check(not (root / "history").exists() or not any((root / "history").iterdir()), "no run folder for refused settings")
+
+    # a short search, followed through the streaming endpoint
+    started = time.monotonic()
+    result = client.predict(*form_values(), api_name="/auto_mbw_search")
+    check(list(result)[error_count] == "starting the search", f"search started, got {list(result)}")
+    job = client.submit(api_name="/auto_mbw_watch")
+    frames = 0
+    deadline = time.monotonic() + 120
+    while not job.done() and time.monotonic() < deadline:
+        frames = len(job.outputs())
+        time.sleep(0.2)
+    final = last_output(job, 5)
+    frames = len(job.outputs())
+    seconds = time.monotonic() - started
+    status = final[0]
+    check("Finished" in str(status), f"final status says Finished, got {status!r}")
+    check(f"evaluation {MAX_EVALUATIONS} / {MAX_EVALUATIONS}" in str(status), f"status counts evaluations, got {status!r}")
+    check(frames >= 2, f"the live view streamed several frames, got {frames}")
+
+    runs = [p for p in (root / "history").iterdir() if p.is_dir()]
+    check(len(runs) == 1, f"one run folder, got {runs}")
+    run = runs[0]
+    lines = (run / "history.csv").read_text().splitlines()
+    check(len(lines) == 1 + MAX_EVALUATIONS + 1 + 1, f"history has the evaluations, one re-score and the selection, got {len(lines) - 1} rows")
+    check((run / "best.recipe.json").is_file() and (run / "convergence.png").is_file(), "run outputs written")
+
+    exported = client.predict("canonical", api_name="/auto_mbw_export")
+    text = exported[0]
+    check(isinstance(text, str) and len(text.split(",")) == 27, f"export gives 27 values, got {text!r}")
+    check(any((run / "exports").glob("*.canonical.txt")), "export file written next to the run")
+    return {"gradio": gradio.__version__, "frames": frames, "seconds": round(seconds, 2), "rows": len(lines) - 1, "run": run.name}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--delay", type=float, default=0.05, help="seconds the test generator sleeps per image")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="auto-mbw-ui-"))
+    server = None
+    try:
+        prepare(root)
+        port = free_port()
+        server = start_server(root, port, args.delay)
+        wait_for(port, server, root)
+        summary = drive(port, root)
+        print(json.dumps(summary))
+        return 0
+    except (SystemExit, Exception) as exc:
+        import traceback
+
+        if not isinstance(exc, SystemExit):
+            traceback.print_exc()
+        log = (root / "server.log").read_text(errors="replace")[-4000:] if (root / "server.log").exists() else ""
+        print(f"{exc}\n--- server log ---\n{log}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
