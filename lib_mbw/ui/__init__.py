@@ -13,11 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 
-def build_ui(host: Any) -> Any:
-    """The auto-MBW interface for ``host`` (a ``lib_mbw.hosts.base.Host``) as a ``gradio.Blocks``."""
+def build_ui(host: Any, defaults: Any = None) -> Any:
+    """The auto-MBW interface for ``host`` (a ``lib_mbw.hosts.base.Host``) as a ``gradio.Blocks``.
+
+    ``defaults`` (a ``form.FormValues``) pre-fills the search form.
+    """
     from .app import build_ui as build
 
-    return build(host)
+    return build(host, defaults)
 
 
 __all__ = ["build_ui"]

@@ -78,9 +78,14 @@ class _Live:
         return component
 
 
-def build_ui(host: Any) -> gr.Blocks:
-    """The auto-MBW interface for ``host`` (``hosts.base.Host``); enable the queue before launching it."""
+def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
+    """The auto-MBW interface for ``host`` (``hosts.base.Host``); enable the queue before launching it.
+
+    ``defaults`` fills the search form (e.g. from a settings file); otherwise
+    it starts with the defaults of ``SearchSettings``.
+    """
     controller = controller_for(host)
+    d = defaults or FormValues()
     paths = host.paths
     form: dict[str, Any] = {}
     errors: dict[str, Any] = {}
@@ -98,38 +103,38 @@ def build_ui(host: Any) -> gr.Blocks:
                         with gr.Accordion("Models", open=True):
                             with gr.Row():
                                 models = host.list_models()
-                                form["model_a"] = compat.dropdown("Model A (weight 0)", models, elem_id="mbw-model-a")
-                                form["model_b"] = compat.dropdown("Model B (weight 1)", models, elem_id="mbw-model-b")
+                                form["model_a"] = compat.dropdown("Model A (weight 0)", models, d.model_a, elem_id="mbw-model-a")
+                                form["model_b"] = compat.dropdown("Model B (weight 1)", models, d.model_b, elem_id="mbw-model-b")
                             refresh_models = gr.Button("↻ Refresh model list", size="sm")
                             models_info = gr.Markdown("Choose model A (weight 0) and model B (weight 1).", elem_id="mbw-models-info")
                             error_slot("models")
                         with gr.Accordion("Payloads", open=True):
                             form["payload_names"] = gr.CheckboxGroup(
-                                choices=list_payloads(paths.payloads), value=[], label="Payloads to render (none ticked = all)",
+                                choices=list_payloads(paths.payloads), value=[n for n in d.payload_names if n in list_payloads(paths.payloads)], label="Payloads to render (none ticked = all)",
                                 elem_id="mbw-payloads",
                             )
                             refresh_payloads = gr.Button("↻ Refresh payloads", size="sm")
                             error_slot("payloads")
                         with gr.Accordion("Optimizer", open=False):
                             with gr.Row():
-                                form["strategy"] = compat.dropdown("Strategy", actions.strategy_choices(), "default", custom=True, elem_id="mbw-strategy")
-                                form["max_evaluations"] = gr.Number(value=270, precision=0, label="Evaluations (most)", elem_id="mbw-max-evals")
-                                form["patience"] = gr.Number(value=54, precision=0, label="Early stop: evaluations without improvement (0 = off)", elem_id="mbw-patience")
+                                form["strategy"] = compat.dropdown("Strategy", actions.strategy_choices(), d.strategy, custom=True, elem_id="mbw-strategy")
+                                form["max_evaluations"] = gr.Number(value=d.max_evaluations, precision=0, label="Evaluations (most)", elem_id="mbw-max-evals")
+                                form["patience"] = gr.Number(value=d.patience, precision=0, label="Early stop: evaluations without improvement (0 = off)", elem_id="mbw-patience")
                             with gr.Row():
-                                form["tol_abs"] = gr.Number(value=0.0, label="Improvement must exceed (score units)")
-                                form["tol_rel"] = gr.Number(value=0.0, label="… or this fraction of |best|")
-                                form["max_minutes"] = gr.Number(value=0.0, label="Time budget, minutes (0 = none)", elem_id="mbw-max-minutes")
-                                form["target_score"] = gr.Textbox(value="", label="Stop at score (blank = none)")
+                                form["tol_abs"] = gr.Number(value=d.tol_abs, label="Improvement must exceed (score units)")
+                                form["tol_rel"] = gr.Number(value=d.tol_rel, label="… or this fraction of |best|")
+                                form["max_minutes"] = gr.Number(value=d.max_minutes, label="Time budget, minutes (0 = none)", elem_id="mbw-max-minutes")
+                                form["target_score"] = gr.Textbox(value=d.target_score, label="Stop at score (blank = none)")
                             with gr.Row():
-                                form["levels"] = gr.Number(value=21, precision=0, label="Levels per block (21 = steps of 0.05)", elem_id="mbw-levels")
-                                form["init_random"] = gr.Number(value=10, precision=0, label="Random initial points", elem_id="mbw-init-random")
-                                form["init_grid"] = gr.Number(value=0, precision=0, label="Grid initial points")
-                                form["init_vertex"] = gr.Number(value=0, precision=0, label="Vertex initial points")
+                                form["levels"] = gr.Number(value=d.levels, precision=0, label="Levels per block (21 = steps of 0.05)", elem_id="mbw-levels")
+                                form["init_random"] = gr.Number(value=d.init_random, precision=0, label="Random initial points", elem_id="mbw-init-random")
+                                form["init_grid"] = gr.Number(value=d.init_grid, precision=0, label="Grid initial points")
+                                form["init_vertex"] = gr.Number(value=d.init_vertex, precision=0, label="Vertex initial points")
                             with gr.Row():
-                                form["seed"] = gr.Number(value=0, precision=0, label="Seed")
-                                form["run_name"] = gr.Textbox(value="search", label="Run name", elem_id="mbw-run-name")
-                                form["search_base"] = gr.Checkbox(value=False, label="Also search the text encoder (BASE)")
-                            form["strategy_options"] = gr.Textbox(value="", label="Strategy options (JSON)", placeholder='{"n_startup_trials": 10}')
+                                form["seed"] = gr.Number(value=d.seed, precision=0, label="Seed")
+                                form["run_name"] = gr.Textbox(value=d.run_name, label="Run name", elem_id="mbw-run-name")
+                                form["search_base"] = gr.Checkbox(value=d.search_base, label="Also search the text encoder (BASE)")
+                            form["strategy_options"] = gr.Textbox(value=d.strategy_options, label="Strategy options (JSON)", placeholder='{"n_startup_trials": 10}')
                             error_slot("search")
                         with gr.Accordion("Blocks: ranges, frozen weights, groups", open=False):
                             gr.Markdown(
@@ -138,35 +143,35 @@ def build_ui(host: Any) -> gr.Blocks:
                             )
                             form["block_grid"] = compat.dataframe(
                                 headers=GRID_HEADERS, datatype=["str", "number", "number", "str", "str"], interactive=True,
-                                fixed_rows=len(BLOCKS), value=default_block_grid(), elem_id="mbw-block-grid",
+                                fixed_rows=len(BLOCKS), value=d.block_grid, elem_id="mbw-block-grid",
                             )
                             reset_grid = gr.Button("Reset grid", size="sm")
                             error_slot("blocks")
                         with gr.Accordion("Warm start", open=False):
                             form["warm_start_paths"] = gr.Textbox(
-                                lines=2, label="Learn from: run folders, history CSVs (ours or the seed tool's), recipe files — one per line",
+                                value=d.warm_start_paths, lines=2, label="Learn from: run folders, history CSVs (ours or the seed tool's), recipe files — one per line",
                                 elem_id="mbw-warm-start",
                             )
                             form["warm_start_files"] = compat.upload_files("… or upload history CSVs / recipe files", file_types=[".csv", ".json", ".txt"])
                             form["initial_recipe"] = gr.Textbox(
-                                lines=2, label="Evaluate this recipe first (any format: JSON, named weights, 27 values, MBW preset)",
+                                value=d.initial_recipe, lines=2, label="Evaluate this recipe first (any format: JSON, named weights, 27 values, MBW preset)",
                             )
                             with gr.Row():
-                                form["recipe_order"] = compat.dropdown("Order of 27-value input", list(ORDERS), "rt")
-                                form["recipe_fold"] = compat.dropdown("Convention of 25/26-value presets", list(FOLDS), "mbw")
+                                form["recipe_order"] = compat.dropdown("Order of 27-value input", list(ORDERS), d.recipe_order)
+                                form["recipe_fold"] = compat.dropdown("Convention of 25/26-value presets", list(FOLDS), d.recipe_fold)
                             error_slot("warm_start")
                         with gr.Accordion("Scoring", open=False):
                             with gr.Row():
-                                form["scorer"] = compat.dropdown("Scorer", actions.scorer_choices(), "imagereward", custom=True, elem_id="mbw-scorer")
-                                form["tally"] = compat.dropdown("Tally of payload scores", list(TALLIES), "arithmetic")
-                                form["tally_trim"] = gr.Number(value=0.1, label="Trim (trimmed tally)")
-                                form["tally_positive"] = compat.dropdown("Negative scores in power means", list(POSITIVE_MAPS), "sigmoid")
-                            form["scorer_options"] = gr.Textbox(value="", label="Scorer options (JSON)", elem_id="mbw-scorer-options")
+                                form["scorer"] = compat.dropdown("Scorer", actions.scorer_choices(), d.scorer, custom=True, elem_id="mbw-scorer")
+                                form["tally"] = compat.dropdown("Tally of payload scores", list(TALLIES), d.tally)
+                                form["tally_trim"] = gr.Number(value=d.tally_trim, label="Trim (trimmed tally)")
+                                form["tally_positive"] = compat.dropdown("Negative scores in power means", list(POSITIVE_MAPS), d.tally_positive)
+                            form["scorer_options"] = gr.Textbox(value=d.scorer_options, label="Scorer options (JSON)", elem_id="mbw-scorer-options")
                             with gr.Row():
-                                form["abandon_margin"] = gr.Textbox(value="", label="Abandon a candidate this far below the best (blank = never)")
-                                form["abandon_after"] = gr.Textbox(value="", label="… after this many payloads (blank = half)")
-                                form["rescore_top"] = gr.Number(value=3, precision=0, label="Re-score the top N on new seeds (0 = off)", elem_id="mbw-rescore-top")
-                                form["max_failures"] = gr.Number(value=3, precision=0, label="Pause after failures in a row")
+                                form["abandon_margin"] = gr.Textbox(value=d.abandon_margin, label="Abandon a candidate this far below the best (blank = never)")
+                                form["abandon_after"] = gr.Textbox(value=d.abandon_after, label="… after this many payloads (blank = half)")
+                                form["rescore_top"] = gr.Number(value=d.rescore_top, precision=0, label="Re-score the top N on new seeds (0 = off)", elem_id="mbw-rescore-top")
+                                form["max_failures"] = gr.Number(value=d.max_failures, precision=0, label="Pause after failures in a row")
                             gr.Markdown("**Payload weights** (how much each payload counts in the tally; saved into the payload files)")
                             weights_table = compat.dataframe(headers=payload_editor.WEIGHT_HEADERS, datatype=["str", "number"], interactive=True,
                                                              value=payload_editor.weight_table(paths.payloads), elem_id="mbw-weights")
@@ -174,25 +179,25 @@ def build_ui(host: Any) -> gr.Blocks:
                             weights_message = gr.Markdown("")
                             with gr.Accordion("Human rating (scorer 'human')", open=False):
                                 with gr.Row():
-                                    form["human_low"] = gr.Number(value=1, precision=0, label="Lowest rating")
-                                    form["human_high"] = gr.Number(value=10, precision=0, label="Highest rating")
-                                    form["human_timeout"] = gr.Textbox(value="", label="Seconds to rate (blank = no limit)")
+                                    form["human_low"] = gr.Number(value=d.human_low, precision=0, label="Lowest rating")
+                                    form["human_high"] = gr.Number(value=d.human_high, precision=0, label="Highest rating")
+                                    form["human_timeout"] = gr.Textbox(value=d.human_timeout, label="Seconds to rate (blank = no limit)")
                                 with gr.Row():
-                                    form["human_on_missing"] = compat.dropdown("Image without a rating", ["fail", "auto"], "fail")
-                                    form["human_auto_weight"] = gr.Slider(0, 1, value=0.0, step=0.05, label="Weight of the automatic score")
-                                    form["human_auto_scorer"] = gr.Textbox(value="", label="Automatic scorer to mix in (e.g. imagereward)")
-                            form["generator_options"] = gr.Textbox(value="", label="Generator options (JSON)", elem_id="mbw-generator-options")
+                                    form["human_on_missing"] = compat.dropdown("Image without a rating", ["fail", "auto"], d.human_on_missing)
+                                    form["human_auto_weight"] = gr.Slider(0, 1, value=d.human_auto_weight, step=0.05, label="Weight of the automatic score")
+                                    form["human_auto_scorer"] = gr.Textbox(value=d.human_auto_scorer, label="Automatic scorer to mix in (e.g. imagereward)")
+                            form["generator_options"] = gr.Textbox(value=d.generator_options, label="Generator options (JSON)", elem_id="mbw-generator-options")
                             error_slot("scoring")
                         with gr.Accordion("Output", open=False):
                             with gr.Row():
-                                form["merge_when_done"] = gr.Checkbox(value=False, label="Merge the best recipe into a model when done")
-                                form["save_images"] = gr.Checkbox(value=True, label="Save the best recipe's images")
-                                form["overwrite"] = gr.Checkbox(value=False, label="Overwrite an existing model file")
+                                form["merge_when_done"] = gr.Checkbox(value=d.merge_when_done, label="Merge the best recipe into a model when done")
+                                form["save_images"] = gr.Checkbox(value=d.save_images, label="Save the best recipe's images")
+                                form["overwrite"] = gr.Checkbox(value=d.overwrite, label="Overwrite an existing model file")
                             with gr.Row():
-                                form["output_name"] = gr.Textbox(value="", label=f"Model file name in {paths.models} (blank = automatic)")
-                                form["dtype"] = compat.dropdown("dtype", list(DTYPES), "fp16")
-                                form["base_from"] = compat.dropdown("Text encoder from", ["a", "b", "merge"], "a", custom=True)
-                                form["vae_from"] = gr.Textbox(value="", label="VAE from file (blank = model A's)")
+                                form["output_name"] = gr.Textbox(value=d.output_name, label=f"Model file name in {paths.models} (blank = automatic)")
+                                form["dtype"] = compat.dropdown("dtype", list(DTYPES), d.dtype)
+                                form["base_from"] = compat.dropdown("Text encoder from", ["a", "b", "merge"], d.base_from, custom=True)
+                                form["vae_from"] = gr.Textbox(value=d.vae_from, label="VAE from file (blank = model A's)")
                             error_slot("output")
 
                     with gr.Column(scale=3, min_width=480):

@@ -14,7 +14,10 @@ EXAMPLES = """examples:
   python -m lib_mbw ui --models /data/sd-models --host 0.0.0.0 --port 7870
 
   # a generator from your own code (package.module:factory) with options
-  python -m lib_mbw ui --generator mypkg.gen:make --generator-option device=cuda:1"""
+  python -m lib_mbw ui --generator mypkg.gen:make --generator-option device=cuda:1
+
+  # start with the form filled from a settings file (the format of "search --config")
+  python -m lib_mbw ui --config search.toml"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--history-dir", default="csv/history", help="where run folders are created and read")
     parser.add_argument("--generator", default="diffusers", help="generator name or package.module:factory")
     parser.add_argument("--generator-option", action="append", metavar="K=V", help="option for the generator (repeat)")
+    parser.add_argument("--config", help="fill the search form from this settings file (JSON or TOML, as for 'search --config')")
     parser.set_defaults(func=run_ui)
 
 
@@ -54,12 +58,36 @@ def make_host(args: argparse.Namespace) -> Any:
     return StandaloneHost(args.models, generator=args.generator, generator_options=_pairs(args.generator_option, "--generator-option"), paths=paths)
 
 
+def form_defaults(path: str, host: Any) -> Any:
+    """The search form filled from a settings file; models are matched to the host's titles by file."""
+    from pathlib import Path
+
+    from ..errors import MBWError
+    from ..search.settings import SearchSettings, from_mapping, read_settings_file
+    from .controller import title_for_path
+    from .form import form_from_settings
+
+    settings = from_mapping(SearchSettings, read_settings_file(path), path).validate()
+
+    def title_of(model: str) -> str | None:
+        candidates = [model, str(Path(host.models_dir) / model)] if not Path(model).is_absolute() else [model]
+        for candidate in candidates:
+            try:
+                return title_for_path(host, candidate)
+            except MBWError:
+                continue
+        return None
+
+    return form_from_settings(settings, title_of)
+
+
 def run_ui(args: argparse.Namespace) -> int:
     from . import compat
     from .app import build_ui, controller_for
 
     host = make_host(args)
-    blocks = build_ui(host)
+    defaults = form_defaults(args.config, host) if args.config else None
+    blocks = build_ui(host, defaults)
     compat.enable_queue(blocks)
     print(f"auto-MBW UI on http://{args.host}:{args.port} (models from {host.models_dir}); Ctrl-C to quit", file=sys.stderr)
     try:

@@ -1,0 +1,70 @@
+"""The standalone app served on 127.0.0.1 and driven over HTTP (gradio_client), under gradio 3.41 and 4.40.
+
+Each case runs ``tests/ui_driver.py`` in a subprocess: with this interpreter
+(the main venv: gradio 3.41.2, the WebUI's version) and with
+``.venv-gradio4/bin/python`` (gradio 4.40.0 on pydantic 2, Forge's version;
+made by ``tools/setup.sh --test``). The gradio-4 case is skipped when that
+venv is missing, unless ``AUTO_MBW_REQUIRE_GRADIO4`` is set (CI sets it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GRADIO4_PYTHON = ROOT / ".venv-gradio4" / "bin" / "python"
+
+
+def run_driver(python: str) -> dict:
+    result = subprocess.run([python, str(ROOT / "tests" / "ui_driver.py")], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"driver failed:\n{result.stdout[-2000:]}\n{result.stderr[-6000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_app_under_gradio_3() -> None:
+    summary = run_driver(sys.executable)
+    assert summary["gradio"] == "3.41.2"
+    assert summary["rows"] == 8 and summary["frames"] >= 2 and summary["stopped_after_rows"] < 100
+
+
+def test_app_under_gradio_4() -> None:
+    if not GRADIO4_PYTHON.exists():
+        if os.environ.get("AUTO_MBW_REQUIRE_GRADIO4"):
+            pytest.fail(f"{GRADIO4_PYTHON} is missing; run: bash tools/setup.sh --test")
+        pytest.skip(f"no gradio-4 venv at {GRADIO4_PYTHON} (bash tools/setup.sh --test makes it)")
+    summary = run_driver(str(GRADIO4_PYTHON))
+    assert summary["gradio"] == "4.40.0"
+    assert summary["rows"] == 8 and summary["frames"] >= 2 and summary["stopped_after_rows"] < 100
+    in_process = subprocess.run(
+        [str(GRADIO4_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_build_ui_in_process_wires_every_form_field"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert in_process.returncode == 0, in_process.stdout[-4000:] + in_process.stderr[-2000:]
+
+
+def test_build_ui_in_process_wires_every_form_field() -> None:
+    """build_ui under this gradio: the form's inputs, the API endpoints, and a form filled from defaults."""
+    from lib_mbw.hosts.base import HostPaths
+    from lib_mbw.hosts.standalone import StandaloneHost
+    from lib_mbw.ui import build_ui
+    from lib_mbw.ui.form import FormValues
+
+    paths = HostPaths(ROOT / "payloads", ROOT / "payloads" / "wildcards", ROOT / "csv" / "history", ROOT / "tests" / "data")
+    blocks = build_ui(StandaloneHost(paths.models, paths=paths), FormValues(run_name="prefilled", levels=11, strategy="mine:make"))
+    config = blocks.get_config_file()
+    api_names = {d.get("api_name") for d in config["dependencies"]}
+    assert {"auto_mbw_search", "auto_mbw_watch", "auto_mbw_stop", "auto_mbw_pause", "auto_mbw_resume", "auto_mbw_rate",
+            "auto_mbw_export", "auto_mbw_merge", "auto_mbw_resume_run"} <= api_names
+    by_id = {c.get("props", {}).get("elem_id"): c for c in config["components"]}
+    assert by_id["mbw-run-name"]["props"]["value"] == "prefilled"
+    assert by_id["mbw-levels"]["props"]["value"] == 11
+    assert by_id["mbw-strategy"]["props"]["value"] == "mine:make"
+    search = next(d for d in config["dependencies"] if d.get("api_name") == "auto_mbw_search")
+    assert len(search["inputs"]) == len(FormValues().values())
+    assert not any(d.get("every") for d in config["dependencies"]), "no polling timers"
