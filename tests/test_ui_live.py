@@ -93,7 +93,8 @@ def test_end_of_run_shows_the_returned_recipe_and_outputs() -> None:
     assert state.shown_best == Recipe.uniform(0.0)
     state.state = "finished"
     line = status_line(state, 114.0)
-    assert "Finished" in line and "returned recipe: score 0.475" in line and "best.recipe.json" in line
+    assert "Finished" in line and "returned recipe: score 0.475" in line and "outputs in `/tmp/run-1`: `best.recipe.json`" in line
+    assert "re-scoring" not in line
     assert "ETA" not in line
 
 
@@ -132,7 +133,7 @@ def test_unet_visualizer_draws_current_and_best_weights() -> None:
     assert 'data-weight="0.25"' in svg and 'data-weight="0.75"' in svg
     assert "BASE (text encoder) best: 0.4" in svg
     bars = [float(h) for h in re.findall(r'data-role="best"[^>]*height="([0-9.]+)"', svg)]
-    assert bars and all(abs(h - 30 * 0.75) < 0.06 for h in bars)
+    assert bars and all(abs(h - 34 * 0.75) < 0.06 for h in bars)
     empty = unet_html(None, None)
     assert "data-role" not in empty and empty.count("<g ") == 27
 

@@ -106,7 +106,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
                                 form["model_a"] = compat.dropdown("Model A (weight 0)", models, d.model_a, elem_id="mbw-model-a")
                                 form["model_b"] = compat.dropdown("Model B (weight 1)", models, d.model_b, elem_id="mbw-model-b")
                             refresh_models = gr.Button("↻ Refresh model list", size="sm")
-                            models_info = gr.Markdown("Choose model A (weight 0) and model B (weight 1).", elem_id="mbw-models-info")
+                            models_info = gr.Markdown(actions.describe_models(host, d.model_a, d.model_b)[1], elem_id="mbw-models-info")
                             error_slot("models")
                         with gr.Accordion("Payloads", open=True):
                             form["payload_names"] = gr.CheckboxGroup(
@@ -232,8 +232,8 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
                         for slider in sliders:
                             live.add(slider)
                         with gr.Row():
-                            latest = live.add(compat.gallery("Latest evaluation", columns=4, elem_id="mbw-latest"))
-                            best = live.add(compat.gallery("Best so far", columns=4, elem_id="mbw-best"))
+                            latest = live.add(compat.gallery("Latest evaluation", columns=4, height=260, elem_id="mbw-latest"))
+                            best = live.add(compat.gallery("Best so far", columns=4, height=260, elem_id="mbw-best"))
                         convergence = live.add(gr.HTML(convergence_svg([]), elem_id="mbw-convergence"))
                         history = live.add(compat.dataframe(headers=HISTORY_HEADERS, datatype=["number", "str", "str", "number", "str", "number", "str"],
                                                             label="Evaluations (newest first)", elem_id="mbw-history", height=320))

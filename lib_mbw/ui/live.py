@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,7 +191,7 @@ def apply_event(state: LiveState, event: ev.SearchEvent, now: float | None = Non
         state.bump("status")
     elif isinstance(event, ev.FinalRecommendation):
         state.final_recipe, state.final_score, state.final_reason = event.recipe, event.score, event.reason
-        state.current, state.progress = None, None
+        state.current, state.progress, state.phase = None, None, "done"
         if event.recipe is not None and event.score is not None:
             state.rows.append(LiveRow(len(state.rows), "selected", event.score, "final", 0.0, reason=event.reason))
         state.bump("final", "best", "current", "rows", "status")
@@ -292,7 +293,7 @@ def status_line(state: LiveState, now: float | None = None) -> str:
         parts.append(f"run `{state.run_id}`")
     if state.max_evaluations:
         parts.append(f"evaluation {state.evaluations} / {state.max_evaluations}")
-    if state.phase == "rescore":
+    if state.phase == "rescore" and state.active:
         parts.append("re-scoring the top candidates")
     if state.best_score is not None:
         best_at = f" (evaluation {state.best_index})" if state.best_index is not None else ""
@@ -319,7 +320,9 @@ def status_line(state: LiveState, now: float | None = None) -> str:
     for error in state.errors:
         line += f"\n\n⚠ {error}"
     if state.outputs:
-        line += "\n\n" + "  \n".join(f"{name}: `{path}`" for name, path in state.outputs.items())
+        folder = state.run_dir or ""
+        names = [Path(p).name if folder and Path(p).parent == Path(folder) else p for p in state.outputs.values()]
+        line += f"\n\noutputs in `{folder}`: " + ", ".join(f"`{n}`" for n in names)
     return line
 
 

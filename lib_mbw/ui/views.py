@@ -44,35 +44,37 @@ _BEST_COLOR = "#ff7f0e"
 def unet_html(current: Recipe | None, best: Recipe | None, family: str | None = None, *, title: str = "") -> str:
     """An SVG of the UNet's blocks: in each box the current candidate's weight (left bar) and the best's (right bar).
 
-    Bars fill from the bottom: empty = model A (0), full = model B (1).
+    Bars fill from the bottom: empty = model A (0), full = model B (1); the
+    numbers under a box are the current (blue) and best (orange) weights.
     Blocks the architecture lacks are dashed and marked "absent".
     """
     present = set(present_blocks(family)) if family else set(BLOCKS)
-    unit, box_w, box_h = 36.0, 32.0, 30.0
+    unit_x, unit_y, box_w, box_h = 42.0, 17.0, 36.0, 34.0
     positions = unet_positions()
     min_x = min(x for x, _ in positions.values())
     max_y = max(y for _, y in positions.values())
-    width = (max(x for x, _ in positions.values()) - min_x + 1.4) * unit
-    height = (max_y - min(y for _, y in positions.values()) + 2.2) * unit
+    width = (max(x for x, _ in positions.values()) - min_x) * unit_x + box_w + 16
+    height = (max_y - min(y for _, y in positions.values())) * unit_y + box_h + 70
 
     def place(block: str) -> tuple[float, float]:
         x, y = positions[block]
-        return (x - min_x + 0.7) * unit - box_w / 2, (max_y - y + 0.9) * unit - box_h / 2
+        return (x - min_x) * unit_x + 8, (max_y - y) * unit_y + 16
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
-        f'style="width:100%;max-width:{width:.0f}px;height:auto" role="img" aria-label="block weights">',
-        '<style>.mbw-t{font:9px sans-serif;fill:currentColor}.mbw-v{font:8px monospace;fill:currentColor}</style>',
+        f'style="width:100%;height:auto" role="img" aria-label="block weights">',
+        '<style>.mbw-t{font:bold 11px sans-serif;fill:currentColor}.mbw-v{font:11px monospace}.mbw-l{font:12px sans-serif;fill:currentColor}</style>',
     ]
     for block in BLOCKS:
         x, y = place(block)
-        name = html.escape(block)
+        name = html.escape(block.replace("TIME_EMBED", "TIME"))
+        middle = x + box_w / 2
         if block not in present:
             parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{box_w}" height="{box_h}" fill="none" stroke="#9e9e9e" stroke-dasharray="3,2"/>')
-            parts.append(f'<text class="mbw-t" x="{x + box_w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" opacity="0.5">{name}</text>')
-            parts.append(f'<text class="mbw-v" x="{x + box_w / 2:.1f}" y="{y + box_h / 2 + 3:.1f}" text-anchor="middle" opacity="0.5">absent</text>')
+            parts.append(f'<text class="mbw-t" x="{middle:.1f}" y="{y - 3:.1f}" text-anchor="middle" opacity="0.45">{name}</text>')
+            parts.append(f'<text class="mbw-v" x="{middle:.1f}" y="{y + box_h / 2 + 4:.1f}" text-anchor="middle" fill="#9e9e9e">absent</text>')
             continue
-        parts.append(f'<g data-block="{name}">')
+        parts.append(f'<g data-block="{html.escape(block)}">')
         parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{box_w}" height="{box_h}" fill="none" stroke="#777"/>')
         for offset, recipe, color, role in ((0.0, current, _CURRENT_COLOR, "current"), (box_w / 2, best, _BEST_COLOR, "best")):
             weight = recipe.weights.get(block) if recipe is not None else None
@@ -81,29 +83,30 @@ def unet_html(current: Recipe | None, best: Recipe | None, family: str | None = 
             bar = box_h * weight
             parts.append(
                 f'<rect data-role="{role}" data-weight="{format_weight(weight)}" x="{x + offset + 1:.1f}" y="{y + box_h - bar:.1f}" '
-                f'width="{box_w / 2 - 2:.1f}" height="{bar:.1f}" fill="{color}" opacity="0.85"><title>{name} {role}: {format_weight(weight)}</title></rect>'
+                f'width="{box_w / 2 - 2:.1f}" height="{bar:.1f}" fill="{color}" opacity="0.85"><title>{html.escape(block)} {role}: {format_weight(weight)}</title></rect>'
             )
-        parts.append(f'<text class="mbw-t" x="{x + box_w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle">{name}</text>')
-        values = " / ".join(_short_weight(r.weights.get(block)) if r is not None else "–" for r in (current, best))
-        parts.append(f'<text class="mbw-v" x="{x + box_w / 2:.1f}" y="{y + box_h + 9:.1f}" text-anchor="middle">{values}</text>')
+        parts.append(f'<text class="mbw-t" x="{middle:.1f}" y="{y - 3:.1f}" text-anchor="middle">{name}</text>')
+        for line, (recipe, color) in enumerate(((current, _CURRENT_COLOR), (best, _BEST_COLOR))):
+            if recipe is not None and block in recipe.weights:
+                parts.append(f'<text class="mbw-v" x="{middle:.1f}" y="{y + box_h + 11 + line * 11:.1f}" text-anchor="middle" fill="{color}">'
+                             f'{_short_weight(recipe.weights[block])}</text>')
         parts.append("</g>")
-    legend_y = height - 8
-    parts.append(f'<rect x="8" y="{legend_y - 9:.1f}" width="10" height="10" fill="{_CURRENT_COLOR}"/>')
-    parts.append(f'<text class="mbw-t" x="22" y="{legend_y:.1f}">current candidate</text>')
-    parts.append(f'<rect x="120" y="{legend_y - 9:.1f}" width="10" height="10" fill="{_BEST_COLOR}"/>')
-    parts.append(f'<text class="mbw-t" x="134" y="{legend_y:.1f}">best so far</text>')
-    parts.append(f'<text class="mbw-t" x="210" y="{legend_y:.1f}">bar height = weight of model B (empty = A, full = B)</text>')
+    legend_y = height - 6
+    parts.append(f'<rect x="8" y="{legend_y - 10:.1f}" width="11" height="11" fill="{_CURRENT_COLOR}"/>')
+    parts.append(f'<text class="mbw-l" x="24" y="{legend_y:.1f}">current candidate</text>')
+    parts.append(f'<rect x="150" y="{legend_y - 10:.1f}" width="11" height="11" fill="{_BEST_COLOR}"/>')
+    parts.append(f'<text class="mbw-l" x="166" y="{legend_y:.1f}">best so far</text>')
+    parts.append(f'<text class="mbw-l" x="270" y="{legend_y:.1f}">bar height = weight of model B (empty = A, full = B)</text>')
     if best is not None and best.base is not None:
-        parts.append(f'<text class="mbw-t" x="{width - 8:.1f}" y="{legend_y:.1f}" text-anchor="end">BASE (text encoder) best: {format_weight(best.base)}</text>')
+        parts.append(f'<text class="mbw-l" x="{width - 8:.1f}" y="{legend_y:.1f}" text-anchor="end">BASE (text encoder) best: {format_weight(best.base)}</text>')
     parts.append("</svg>")
     heading = f"<div><b>{html.escape(title)}</b></div>" if title else ""
     return f'<div class="mbw-unet">{heading}{"".join(parts)}</div>'
 
 
-def _short_weight(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.2f}".rstrip("0").rstrip(".") if value not in (0.0, 1.0) else format_weight(value)
+def _short_weight(value: float) -> str:
+    """A weight in at most 4 characters (0.35, .125 -> 0.12, 1)."""
+    return format_weight(round(value, 2))
 
 
 # --------------------------------------------------------------------------- images
@@ -180,7 +183,7 @@ def convergence_svg(rows: Sequence[Any], *, higher_is_better: bool = True) -> st
     count = max(len(points), 2)
 
     def sx(n: float) -> float:
-        return left + (n - 1) / (count - 1) * plot_w
+        return left + 8 + (n - 1) / (count - 1) * (plot_w - 16)
 
     def sy(v: float) -> float:
         return top + (high - v) / (high - low) * plot_h
