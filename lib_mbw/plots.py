@@ -101,7 +101,7 @@ def convergence_plot(
     ax.grid(alpha=0.3)
     if by_status or failed:
         ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.11)
     data = _figure_bytes(fig)
     if path is not None:
         write_atomic(path, data)
@@ -164,7 +164,7 @@ def unet_weights_plot(
     ax.set_ylim(-13.5, 1.2)
     ax.axis("off")
     ax.set_title(title + "  (filled part = weight; 0 = model A, 1 = model B)", fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.94, bottom=0.01)
     data = _figure_bytes(fig)
     if path is not None:
         write_atomic(path, data)
