@@ -83,7 +83,7 @@ from .events import (
     Stopped,
     Timings,
 )
-from .history import HistoryRow, LoopState, RunHistory
+from .history import HistoryError, HistoryRow, LoopState, RunHistory
 from .settings import AbandonSettings
 from .stopping import StopReason, StopSettings, StopTracker
 
@@ -331,7 +331,11 @@ class SearchRun:
         if self.history is None:
             return 0
         rows = self.history.rows()
-        state = self.history.read_state()
+        try:
+            state = self.history.read_state()
+        except HistoryError as exc:
+            log.warning("%s; replaying the whole history instead", exc)
+            state = None
         covered = 0
         if state is not None:
             self._load_optimizer_state(state.optimizer)
