@@ -48,7 +48,7 @@ def _figure_bytes(figure: Any) -> bytes:
 
 
 def convergence_plot(
-    rows: Sequence[object],
+    rows: Sequence[Any],
     path: str | os.PathLike[str] | None = None,
     *,
     higher_is_better: bool = True,
@@ -69,8 +69,8 @@ def convergence_plot(
     failed: list[int] = []
     selected = None
     for position, row in enumerate(rows, start=1):
-        status = getattr(row, "status")
-        score = getattr(row, "score")
+        status = row.status
+        score = row.score
         if status == "selected":
             selected = (position, score)
             continue
@@ -171,7 +171,7 @@ def unet_weights_plot(
     return data
 
 
-def plot_run(rows: Sequence[object], recipe: Recipe | None, folder: str | os.PathLike[str], *, family: str, higher_is_better: bool = True) -> dict[str, Path]:
+def plot_run(rows: Sequence[Any], recipe: Recipe | None, folder: str | os.PathLike[str], *, family: str, higher_is_better: bool = True) -> dict[str, Path]:
     """Both plots of a finished run, as ``convergence.png`` and ``best_weights.png`` in ``folder``."""
     folder = Path(folder)
     paths = {"convergence_plot": folder / "convergence.png"}

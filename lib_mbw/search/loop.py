@@ -164,9 +164,9 @@ class SearchRun:
         generators: Generator | Sequence[Generator],
         scorer: Scorer,
         *,
-        tally: Tally = Tally(),
-        stop: StopSettings = StopSettings(),
-        settings: LoopSettings = LoopSettings(),
+        tally: Tally | None = None,
+        stop: StopSettings | None = None,
+        settings: LoopSettings | None = None,
         history: RunHistory | None = None,
         initial_recipes: Sequence[Recipe] = (),
         run_id: str = "",
@@ -183,6 +183,9 @@ class SearchRun:
         keys = [p.key for p in self.payloads]
         if len(set(keys)) != len(keys):
             raise LoopError(f"payloads must have distinct names/variants, got {keys}")
+        tally = tally or Tally()
+        stop = stop or StopSettings()
+        settings = settings or LoopSettings()
         self.optimizer = optimizer
         self.scorer = scorer
         self.tally = tally
@@ -582,7 +585,8 @@ class SearchRun:
                 if number < len(chunks) - 1:
                     abandon = self._abandon_reason(image_scores, done_payloads, len(payloads))
                     if abandon:
-                        evaluation.status, (evaluation.score, evaluation.payload_scores), evaluation.reason = "abandoned", self._tally_scores(image_scores), abandon
+                        evaluation.score, evaluation.payload_scores = self._tally_scores(image_scores)
+                        evaluation.status, evaluation.reason = "abandoned", abandon
                         return evaluation
             evaluation.score, evaluation.payload_scores = self._tally_scores(image_scores)
             evaluation.status = "ok"

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Union
+
+import tomllib
 
 from ..errors import MBWError
 from ..recipe import FOLDS, ORDERS
