@@ -291,3 +291,31 @@ def test_host_provides_generators_and_holds_its_lock(workdir: Path) -> None:
     assert host.made == [("A", "B", {"steps": 4})]
     assert host.lock_seen and all(host.lock_seen) and not host.locked
     assert outcome.result.evaluations == 2 and session.generators[0].closed
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(workdir: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = [*BACKEND, "--generator-option", "delay=0.02", "--max-evals", "200", "--patience", "0", "--rescore-top", "0", "-q"]
+    process = subprocess.Popen([sys.executable, "-m", "lib_mbw", "search", *args], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        history = workdir / "csv" / "history"
+        while time.monotonic() < deadline:
+            runs = run_dirs(history) if history.exists() else []
+            if runs and (runs[0] / "history.csv").exists() and len((runs[0] / "history.csv").read_text().splitlines()) > 3:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert "stopped by user (Ctrl-C); continue with: python -m lib_mbw search --resume" in err
+    (run,) = run_dirs(workdir / "csv" / "history")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["result"]["stop_reason"] == "user_abort" and (run / "best.recipe.json").exists()
+    done = manifest["result"]["evaluations"]
+    assert 3 <= done < 200
+    assert main(["search", "--resume", str(run), "--max-evals", str(done + 2), "-q"]) == 0
+    assert json.loads((run / "manifest.json").read_text())["result"]["evaluations"] == done + 2
