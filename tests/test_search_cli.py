@@ -319,3 +319,14 @@ def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(workdir: Path) -> None:
     assert 3 <= done < 200
     assert main(["search", "--resume", str(run), "--max-evals", str(done + 2), "-q"]) == 0
     assert json.loads((run / "manifest.json").read_text())["result"]["evaluations"] == done + 2
+
+
+def test_settings_files_with_errors_name_the_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "broken.toml").write_text("[stop\nmax_evaluations = 3\n")
+    assert main(["search", "--config", "broken.toml", *BACKEND]) == 2
+    assert "broken.toml: invalid TOML" in capsys.readouterr().err
+    (workdir / "typed.json").write_text(json.dumps({"stop": {"max_evaluations": "many"}, "seed": 1}))
+    assert main(["search", "--config", "typed.json", *BACKEND]) == 2
+    assert "typed.json: stop.max_evaluations must be an integer, got 'many'" in capsys.readouterr().err
+    assert main(["search", "--config", "missing.toml", *BACKEND]) == 2
+    assert "missing.toml: settings file not found" in capsys.readouterr().err
