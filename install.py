@@ -169,7 +169,12 @@ def check_imports(python_executable: str, modules: Iterable[str]) -> str | None:
     return lines[-1] if lines else f"exit code {result.returncode}"
 
 
-def main(launch: object | None = None, webui_root: Path | None = None, python: tuple[int, int] | None = None) -> Report:
+def main(
+    launch: object | None = None,
+    webui_root: Path | None = None,
+    python: tuple[int, int] | None = None,
+    check_imports: Callable[[str, Iterable[str]], str | None] = check_imports,
+) -> Report:
     if launch is None:
         import launch  # the WebUI's launcher module (on PYTHONPATH while installers run)
     webui_root = webui_root or Path.cwd()

@@ -6,13 +6,16 @@ command is in ``failing``. ``args.skip_install`` makes run_pip a no-op.
 """
 
 import argparse
+import re
 import sys
+from pathlib import Path
 
 python = sys.executable
 args = argparse.Namespace(skip_install=False)
 installed: set[str] = set()
 failing: set[str] = set()
 pip_calls: list[tuple[str, str | None]] = []
+constraints_seen: list[str] = []  #: text of every ``-c FILE`` given to pip, read while the call runs
 
 
 def is_installed(package):
@@ -23,6 +26,9 @@ def run_pip(command, desc=None, live=False):
     if args.skip_install:
         return None
     pip_calls.append((command, desc))
+    match = re.search(r'-c "([^"]+)"', command)
+    if match:
+        constraints_seen.append(Path(match.group(1)).read_text())
     if any(name in command for name in failing):
         raise RuntimeError(f"Couldn't install {desc}.\nCommand: pip {command}\nError code: 1")
     return ""
@@ -34,4 +40,5 @@ def reset(present=(), fail=()):
     failing.clear()
     failing.update(fail)
     pip_calls.clear()
+    constraints_seen.clear()
     args.skip_install = False
