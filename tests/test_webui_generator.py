@@ -6,33 +6,17 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from lib_mbw.errors import EvaluationFailed, GenerationInterrupted
 from lib_mbw.generators.base import Generator
 from lib_mbw.generators.webui import RECIPE_INFOTEXT_KEY, WebUIGenerator
-from tests.webui_support import expected_unet, host, payload, recipe, unet_hash, webui  # noqa: F401
+from tests.webui_support import expected_unet, host, payload, recipe, reference_image, unet_hash, webui  # noqa: F401
 
 
 def models(webui) -> Path:
     from modules import sd_models
 
     return Path(sd_models.model_path)
-
-
-def reference_image(weights: dict[str, torch.Tensor], prompt: str, seed: int, size: int, loras=()):
-    """What the fake WebUI renders for these UNet weights (plus LoRA deltas)."""
-    from fake_sd_model import FAKE_UNET, build_unet, lora_delta, lora_layers, render
-
-    from lib_mbw.keyspec import unet_layout
-
-    unet = build_unet(unet_layout(FAKE_UNET, prefix=""))
-    unet.load_state_dict(weights)
-    with torch.no_grad():
-        for name, layer in lora_layers(unet):
-            for lora_name, strength in loras:
-                layer.weight.add_(lora_delta(lora_name, name, tuple(layer.weight.shape)) * strength)
-    return render(unet, prompt, seed, size, size)
 
 
 def test_generate_renders_the_payload_with_the_applied_recipe(host, webui, tmp_path):

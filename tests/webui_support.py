@@ -59,3 +59,18 @@ def expected_unet(a: Path, b: Path, r: Recipe) -> dict[str, torch.Tensor]:
 
 def live_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in unet.named_parameters()}
+
+
+def reference_image(weights: dict[str, torch.Tensor], prompt: str, seed: int, size: int, loras=()):
+    """What the fake WebUI renders for these UNet weights (plus LoRA deltas)."""
+    from fake_sd_model import FAKE_UNET, build_unet, lora_delta, lora_layers, render
+
+    from lib_mbw.keyspec import unet_layout
+
+    unet = build_unet(unet_layout(FAKE_UNET, prefix=""))
+    unet.load_state_dict(weights)
+    with torch.no_grad():
+        for name, layer in lora_layers(unet):
+            for lora_name, strength in loras:
+                layer.weight.add_(lora_delta(lora_name, name, tuple(layer.weight.shape)) * strength)
+    return render(unet, prompt, seed, size, size)

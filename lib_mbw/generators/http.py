@@ -69,13 +69,13 @@ class WorkerSettings:
     @classmethod
     def parse(cls, spec: str, **overrides: Any) -> "WorkerSettings":
         """A worker from ``http://host:port`` or ``http://user:password@host:port`` (scheme optional)."""
-        text = spec.strip().rstrip("/")
+        text = spec.strip()
         parts = urlsplit(text if "://" in text else f"http://{text}")
         if not parts.hostname:
             raise MBWError(f"worker {spec!r}: no host; give e.g. http://127.0.0.1:7860")
         auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
         netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-        url = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         return cls(url=url, auth=auth, **overrides)
 
 
