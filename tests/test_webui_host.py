@@ -218,3 +218,13 @@ def test_shutdown_restores_and_refuses_new_sessions(host, webui):
     assert unet_hash(webui.unet()) == before
     with pytest.raises(MBWError, match="Reload UI"):
         host.session("a.safetensors", "b.safetensors", "auto")
+
+
+def test_a_saved_merge_is_listed_with_its_hash(host, webui):
+    from tests.fake_webui.harness import fake_checkpoint
+
+    path = fake_checkpoint(models_dir(webui) / "merged.safetensors", 9)
+    assert not any(t.startswith("merged") for t in host.list_models())
+    host.model_saved(path)
+    titles = [t for t in host.list_models() if t.startswith("merged.safetensors [")]
+    assert len(titles) == 1 and host.model_path(titles[0]) == path

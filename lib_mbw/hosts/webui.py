@@ -219,9 +219,10 @@ def load_checkpoint(info: Any, flavour: str) -> None:
 
 
 def same_file(a: Any, b: Any) -> bool:
+    """Whether two checkpoints (CheckpointInfos or paths) are the same file."""
     try:
-        return Path(a.filename).resolve() == Path(b.filename).resolve()
-    except (OSError, AttributeError):
+        return Path(getattr(a, "filename", a)).resolve() == Path(getattr(b, "filename", b)).resolve()
+    except (OSError, TypeError):
         return False
 
 
@@ -595,10 +596,15 @@ class WebUIHost:
             self._exclusive.release()
 
     def model_saved(self, path: Path) -> None:
-        """Make a merged model appear in the checkpoint dropdown (after its refresh button)."""
+        """List a merged model among the WebUI's checkpoints, with its hash, as the WebUI's own merger does."""
         from modules import sd_models
 
         sd_models.list_models()
+        for info in list(sd_models.checkpoints_list.values()):
+            if same_file(info, path):
+                info.calculate_shorthash()
+                return
+        log.warning("auto-MBW: %s is not in a folder the WebUI scans for checkpoints", path)
 
     # -- locking helpers for generators and the API
 
