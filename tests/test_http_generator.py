@@ -284,3 +284,13 @@ def test_undecodable_images_fail_the_evaluation():
 
     with pytest.raises(EvaluationFailed, match="could not be decoded"):
         _decode_image("bm90IGFuIGltYWdl", "http://w", payload())
+
+
+def test_factory_takes_command_line_options():
+    from lib_mbw.generators.http import create
+
+    gen = create(model_a="a", model_b="b", url="gpu:7861", auth="u:p:q", timeout="30", retries="5", backoff="0.5")
+    w = gen.worker
+    assert (w.url, w.auth, w.timeout, w.retries, w.backoff) == ("http://gpu:7861", ("u", "p:q"), 30.0, 5, 0.5)
+    with pytest.raises(MBWError, match="retries must be a number"):
+        create(model_a="a", model_b="b", url="gpu", retries="many")

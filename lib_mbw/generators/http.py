@@ -23,6 +23,7 @@ each generator its own thread (``requests.Session`` is per generator).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import logging
@@ -217,3 +218,34 @@ def _decode_image(data: str, worker: str, payload: Payload) -> Image.Image:
     except (ValueError, OSError) as exc:
         raise EvaluationFailed(f"{worker}: payload {payload.name!r}: an image could not be decoded ({exc})") from None
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def create(
+    model_a: str,
+    model_b: str,
+    *,
+    url: str,
+    auth: str | None = None,
+    timeout: float | str | None = None,
+    retries: int | str | None = None,
+    backoff: float | str | None = None,
+    mode: str | None = None,
+) -> HTTPGenerator:
+    """Factory for registries and ``--generator lib_mbw.generators.http:create --worker url=...,auth=user:pass``.
+
+    Options may arrive as strings (command line ``K=V`` pairs).
+    """
+    overrides: dict[str, Any] = {}
+    for key, value, kind in (("timeout", timeout, float), ("retries", retries, int), ("backoff", backoff, float)):
+        if value is not None and value != "":
+            try:
+                overrides[key] = kind(value)
+            except ValueError:
+                raise MBWError(f"worker {url}: {key} must be a number, got {value!r}") from None
+    settings = WorkerSettings.parse(url, **overrides)
+    if auth:
+        user, sep, password = str(auth).partition(":")
+        if not sep:
+            raise MBWError(f"worker {url}: auth must be user:password")
+        settings = dataclasses.replace(settings, auth=(user, password))
+    return HTTPGenerator(settings, model_a, model_b, mode=mode)
