@@ -51,10 +51,14 @@ class DoubleRuntimeMerger:
     def _bind(self) -> None:
         self.params = dict(self.live.named_parameters())
 
-    def resync(self) -> None:
+    def resync(self, reload: bool | None = None) -> None:
+        """Rebind to the module's current Parameters; ``reload=True``: their values become A (the original)."""
         with self.lock:
             self._bind()
             self.resyncs += 1
+            if reload:
+                self.a = {n: p.detach().clone() for n, p in self.params.items()}
+                self.current = None
 
     def apply(self, recipe: Recipe) -> ApplyStats:
         start = time.perf_counter()

@@ -13,7 +13,7 @@ from lib_mbw.errors import HostBusyError, MBWError
 from lib_mbw.hosts.base import Host
 from lib_mbw.hosts.webui import ModelChoiceError, UnsupportedModelError, WebUIHost, check_mergeable
 from tests.runtime_double import merger_factory
-from tests.webui_support import expected_unet, host, live_state, payload, recipe, unet_hash, webui  # noqa: F401
+from tests.webui_support import checkpoint_unet, expected_unet, host, live_state, payload, recipe, unet_hash, webui  # noqa: F401
 
 
 def models_dir(webui) -> Path:
@@ -228,3 +228,19 @@ def test_a_saved_merge_is_listed_with_its_hash(host, webui):
     host.model_saved(path)
     titles = [t for t in host.list_models() if t.startswith("merged.safetensors [")]
     assert len(titles) == 1 and host.model_path(titles[0]) == path
+
+
+def test_a_checkpoint_the_user_loads_during_a_session_is_kept_when_it_closes(host, webui):
+    from fake_sd_model import FAKE_UNET, build_unet
+
+    from lib_mbw.keyspec import unet_layout
+
+    c_unet = build_unet(unet_layout(FAKE_UNET, prefix=""))
+    c_unet.load_state_dict(checkpoint_unet(models_dir(webui) / "c.safetensors"))
+    webui.sd_model()
+    session = host.session("a.safetensors", "b.safetensors", "auto")
+    session.apply(recipe(0.5))
+    _load_elsewhere(webui, "c.safetensors")
+    host.close_session()
+    assert webui.sd_model().sd_checkpoint_info.name == "c.safetensors"
+    assert unet_hash(webui.unet()) == unet_hash(c_unet), "C's weights must not be overwritten with A's"

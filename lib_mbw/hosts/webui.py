@@ -193,6 +193,12 @@ def check_mergeable(unet: "torch.nn.Module") -> None:
             raise UnsupportedModelError(f"the loaded UNet has no data for {name} (meta tensor); load the model again")
 
 
+def _loaded_model() -> Any:
+    from modules import shared
+
+    return shared.sd_model
+
+
 def checkpoint_of(sd_model: Any) -> Any | None:
     """The CheckpointInfo of the loaded model, or None when nothing is loaded."""
     return getattr(sd_model, "sd_checkpoint_info", None)
@@ -393,23 +399,39 @@ class MergeSession:
         self._model_changed = False
 
     def close(self, reload_previous: bool = True) -> None:
-        """Restore A, release the merger, and reload the user's checkpoint if A was not it."""
+        """Restore A, release the merger, and reload the user's checkpoint if A was not it.
+
+        When the WebUI loaded other weights under the merger, those are kept
+        (never overwritten with A) and the user's newer choice is not undone.
+        """
+        replaced = self.merger is not None and (self._model_changed or self._model_replaced())
         try:
-            if self.merger is not None and not self._model_changed:
+            if self.merger is not None and not replaced:
                 self.restore()
         finally:
-            self._drop_merger()
-            if reload_previous and self.previous is not None and not same_file(self.previous, self.info_a):
+            self._drop_merger(keep_live=replaced)
+            still_a = same_file(checkpoint_of(_loaded_model()), self.info_a)
+            if reload_previous and still_a and self.previous is not None and not same_file(self.previous, self.info_a):
                 log.info("auto-MBW: reloading %s", self.previous.title)
                 self._load(self.previous)
 
-    def _drop_merger(self) -> None:
+    def _drop_merger(self, keep_live: bool = False) -> None:
+        """Close the merger; ``keep_live``: the live weights are the WebUI's now, so they are kept, not restored."""
         merger, self.merger = self.merger, None
-        if merger is not None:
-            try:
-                merger.close()
-            except Exception:  # the module may already be gone (model replaced by the WebUI)
-                log.warning("auto-MBW: closing the runtime merger failed", exc_info=True)
+        if merger is None:
+            return
+        try:
+            if keep_live and self._same_unet():
+                merger.resync(reload=True)  # the host's values become the ones close() restores
+            merger.close()
+        except Exception:  # the old module may be gone (Forge builds a new model object per load)
+            log.warning("auto-MBW: closing the runtime merger failed", exc_info=True)
+
+    def _same_unet(self) -> bool:
+        try:
+            return live_unet(_loaded_model(), self.flavour) is self.unet
+        except UnsupportedModelError:
+            return False
 
     # -- weights
 
@@ -424,7 +446,7 @@ class MergeSession:
         start = time.perf_counter()
         with torch.no_grad():
             if self._rules.release(shared.sd_model, self.unet):
-                self.merger.resync()
+                self.merger.resync(reload=False)  # new Parameter objects holding the current merge
             operation(self.merger)
             self._rules.after_edit(self.unet)
         return time.perf_counter() - start
@@ -457,16 +479,7 @@ class MergeSession:
 
     def _model_replaced(self) -> bool:
         """The loaded checkpoint or UNet object is no longer the one merged (even if on_model_loaded was missed)."""
-        from modules import shared
-
-        sd_model = shared.sd_model
-        loaded = checkpoint_of(sd_model)
-        if loaded is None or not same_file(loaded, self.info_a):
-            return True
-        try:
-            return live_unet(sd_model, self.flavour) is not self.unet
-        except UnsupportedModelError:
-            return True
+        return not same_file(checkpoint_of(_loaded_model()), self.info_a) or not self._same_unet()
 
     def _reattach(self) -> None:
         from modules import shared
@@ -479,7 +492,7 @@ class MergeSession:
                 "do not change the checkpoint during a search, then resume it"
             )
         log.info("auto-MBW: the WebUI reloaded model A; rebuilding the runtime merge")
-        self._drop_merger()
+        self._drop_merger(keep_live=True)
         self._attach()
 
     def describe(self) -> dict[str, Any]:
