@@ -360,9 +360,7 @@ class MergeSession:
     # -- lifecycle
 
     def open(self) -> None:
-        from modules import shared
-
-        self.previous = checkpoint_of(shared.sd_model)
+        self.previous = checkpoint_of(_loaded_model())
         if self.previous is None or not same_file(self.previous, self.info_a):
             log.info("auto-MBW: loading model A %s", self.info_a.title)
             self._load(self.info_a)
@@ -378,16 +376,9 @@ class MergeSession:
     def _attach(self) -> None:
         """Build the merger on the live UNet, which must hold pure A (no LoRA merged)."""
         import torch
-        from modules import shared
 
-        sd_model = shared.sd_model
-        loaded = checkpoint_of(sd_model)
-        if loaded is None or not same_file(loaded, self.info_a):
-            name = getattr(loaded, "title", None) or "nothing"
-            raise MBWError(
-                f"model A ({self.info_a.title}) is not the loaded checkpoint ({name}); the WebUI could not load it, "
-                "see its console for the reason"
-            )
+        self._require_a_loaded("model A ({a}) is not the loaded checkpoint ({loaded}); the WebUI could not load it, see its console")
+        sd_model = _loaded_model()
         unet = live_unet(sd_model, self.flavour)
         check_mergeable(unet)
         with torch.no_grad():
@@ -397,6 +388,11 @@ class MergeSession:
         self.unet = unet
         self.recipe = None
         self._model_changed = False
+
+    def _require_a_loaded(self, problem: str) -> None:
+        loaded = checkpoint_of(_loaded_model())
+        if not same_file(loaded, self.info_a):
+            raise MBWError(problem.format(a=self.info_a.title, loaded=getattr(loaded, "title", None) or "nothing"))
 
     def close(self, reload_previous: bool = True) -> None:
         """Restore A, release the merger, and reload the user's checkpoint if A was not it.
@@ -437,7 +433,6 @@ class MergeSession:
 
     def _edit(self, operation: Callable[[Any], Any]) -> float:
         import torch
-        from modules import shared
 
         if self._model_changed or self._model_replaced():
             self._reattach()
@@ -445,7 +440,7 @@ class MergeSession:
             raise MBWError("the auto-MBW merge session is closed; start the search again")
         start = time.perf_counter()
         with torch.no_grad():
-            if self._rules.release(shared.sd_model, self.unet):
+            if self._rules.release(_loaded_model(), self.unet):
                 self.merger.resync(reload=False)  # new Parameter objects holding the current merge
             operation(self.merger)
             self._rules.after_edit(self.unet)
@@ -482,15 +477,10 @@ class MergeSession:
         return not same_file(checkpoint_of(_loaded_model()), self.info_a) or not self._same_unet()
 
     def _reattach(self) -> None:
-        from modules import shared
-
-        loaded = checkpoint_of(shared.sd_model)
-        if loaded is None or not same_file(loaded, self.info_a):
-            name = getattr(loaded, "title", None) or "nothing"
-            raise MBWError(
-                f"the WebUI loaded {name} while auto-MBW was merging {self.info_a.title}: the merge is gone; "
-                "do not change the checkpoint during a search, then resume it"
-            )
+        self._require_a_loaded(
+            "the WebUI loaded {loaded} while auto-MBW was merging {a}: the merge is gone; "
+            "do not change the checkpoint during a search, then resume it"
+        )
         log.info("auto-MBW: the WebUI reloaded model A; rebuilding the runtime merge")
         self._drop_merger(keep_live=True)
         self._attach()
@@ -686,12 +676,18 @@ class WebUIHost:
         if session is not None:
             session.model_loaded(sd_model)
 
-    def shutdown(self) -> None:
-        """on_script_unloaded (Reload UI): restore the weights and refuse further work from this object."""
+    def interrupt_generation(self) -> bool:
+        """Stop the image being rendered now (the WebUI's Interrupt); the search then stops. False if none runs."""
         from modules import shared
 
-        if self.searching:
-            shared.state.interrupt()  # the running search stops after the current image
+        if not self.searching:
+            return False
+        shared.state.interrupt()
+        return True
+
+    def shutdown(self) -> None:
+        """on_script_unloaded (Reload UI): restore the weights and refuse further work from this object."""
+        self.interrupt_generation()
         with self._session_lock:
             self._closed = True
             self.close_session()
@@ -731,10 +727,7 @@ class WebUIHost:
 
     def api_stop(self) -> dict[str, Any]:
         """Stop: interrupt a search running here, or restore and close the worker session."""
-        from modules import shared
-
-        if self.searching:
-            shared.state.interrupt()
+        if self.interrupt_generation():
             return {"stopped": "search", "detail": "the running search stops after the current image"}
         with self.queue_turn(API_LOCK_TIMEOUT_S):
             had = self._session is not None
