@@ -8,7 +8,6 @@ WorkerUnavailableError and resumes on the restarted worker with nothing lost.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import socket

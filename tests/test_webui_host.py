@@ -13,7 +13,7 @@ from lib_mbw.errors import HostBusyError, MBWError
 from lib_mbw.hosts.base import Host
 from lib_mbw.hosts.webui import ModelChoiceError, UnsupportedModelError, WebUIHost, check_mergeable
 from tests.runtime_double import merger_factory
-from tests.webui_support import checkpoint_unet, expected_unet, host, live_state, payload, recipe, unet_hash, webui  # noqa: F401
+from tests.webui_support import checkpoint_unet, expected_unet, host, live_state, recipe, unet_hash, webui  # noqa: F401
 
 
 def models_dir(webui) -> Path:

@@ -10,7 +10,7 @@ saved only when ``do_not_save_samples`` is False, a grid first when
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
