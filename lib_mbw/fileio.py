@@ -40,11 +40,14 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: bool = True) -> Path:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: bool = True, durable: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
 
     With ``overwrite=False`` an existing ``path`` raises OutputExistsError and
-    nothing is written. Text is written as UTF-8.
+    nothing is written. Text is written as UTF-8. ``durable=False`` skips the
+    fsyncs: the file is still replaced atomically (safe against a killed
+    process), but a power loss may leave the previous version; use it only
+    for files that can be rebuilt (e.g. the search state, which history replays).
     """
     path = Path(path)
     if not overwrite and path.exists():
@@ -56,7 +59,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: 
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if not overwrite and path.exists():
             raise OutputExistsError(f"{path}: already exists; choose another name or allow overwriting")
         os.replace(tmp_name, path)
@@ -66,5 +70,6 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: 
         except OSError:
             pass
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return path

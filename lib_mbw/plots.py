@@ -48,7 +48,7 @@ def _figure_bytes(figure: Any) -> bytes:
 
 
 def convergence_plot(
-    rows: Sequence[object],
+    rows: Sequence[Any],
     path: str | os.PathLike[str] | None = None,
     *,
     higher_is_better: bool = True,
@@ -69,8 +69,8 @@ def convergence_plot(
     failed: list[int] = []
     selected = None
     for position, row in enumerate(rows, start=1):
-        status = getattr(row, "status")
-        score = getattr(row, "score")
+        status = row.status
+        score = row.score
         if status == "selected":
             selected = (position, score)
             continue
@@ -101,7 +101,7 @@ def convergence_plot(
     ax.grid(alpha=0.3)
     if by_status or failed:
         ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.11)
     data = _figure_bytes(fig)
     if path is not None:
         write_atomic(path, data)
@@ -164,14 +164,14 @@ def unet_weights_plot(
     ax.set_ylim(-13.5, 1.2)
     ax.axis("off")
     ax.set_title(title + "  (filled part = weight; 0 = model A, 1 = model B)", fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.94, bottom=0.01)
     data = _figure_bytes(fig)
     if path is not None:
         write_atomic(path, data)
     return data
 
 
-def plot_run(rows: Sequence[object], recipe: Recipe | None, folder: str | os.PathLike[str], *, family: str, higher_is_better: bool = True) -> dict[str, Path]:
+def plot_run(rows: Sequence[Any], recipe: Recipe | None, folder: str | os.PathLike[str], *, family: str, higher_is_better: bool = True) -> dict[str, Path]:
     """Both plots of a finished run, as ``convergence.png`` and ``best_weights.png`` in ``folder``."""
     folder = Path(folder)
     paths = {"convergence_plot": folder / "convergence.png"}

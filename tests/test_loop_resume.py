@@ -77,11 +77,15 @@ def test_crash_with_lagging_state_and_torn_line_resumes_exactly(tmp_path: Path, 
     assert resumed.recipe == uninterrupted.recipe
 
 
-def test_resume_without_state_file_replays_the_whole_history(tmp_path: Path, uninterrupted) -> None:
+@pytest.mark.parametrize("damage", ["missing", "empty"])
+def test_resume_without_usable_state_replays_the_whole_history(tmp_path: Path, uninterrupted, damage: str) -> None:
     run = new_run(tmp_path)
     run.add_listener(lambda e: isinstance(e, IterationDone) and e.index == 6 and run.request_stop())
     run.run()
-    (tmp_path / STATE_FILE).unlink()
+    if damage == "missing":
+        (tmp_path / STATE_FILE).unlink()
+    else:  # what a power loss can leave of a file that was not fsync'd
+        (tmp_path / STATE_FILE).write_bytes(b"")
     resumed = new_run(tmp_path).run()
     assert comparable(resumed.rows) == comparable(uninterrupted.rows)
 

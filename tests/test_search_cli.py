@@ -181,3 +181,152 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(workdir: Path) 
     assert comparable(resumed[: len(survived)]) == comparable(survived)  # nothing rewritten
     assert comparable(resumed) == comparable(uninterrupted)
     assert json.loads((run / "best.recipe.json").read_text())["weights"] == json.loads((whole / "best.recipe.json").read_text())["weights"]
+
+
+def test_two_workers_from_the_command_line(workdir: Path) -> None:
+    args = [*BACKEND, "--worker", "delay=0.01,name=left", "--worker", "delay=0.01,name=right", "--max-evals", "6", "--rescore-top", "0", "-q"]
+    assert main(["search", *args]) == 0
+    (run,) = run_dirs(workdir / "csv" / "history")
+    workers = {r["worker"] for r in history_rows(run) if r["status"] == "ok"}
+    assert workers == {"left#0", "right#1"}
+    assert json.loads((run / "manifest.json").read_text())["generators"] == ["left", "right"]
+
+
+def test_architecture_is_detected_from_model_a(workdir: Path, tiny_checkpoints: dict) -> None:
+    from lib_mbw.search.session import detect_family
+    from lib_mbw.search.settings import SearchSettings
+
+    a, b = tiny_checkpoints["sdxl"]
+    settings = SearchSettings()
+    settings.models.a, settings.models.b = str(a), str(b)
+    assert detect_family(settings, []) == "sdxl"
+    code = main(["search", *BACKEND[2:], "-a", str(a), "-b", str(b), "--max-evals", "2", "--rescore-top", "0", "-q"])
+    assert code == 0
+    (run,) = run_dirs(workdir / "csv" / "history")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["family"] == "sdxl" and len(manifest["models"]["a"]["sha256"]) == 64
+    header = history_rows(run)[0].keys()
+    assert "IN08" in header and "IN09" not in header  # SDXL's absent blocks are not searched or recorded
+
+
+class FakeMergeModule:
+    """Stands in for lib_mbw.merge until the merge engine is on this branch; records the call."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def merge_to_file(self, a, b, recipe, out, **options):
+        self.calls.append((a, b, recipe, Path(out), options))
+        if self.fail:
+            from lib_mbw.errors import MBWError
+
+            raise MBWError(f"{out}: no space left on device")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(b"model")
+
+
+def test_merged_model_is_written_through_the_merge_engine(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    fake = FakeMergeModule()
+    monkeypatch.setitem(sys.modules, "lib_mbw.merge", fake)
+    args = [*BACKEND, "-a", "A.safetensors", "-b", "B.safetensors", "-o", "models", "--dtype", "bf16", "--max-evals", "3", "--rescore-top", "0", "-q"]
+    assert main(["search", *args]) == 0
+    (run,) = run_dirs(workdir / "csv" / "history")
+    ((a, b, recipe, out, options),) = fake.calls
+    assert (a, b) == ("A.safetensors", "B.safetensors") and out.parent == Path("models") and out.name.startswith("A-x-B-")
+    assert recipe == Recipe.from_dict(json.loads((run / "best.recipe.json").read_text()))
+    assert options["dtype"] == torch.bfloat16 and options["base_from"] == "a" and options["overwrite"] is False
+    assert run.name in json.loads(options["extra_metadata"]["auto_mbw_search"])["run_id"]
+    assert json.loads((run / "manifest.json").read_text())["result"]["outputs"]["model"] == str(out)
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "lib_mbw.merge", FakeMergeModule(fail=True))
+    assert main(["search", *args]) == 2  # the search result is kept; only the model is missing
+    err = capsys.readouterr().err
+    assert "no space left on device" in err and "merge it later with: python -m lib_mbw merge A B --recipe" in err
+
+
+def test_host_provides_generators_and_holds_its_lock(workdir: Path) -> None:
+    import contextlib
+
+    from lib_mbw.search.session import start_search
+    from lib_mbw.search.settings import settings_from_dict
+    from tests.loop_backend import FakeGenerator, FakeScorer
+
+    class Host:
+        name = "standalone"
+
+        def __init__(self) -> None:
+            self.made: list[tuple] = []
+            self.locked = False
+            self.lock_seen: list[bool] = []
+
+        def make_generator(self, model_a, model_b, options):
+            self.made.append((model_a, model_b, dict(options)))
+            host = self
+
+            class Watched(FakeGenerator):
+                def apply(self, recipe):
+                    host.lock_seen.append(host.locked)
+                    return super().apply(recipe)
+
+            return Watched()
+
+        @contextlib.contextmanager
+        def exclusive(self):
+            self.locked = True
+            try:
+                yield
+            finally:
+                self.locked = False
+
+        def model_saved(self, path):
+            pass
+
+    host = Host()
+    settings = settings_from_dict({"models": {"a": "A", "b": "B", "family": "sd1"}, "generator": {"options": {"steps": 4}}, "stop": {"max_evaluations": 2}, "rescore_top": 0, "strategy": "tests.loop_backend:make_optimizer"})
+    session = start_search(settings, host=host, scorer=FakeScorer())
+    outcome = session.execute()
+    assert host.made == [("A", "B", {"steps": 4})]
+    assert host.lock_seen and all(host.lock_seen) and not host.locked
+    assert outcome.result.evaluations == 2 and session.generators[0].closed
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(workdir: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = [*BACKEND, "--generator-option", "delay=0.02", "--max-evals", "200", "--patience", "0", "--rescore-top", "0", "-q"]
+    process = subprocess.Popen([sys.executable, "-m", "lib_mbw", "search", *args], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        history = workdir / "csv" / "history"
+        while time.monotonic() < deadline:
+            runs = run_dirs(history) if history.exists() else []
+            if runs and (runs[0] / "history.csv").exists() and len((runs[0] / "history.csv").read_text().splitlines()) > 3:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert "stopped by user (Ctrl-C); continue with: python -m lib_mbw search --resume" in err
+    (run,) = run_dirs(workdir / "csv" / "history")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["result"]["stop_reason"] == "user_abort" and (run / "best.recipe.json").exists()
+    done = manifest["result"]["evaluations"]
+    assert 3 <= done < 200
+    assert main(["search", "--resume", str(run), "--max-evals", str(done + 2), "-q"]) == 0
+    assert json.loads((run / "manifest.json").read_text())["result"]["evaluations"] == done + 2
+
+
+def test_settings_files_with_errors_name_the_file(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "broken.toml").write_text("[stop\nmax_evaluations = 3\n")
+    assert main(["search", "--config", "broken.toml", *BACKEND]) == 2
+    assert "broken.toml: invalid TOML" in capsys.readouterr().err
+    (workdir / "typed.json").write_text(json.dumps({"stop": {"max_evaluations": "many"}, "seed": 1}))
+    assert main(["search", "--config", "typed.json", *BACKEND]) == 2
+    assert "typed.json: stop.max_evaluations must be an integer, got 'many'" in capsys.readouterr().err
+    assert main(["search", "--config", "missing.toml", *BACKEND]) == 2
+    assert "missing.toml: settings file not found" in capsys.readouterr().err

@@ -14,8 +14,12 @@ never share or overwrite one) holding:
   total_s, worker, reason``. ``status`` is ok / failed / abandoned / cached /
   rescore / selected; ``source`` is optimizer / initial / rescore / final.
   The last row (status ``selected``) is the recipe the search returned and why.
-* ``state.json``: the optimizer state and the loop phase, written atomically
+* ``state.json``: the optimizer state and the loop phase, replaced atomically
   after every evaluation, so ``--resume`` continues exactly where it stopped.
+  It is not fsync'd (one disk flush per evaluation is enough): after a power
+  loss it may be older than the history, and the loop then replays the newer
+  rows through the optimizer; if it is missing or unreadable, the whole
+  history is replayed.
 
 A run killed at any moment (SIGKILL, power loss) loses at most the
 evaluation in flight: a half-written last line is dropped when the history
@@ -300,7 +304,9 @@ class RunHistory:
     # ---- state and manifest
 
     def write_state(self, state: LoopState) -> None:
-        write_atomic(self.folder / STATE_FILE, state.to_json())
+        """Replace ``state.json`` atomically. Not fsync'd: it costs a disk flush per evaluation and the
+        history rows (which are fsync'd) can rebuild it; a state older than the history is caught up by replay."""
+        write_atomic(self.folder / STATE_FILE, state.to_json(), durable=False)
 
     def read_state(self) -> LoopState | None:
         path = self.folder / STATE_FILE

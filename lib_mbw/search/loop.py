@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from ..errors import EvaluationFailed, MBWError
+from ..errors import EvaluationFailed, GenerationInterrupted, MBWError, WorkerUnavailableError
 from ..generators.base import GeneratedImage, Generator
 from ..payloads import Payload
 from ..recipe import Recipe
@@ -83,7 +83,7 @@ from .events import (
     Stopped,
     Timings,
 )
-from .history import HistoryRow, LoopState, RunHistory
+from .history import HistoryError, HistoryRow, LoopState, RunHistory
 from .settings import AbandonSettings
 from .stopping import StopReason, StopSettings, StopTracker
 
@@ -120,7 +120,7 @@ class LoopSettings:
 
 @dataclass
 class Evaluation:
-    """The outcome of rendering and scoring one recipe (status ok / failed / abandoned / aborted)."""
+    """The outcome of rendering and scoring one recipe (status ok / failed / abandoned / aborted / unavailable)."""
 
     recipe: Recipe
     status: str
@@ -164,9 +164,9 @@ class SearchRun:
         generators: Generator | Sequence[Generator],
         scorer: Scorer,
         *,
-        tally: Tally = Tally(),
-        stop: StopSettings = StopSettings(),
-        settings: LoopSettings = LoopSettings(),
+        tally: Tally | None = None,
+        stop: StopSettings | None = None,
+        settings: LoopSettings | None = None,
         history: RunHistory | None = None,
         initial_recipes: Sequence[Recipe] = (),
         run_id: str = "",
@@ -183,6 +183,9 @@ class SearchRun:
         keys = [p.key for p in self.payloads]
         if len(set(keys)) != len(keys):
             raise LoopError(f"payloads must have distinct names/variants, got {keys}")
+        tally = tally or Tally()
+        stop = stop or StopSettings()
+        settings = settings or LoopSettings()
         self.optimizer = optimizer
         self.scorer = scorer
         self.tally = tally
@@ -199,6 +202,7 @@ class SearchRun:
         offset = settings.rescore_seed_offset
         self._rescore_payloads = [dataclasses.replace(p, seed=(p.seed + offset) % 2**32) for p in self.payloads]
         self._initial = list(initial_recipes)
+        self._retry: list[tuple[Recipe, str]] = []  # recipes a worker could not evaluate (down), tried first
         self._worker_names = self._name_workers()
 
         self._control = threading.Condition()
@@ -331,7 +335,11 @@ class SearchRun:
         if self.history is None:
             return 0
         rows = self.history.rows()
-        state = self.history.read_state()
+        try:
+            state = self.history.read_state()
+        except HistoryError as exc:
+            log.warning("%s; replaying the whole history instead", exc)
+            state = None
         covered = 0
         if state is not None:
             self._load_optimizer_state(state.optimizer)
@@ -420,6 +428,18 @@ class SearchRun:
             self._failures_in_row = 0
             self.emit(Resumed())
 
+    def _requeue(self, recipe: Recipe, source: str, reason: str) -> None:
+        """Put back a recipe no worker could evaluate and pause the run with the worker's error."""
+        self._retry.append((recipe, source))
+        self._requeue_pause(reason)
+
+    def _requeue_pause(self, reason: str) -> None:
+        with self._control:
+            if not self._stop_requested:
+                self._pause_requested = True
+                self._pause_by_user = False
+                self._pause_reason = f"{reason}; the run is paused: resume when the worker is back (or stop and resume later)"
+
     def _pause_for_failures(self, reason: str) -> None:
         with self._control:
             self._pause_requested = True
@@ -431,6 +451,8 @@ class SearchRun:
 
     def _propose(self, n: int) -> list[tuple[Recipe, str]]:
         proposals: list[tuple[Recipe, str]] = []
+        while self._retry and len(proposals) < n:
+            proposals.append(self._retry.pop(0))
         while self._initial and len(proposals) < n:
             proposals.append((self._initial.pop(0), "initial"))
         if len(proposals) < n:
@@ -456,6 +478,9 @@ class SearchRun:
             evaluation = self._evaluate(0, generator, recipe, self.payloads, "search")
             if evaluation.status == "aborted":
                 continue  # the stop check above ends the loop
+            if evaluation.status == "unavailable":
+                self._requeue(recipe, source, evaluation.reason)
+                continue
             self._record_search(evaluation, source)
 
     def _search_parallel(self) -> None:
@@ -496,6 +521,9 @@ class SearchRun:
                         idle.append(worker)
                         evaluation = future.result()
                         if evaluation.status == "aborted":
+                            continue
+                        if evaluation.status == "unavailable":
+                            self._requeue(recipe, source, evaluation.reason)
                             continue
                         self._record_search(evaluation, source)
                         for dup_source in duplicates.pop(recipe, []):
@@ -578,12 +606,20 @@ class SearchRun:
                 if number < len(chunks) - 1:
                     abandon = self._abandon_reason(image_scores, done_payloads, len(payloads))
                     if abandon:
-                        evaluation.status, (evaluation.score, evaluation.payload_scores), evaluation.reason = "abandoned", self._tally_scores(image_scores), abandon
+                        evaluation.score, evaluation.payload_scores = self._tally_scores(image_scores)
+                        evaluation.status, evaluation.reason = "abandoned", abandon
                         return evaluation
             evaluation.score, evaluation.payload_scores = self._tally_scores(image_scores)
             evaluation.status = "ok"
         except EvaluationFailed as exc:
             evaluation.reason = exc.reason
+        except GenerationInterrupted as exc:
+            # The user pressed Interrupt in the host: end the search, tell the optimizer nothing.
+            self.request_stop(f"interrupted: {exc}")
+            evaluation.status, evaluation.reason = "aborted", str(exc)
+        except WorkerUnavailableError as exc:
+            # A dead worker says nothing about the recipe: re-queue it and pause until the worker is back.
+            evaluation.status, evaluation.reason = "unavailable", str(exc)
         except MBWError as exc:
             evaluation.reason = str(exc)
         except Exception as exc:  # a generator/scorer crash is one failed evaluation, not the end of a 2-day search
@@ -730,15 +766,19 @@ class SearchRun:
             self._candidates = self._rank_candidates()
             self._save_state()
         rescored = {r.recipe for r in self._rows if r.source == "rescore" and r.status == "rescore"}
-        for recipe in self._candidates:
-            if recipe in rescored:
-                continue
+        pending = [r for r in self._candidates if r not in rescored]
+        while pending:
+            recipe = pending[0]
             self._wait_if_paused()
             if self._stop_requested:
                 break
             evaluation = self._evaluate(0, self.generators[0], recipe, self._rescore_payloads, "rescore")
             if evaluation.status == "aborted":
                 break
+            if evaluation.status == "unavailable":
+                self._requeue_pause(evaluation.reason)
+                continue
+            pending.pop(0)
             row = self._row(evaluation, "rescore", status="rescore" if evaluation.status == "ok" else "failed")
             self._append(row)
             self._failures_in_row = self._failures_in_row + 1 if row.status == "failed" else 0

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Union
+
 
 from ..errors import MBWError
 from ..recipe import FOLDS, ORDERS
@@ -285,6 +285,20 @@ def merge_mappings(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict
     return merged
 
 
+def _toml_module(path: Path) -> Any:
+    try:
+        import tomllib  # Python 3.11+
+
+        return tomllib
+    except ImportError:
+        try:
+            import tomli  # the same parser for Python 3.10
+
+            return tomli
+        except ImportError:
+            raise SettingsError(f"{path}: reading TOML needs Python 3.11+ (or the tomli package); use a .json file instead") from None
+
+
 def read_settings_file(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a JSON or TOML settings file (by suffix; TOML for anything but .json)."""
     path = Path(path)
@@ -294,12 +308,17 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
         raise SettingsError(f"{path}: settings file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{path}: cannot read settings file ({exc})") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SettingsError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{path}: invalid TOML ({exc})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    else:
+        toml = _toml_module(path)
+        try:
+            data = toml.loads(text)
+        except toml.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: invalid TOML ({exc})") from None
     if not isinstance(data, dict):
         raise SettingsError(f"{path}: settings must be a table/object at the top level")
     return data
