@@ -42,10 +42,10 @@ def test_app_under_gradio_4() -> None:
     assert summary["gradio"] == "4.40.0"
     assert summary["rows"] == 8 and summary["frames"] >= 2 and summary["stopped_after_rows"] < 100
     in_process = subprocess.run(
-        [str(GRADIO4_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_build_ui_in_process_wires_every_form_field"],
+        [str(GRADIO4_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "in_process or webui_like"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
-    assert in_process.returncode == 0, in_process.stdout[-4000:] + in_process.stderr[-2000:]
+    assert in_process.returncode == 0 and "2 passed" in in_process.stdout, in_process.stdout[-4000:] + in_process.stderr[-2000:]
 
 
 def test_build_ui_in_process_wires_every_form_field() -> None:
@@ -68,3 +68,24 @@ def test_build_ui_in_process_wires_every_form_field() -> None:
     search = next(d for d in config["dependencies"] if d.get("api_name") == "auto_mbw_search")
     assert len(search["inputs"]) == len(FormValues().values())
     assert not any(d.get("every") for d in config["dependencies"]), "no polling timers"
+
+
+def test_the_tab_renders_inside_a_webui_like_page() -> None:
+    """The WebUI builds each extension's Blocks, then renders it inside its own page's tabs."""
+    import gradio as gr
+
+    from lib_mbw.hosts.base import HostPaths
+    from lib_mbw.hosts.standalone import StandaloneHost
+    from lib_mbw.ui import build_ui
+
+    paths = HostPaths(ROOT / "payloads", ROOT / "payloads" / "wildcards", ROOT / "csv" / "history", ROOT / "tests" / "data")
+    tab = build_ui(StandaloneHost(paths.models, paths=paths))
+    with gr.Blocks(analytics_enabled=False) as page:
+        with gr.Tabs():
+            with gr.TabItem("txt2img"):
+                gr.Textbox(label="prompt")
+            with gr.TabItem("auto-MBW", id="auto_mbw"):
+                tab.render()
+    config = page.get_config_file()
+    assert "auto_mbw_search" in {d.get("api_name") for d in config["dependencies"]}
+    assert any(c.get("props", {}).get("elem_id") == "mbw-unet" for c in config["components"])

@@ -21,11 +21,16 @@ PAYLOAD = {"prompt": "a {red|blue} house", "steps": 2, "width": 64, "height": 64
 
 
 class RecordingHost(StandaloneHost):
-    """A standalone host that keeps the generators it made (to check restore/close)."""
+    """A standalone host that keeps the generators it made (to check restore/close) and counts interrupts."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.made: list[Any] = []
+        self.interrupts = 0
+
+    def interrupt_generation(self) -> bool:
+        self.interrupts += 1
+        return True
 
     def make_generator(self, model_a: str, model_b: str, options: Any) -> Any:
         generator = super().make_generator(model_a, model_b, options)
@@ -117,6 +122,7 @@ def test_pause_resume_and_stop_restore_the_model(host: RecordingHost) -> None:
     busy = actions.start_from_form(host, controller, form())
     assert "a search is running" in busy.errors["run_name"]
     controller.stop()
+    assert host.interrupts == 1, "Stop also interrupts the host's generation (the WebUI's Interrupt)"
     assert controller.wait(20)
     state = controller.snapshot()
     assert state.state == "finished" and "restored" in state.message
@@ -190,6 +196,8 @@ def test_stop_while_waiting_for_ratings_ends_the_run(host: RecordingHost) -> Non
     state = controller.snapshot()
     assert state.state == "finished" and state.rating is None
     assert host.made[0].applied is None
+    rows = read_history_rows(state.run_dir)
+    assert not any(r.status == "failed" for r in rows), "a stop while rating is no failed evaluation"
 
 
 def test_parse_ratings() -> None:

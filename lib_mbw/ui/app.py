@@ -232,8 +232,8 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
                         for slider in sliders:
                             live.add(slider)
                         with gr.Row():
-                            latest = live.add(compat.gallery("Latest evaluation", columns=4, height=260, elem_id="mbw-latest"))
-                            best = live.add(compat.gallery("Best so far", columns=4, height=260, elem_id="mbw-best"))
+                            latest = live.add(compat.gallery("Latest evaluation", columns=5, height=200, elem_id="mbw-latest"))
+                            best = live.add(compat.gallery("Best so far", columns=5, height=200, elem_id="mbw-best"))
                         convergence = live.add(gr.HTML(convergence_svg([]), elem_id="mbw-convergence"))
                         history = live.add(compat.dataframe(headers=HISTORY_HEADERS, datatype=["number", "str", "str", "number", "str", "number", "str"],
                                                             label="Evaluations (newest first)", elem_id="mbw-history", height=320))

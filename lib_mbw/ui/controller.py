@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from ..errors import MBWError
+from ..errors import GenerationInterrupted, MBWError
 from ..generators.base import Generator
 from ..scorers.base import Scorer
 from ..search.settings import ScorerSettings, SearchSettings
@@ -107,6 +107,9 @@ class UIRater:
             with self._lock:
                 answer, self._answer, self._pending_id = self._answer, None, None
             self.controller._set_rating(None)
+        if answer is None and self.controller.stop_requested:
+            # not the recipe's fault: the loop drops the evaluation instead of recording a failure
+            raise GenerationInterrupted("stopped while waiting for ratings")
         return answer if answer is not None else [None] * len(images)
 
     def submit(self, request_id: int, ratings: Sequence[float | None]) -> None:
@@ -371,6 +374,12 @@ class SearchController:
             self._notify()
         if session is not None:
             session.run.request_stop("stopped by user in the UI")
+        interrupt = getattr(self.host, "interrupt_generation", None)
+        if callable(interrupt):
+            try:
+                interrupt()  # the WebUI stops the image being rendered instead of finishing it
+            except Exception:
+                log.exception("could not interrupt the host's generation")
         return "stopping"
 
     def _require_session(self, action: str) -> Any:

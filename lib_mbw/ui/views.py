@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image
 
-from ..blocks import BLOCKS, present_blocks
+from ..blocks import BLOCKS, OUT, TIME_EMBED, present_blocks
 from ..generators.base import GeneratedImage
 from ..plots import unet_positions
 from ..recipe import Recipe, format_weight
@@ -51,6 +51,7 @@ def unet_html(current: Recipe | None, best: Recipe | None, family: str | None = 
     present = set(present_blocks(family)) if family else set(BLOCKS)
     unit_x, unit_y, box_w, box_h = 42.0, 17.0, 36.0, 34.0
     positions = unet_positions()
+    positions[TIME_EMBED], positions[OUT] = (26.5, -2.0), (26.5, -7.5)  # apart enough for their labels and values
     min_x = min(x for x, _ in positions.values())
     max_y = max(y for _, y in positions.values())
     width = (max(x for x, _ in positions.values()) - min_x) * unit_x + box_w + 16
