@@ -223,10 +223,13 @@ def test_a_failed_start_is_shown_and_frees_the_generators(host: RecordingHost) -
 
 
 def test_describe_models_reports_the_architecture(host: RecordingHost, tiny_checkpoints: dict[str, tuple[Path, Path]]) -> None:
-    family, text = actions.describe_models(host, "A.safetensors", "B.safetensors")
-    assert family == "sd1" and text.startswith("SD1.x: 27 blocks")
+    info = actions.describe_models(host, "A.safetensors", "B.safetensors")
+    assert info.family == "sd1" and info.text.startswith("SD1.x: 27 blocks") and not info.mismatch
     (host.models_dir / "XL.safetensors").symlink_to(tiny_checkpoints["sdxl"][0])
-    family, text = actions.describe_models(host, "A.safetensors", "XL.safetensors")
-    assert family is None and "architectures differ" in text
+    info = actions.describe_models(host, "A.safetensors", "XL.safetensors")
+    assert info.family is None and "architectures differ" in info.text and info.mismatch
     result = actions.start_from_form(host, SearchController(host), form(model_b="XL.safetensors"))
     assert "architectures differ" in result.errors["model_b"]
+    (host.models_dir / "broken.safetensors").write_bytes(b"not a model")
+    unreadable = actions.describe_models(host, "A.safetensors", "broken.safetensors")
+    assert not unreadable.mismatch and "read when the search starts" in unreadable.text

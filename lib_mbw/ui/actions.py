@@ -28,40 +28,59 @@ def generator_name(host: Any) -> str:
     return str(getattr(host, "generator", None) or getattr(host, "name", "host"))
 
 
-def describe_models(host: Any, model_a: str | None, model_b: str | None) -> tuple[str | None, str]:
-    """(family, Markdown) for the chosen pair: the architecture, or why the pair cannot be merged."""
+@dataclass
+class ModelsInfo:
+    """What the UI says about the chosen pair; ``mismatch`` blocks a search (the pair cannot be merged)."""
+
+    family: str | None
+    text: str
+    mismatch: bool = False
+
+
+def describe_models(host: Any, model_a: str | None, model_b: str | None) -> ModelsInfo:
+    """The architecture of the chosen pair, or why it cannot be merged.
+
+    A file this process cannot read (a pickle checkpoint the WebUI loads
+    itself, a diffusers folder) is no reason to refuse: the search reads the
+    architecture from its generator then.
+    """
     from ..blocks import check_same_architecture
     from ..checkpoint import open_checkpoint
+    from ..errors import ArchitectureMismatchError
 
     if not model_a or not model_b:
-        return None, "Choose model A (weight 0) and model B (weight 1)."
+        return ModelsInfo(None, "Choose model A (weight 0) and model B (weight 1).")
     archs = []
     for role, title in (("A", model_a), ("B", model_b)):
         try:
             path = host.model_path(title)
-            if Path(path).is_dir():
-                return None, f"Model {role} is a diffusers folder; its architecture is read when the search starts."
+        except MBWError as exc:
+            return ModelsInfo(None, f"⚠ model {role}: {exc}", mismatch=True)
+        if Path(path).is_dir():
+            return ModelsInfo(None, f"Model {role} is a diffusers folder; its architecture is read when the search starts.")
+        try:
             with open_checkpoint(path) as checkpoint:
                 archs.append(checkpoint.arch)
         except MBWError as exc:
-            return None, f"⚠ model {role}: {exc}"
+            return ModelsInfo(None, f"Model {role}: the architecture is read when the search starts ({exc}).")
     try:
         check_same_architecture(archs[0], archs[1], f"model A ({model_a})", f"model B ({model_b})")
-    except MBWError as exc:
-        return None, f"⚠ {exc}"
+    except ArchitectureMismatchError as exc:
+        return ModelsInfo(None, f"⚠ {exc}", mismatch=True)
     arch = archs[0]
     note = ""
     if arch.absent_blocks:
         note = f" {', '.join(arch.absent_blocks)} do not exist on {arch.label} and are not searched."
     same = "  \n⚠ A and B are the same checkpoint: every merge is identical." if model_a == model_b else ""
-    return arch.family, f"{arch.label}: {len(present_blocks(arch.family))} blocks.{note}{same}"
+    return ModelsInfo(arch.family, f"{arch.label}: {len(present_blocks(arch.family))} blocks.{note}{same}")
 
 
 def start_from_form(host: Any, controller: SearchController, form: FormValues) -> FormResult:
     """Validate the form and start the search; the result's errors say what to fix (nothing starts then)."""
-    family, description = describe_models(host, form.model_a, form.model_b)
-    if description.startswith("⚠"):
-        return FormResult(None, {"model_b": description.lstrip("⚠ ")})
+    models = describe_models(host, form.model_a, form.model_b)
+    if models.mismatch:
+        return FormResult(None, {"model_b": models.text.lstrip("⚠ ")})
+    family = models.family
     result = settings_from_form(form, host.paths, model_path=host.model_path, generator=generator_name(host), family=family)
     if result.ok:
         assert result.settings is not None and form.model_a and form.model_b
@@ -177,6 +196,7 @@ def scorer_choices() -> list[str]:
 
 __all__ = [
     "MAX_RATING_SLIDERS",
+    "ModelsInfo",
     "RecipeSource",
     "describe_models",
     "generator_name",

@@ -106,7 +106,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
                                 form["model_a"] = compat.dropdown("Model A (weight 0)", models, d.model_a, elem_id="mbw-model-a")
                                 form["model_b"] = compat.dropdown("Model B (weight 1)", models, d.model_b, elem_id="mbw-model-b")
                             refresh_models = gr.Button("↻ Refresh model list", size="sm")
-                            models_info = gr.Markdown(actions.describe_models(host, d.model_a, d.model_b)[1], elem_id="mbw-models-info")
+                            models_info = gr.Markdown(actions.describe_models(host, d.model_a, d.model_b).text, elem_id="mbw-models-info")
                             error_slot("models")
                         with gr.Accordion("Payloads", open=True):
                             form["payload_names"] = gr.CheckboxGroup(
@@ -362,7 +362,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
         # ------------------------------------------------------------ models, payloads, grid
 
         def on_models(a: str | None, b: str | None) -> str:
-            return actions.describe_models(host, a, b)[1]
+            return actions.describe_models(host, a, b).text
 
         for dropdown in (form["model_a"], form["model_b"]):
             compat.listen(dropdown.change, on_models, [form["model_a"], form["model_b"]], [models_info])
@@ -381,7 +381,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
                 compat.update(choices=names, value=kept),
                 payload_editor.weight_table(paths.payloads, kept),
                 payload_editor.payload_table(paths.payloads),
-                compat.update(choices=names),
+                compat.update(choices=names, value=None),
             ]
 
         payload_outputs = [form["payload_names"], weights_table, payload_list, edit_choice]
@@ -396,6 +396,8 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
         # ------------------------------------------------------------ payload manager
 
         def on_load(name: str | None) -> list[Any]:
+            if not name:
+                return [compat.no_change()] * len(editor_inputs) + [""]
             try:
                 fields = payload_editor.load_for_edit(paths.payloads, name or "")
             except MBWError as exc:
@@ -440,7 +442,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
                 result = _export(source, fmt)
             except MBWError as exc:
                 return [compat.no_change(), None, f"⚠ {exc}"]
-            return [result.text, str(result.files[0]), result.message()]
+            return [result.text, compat.served_file(result.files[0]), result.message()]
 
         def on_merge(name: str, overwrite: bool) -> str:
             return _safe(lambda: _merge(host, actions.live_recipe(controller), name, overwrite))
@@ -482,6 +484,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
                 values = actions.warm_start_form(host, paths.history / run_id)
             except MBWError as exc:
                 return [compat.no_change()] * len(form_inputs) + [f"⚠ {exc}"]
+            values.payload_names = [n for n in values.payload_names if n in list_payloads(paths.payloads)]
             note = f"The Search tab now holds the settings of {run_id}, warm-started from it; change what you like and press Search."
             if not values.model_a or not values.model_b:
                 note += " Its models are not in the model list: choose models A and B."
@@ -494,7 +497,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
                 result = _export(actions.run_recipe(paths.history / run_id), fmt)
             except MBWError as exc:
                 return [compat.no_change(), None, f"⚠ {exc}"]
-            return [result.text, str(result.files[0]), result.message()]
+            return [result.text, compat.served_file(result.files[0]), result.message()]
 
         def on_run_merge(run_id: str | None, name: str) -> str:
             def merge() -> str:

@@ -18,6 +18,9 @@ helpers and never checks gradio's version itself:
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gradio as gr
@@ -70,6 +73,21 @@ def upload_files(label: str, *, file_types: Sequence[str] | None = None, multipl
 def download_file(label: str, **kwargs: Any) -> Any:
     """A file output the user can download (value: a path)."""
     return gr.File(label=label, interactive=False, **kwargs)
+
+
+def served_file(path: str | Path) -> str:
+    """A path the file component may serve: gradio 4 serves only the working folder, the temp folder and allowed paths,
+    so elsewhere (a history folder on another disk) the file is copied to a temp folder first."""
+    source = Path(path)
+    if not IS_GRADIO_4:
+        return str(source)
+    resolved = source.resolve()
+    for root in (Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve()):
+        if root == resolved or root in resolved.parents:
+            return str(source)
+    copy = Path(tempfile.mkdtemp(prefix="auto-mbw-")) / source.name
+    shutil.copyfile(source, copy)
+    return str(copy)
 
 
 def uploaded_paths(value: Any) -> list[str]:
@@ -166,6 +184,7 @@ __all__ = [
     "launch",
     "listen",
     "no_change",
+    "served_file",
     "output_image",
     "update",
     "upload_files",
