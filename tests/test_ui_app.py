@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_app_under_gradio_4() -> None:
         [str(GRADIO4_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "in_process or webui_like"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
-    assert in_process.returncode == 0 and "2 passed" in in_process.stdout, in_process.stdout[-4000:] + in_process.stderr[-2000:]
+    assert in_process.returncode == 0 and "3 passed" in in_process.stdout, in_process.stdout[-4000:] + in_process.stderr[-2000:]
 
 
 def test_build_ui_in_process_wires_every_form_field() -> None:
@@ -89,3 +90,33 @@ def test_the_tab_renders_inside_a_webui_like_page() -> None:
     config = page.get_config_file()
     assert "auto_mbw_search" in {d.get("api_name") for d in config["dependencies"]}
     assert any(c.get("props", {}).get("elem_id") == "mbw-unet" for c in config["components"])
+
+
+def test_stream_encoder_in_process_keeps_streamed_lists_right() -> None:
+    """Gradio 4 streams frames as diffs; shrinking lists must still arrive intact (see compat.StreamEncoder)."""
+    from lib_mbw.ui import compat
+
+    frames = [[["a", "b", "c", "d"]], [["a"]], [compat.no_change()], [["x", "y"]], [["x"]], [[]], [["z", "w", "v"]]]
+    encoder = compat.StreamEncoder()
+    if not compat.IS_GRADIO_4:
+        assert all(encoder.encode(frame) == frame for frame in frames)
+        return
+    from gradio.utils import diff
+    from gradio_client.utils import apply_diff
+
+    shown: Any = None
+    previous: Any = None
+    received: Any = None
+    for number, frame in enumerate(frames):
+        chunk = encoder.encode(frame)[0]
+        received = chunk if number == 0 else apply_diff(received, diff(previous, chunk))  # what the browser/client rebuilds
+        previous = chunk
+        if isinstance(received, dict):
+            shown = received.get("value", shown)  # an update: its value, or no change
+        else:
+            shown = received
+        expected = shown if isinstance(frame[0], dict) else frame[0]
+        assert shown == expected, f"frame {number}: shown {shown!r}, sent {frame[0]!r}"
+    naive = [["a", "b", "c", "d"], ["a"]]
+    with pytest.raises(IndexError):  # what the encoder prevents
+        apply_diff(naive[0], diff(naive[0], naive[1]))

@@ -36,6 +36,9 @@ sys.path.insert(0, str(ROOT))
 from lib_mbw.ui.form import FORM_FIELDS, GRID_HEADERS, FormValues  # noqa: E402
 
 MAX_EVALUATIONS = 6
+#: Positions in the watch endpoint's outputs (app._live_values without the rating panel, a layout block the API leaves out)
+RATING_ID = 4
+RATING_SLIDERS = 16
 PAYLOAD = {"prompt": "a {red|blue} house", "steps": 2, "width": 64, "height": 64, "seed": 5, "batch_size": 2}
 
 
@@ -110,6 +113,11 @@ def make_client(port: int) -> Any:
     return gradio_client.Client(url, verbose=False, serialize=False)
 
 
+def plain(value: Any) -> Any:
+    """An output's value whether it came plain or wrapped in an update (the UI alternates under gradio 4)."""
+    return value.get("value") if isinstance(value, dict) and "__type__" in value else value
+
+
 def last_output(job: Any, timeout: float) -> list[Any]:
     deadline = time.monotonic() + timeout
     while not job.done():
@@ -155,7 +163,7 @@ def drive(port: int, root: Path) -> dict[str, Any]:
     final = last_output(job, 5)
     frames = len(job.outputs())
     seconds = time.monotonic() - started
-    status = final[0]
+    status = plain(final[0])
     check("Finished" in str(status), f"final status says Finished, got {status!r}")
     check(f"evaluation {MAX_EVALUATIONS} / {MAX_EVALUATIONS}" in str(status), f"status counts evaluations, got {status!r}")
     check(frames >= 2, f"the live view streamed several frames, got {frames}")
@@ -172,13 +180,30 @@ def drive(port: int, root: Path) -> dict[str, Any]:
     check(isinstance(text, str) and len(text.split(",")) == 27, f"export gives 27 values, got {text!r}")
     check(any((run / "exports").glob("*.canonical.txt")), "export file written next to the run")
 
+    # human rating: the images wait in the rating panel until ratings come through the Submit button's endpoint
+    rated = client.predict(*form_values(scorer="tests.ui_backend:make_rating_scorer", payload_names=["house"], max_evaluations=1,
+                                        rescore_top=0, run_name="rated"), api_name="/auto_mbw_search")
+    check(list(rated)[error_count] == "starting the search", f"rating search started, got {list(rated)}")
+    rater = client.submit(api_name="/auto_mbw_watch")
+    rating_id = 0
+    deadline = time.monotonic() + 120
+    while not rating_id and time.monotonic() < deadline:
+        ids = [v for o in rater.outputs() if isinstance(v := plain(o[RATING_ID]), (int, float)) and v > 0]
+        rating_id = int(ids[-1]) if ids else 0
+        time.sleep(0.2)
+    check(rating_id > 0, f"the rating panel opened with a request id; last outputs: {[str(o[:6])[:600] for o in rater.outputs()[-2:]]}")
+    answer = client.predict(rating_id, "4, 5", *([1] * RATING_SLIDERS), api_name="/auto_mbw_rate")
+    check("ratings sent: 4, 5" in str(answer[0]), f"ratings accepted, got {answer!r}")
+    final = last_output(rater, 120)
+    check("Finished" in str(plain(final[0])) and "score 4.5" in str(plain(final[0])), f"the rated run scored the mean rating, got {final[0]!r}")
+
     # a long search, stopped from the Stop button's endpoint while a viewer streams it
     result = client.predict(*form_values(max_evaluations=500, run_name="long", generator_options='{"delay": 0.05}'), api_name="/auto_mbw_search")
     check(list(result)[error_count] == "starting the search", f"second search started, got {list(result)}")
     watcher = client.submit(api_name="/auto_mbw_watch")
 
     def evaluations_seen() -> int:
-        counts = [int(m.group(1)) for o in watcher.outputs() if (m := re.search(r"evaluation (\d+) / 500", str(o[0])))]
+        counts = [int(m.group(1)) for o in watcher.outputs() if (m := re.search(r"evaluation (\d+) / 500", str(plain(o[0]))))]
         return max(counts, default=0)
 
     deadline = time.monotonic() + 120
@@ -198,7 +223,7 @@ def drive(port: int, root: Path) -> dict[str, Any]:
     check("resuming" in press("resume"), "resume answered")
     check("stopping" in press("stop"), "stop answered")
     final = last_output(watcher, 120)
-    check("Finished" in str(final[0]) and "restored" in str(final[0]), f"stopped run says the model was restored, got {final[0]!r}")
+    check("Finished" in str(plain(final[0])) and "restored" in str(plain(final[0])), f"stopped run says the model was restored, got {final[0]!r}")
     long_runs = [p for p in (root / "history").iterdir() if p.is_dir() and "long" in p.name]
     stopped_rows = (long_runs[0] / "history.csv").read_text().splitlines()
     check(3 <= len(stopped_rows) < 100, f"the long search stopped early, history has {len(stopped_rows) - 1} rows; button answers took {answers} s")

@@ -328,8 +328,9 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
         # ------------------------------------------------------------ live view
 
         def watch() -> Iterator[list[Any]]:
+            encoder = compat.StreamEncoder()
             for view in controller.watch(max_sliders=actions.MAX_RATING_SLIDERS):
-                yield _live_values(view, len(sliders))
+                yield encoder.encode(_live_values(view, len(sliders)))
 
         watch_options = dict(concurrency_limit=None, show_progress="hidden")
         compat.listen(watch_button.click, watch, [], live.components, api_name="auto_mbw_watch", **watch_options)

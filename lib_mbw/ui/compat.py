@@ -13,7 +13,10 @@ helpers and never checks gradio's version itself:
 * the queue: ``concurrency_count`` (3.x, one pool for all events) vs
   ``default_concurrency_limit`` (4.x, per event);
 * launch arguments and uploaded-file values (a temp-file object with
-  ``.name`` in 3.x, a path string in 4.x).
+  ``.name`` in 3.x, a path string in 4.x);
+* streamed frames: 4.x sends diffs whose list edits are wrong for shrinking
+  lists (``StreamEncoder`` makes every change a replacement);
+* files a file component may serve (4.x: only allowed folders, ``served_file``).
 """
 
 from __future__ import annotations
@@ -157,6 +160,43 @@ def enable_queue(blocks: Any, concurrency: int = DEFAULT_CONCURRENCY) -> Any:
     return blocks.queue(concurrency_count=concurrency)
 
 
+def _is_update(value: Any) -> bool:
+    return isinstance(value, dict) and "__type__" in value
+
+
+class StreamEncoder:
+    """Makes every change in a streamed frame a whole replacement under gradio 4.
+
+    Gradio 4 sends each frame of a generator callback as a diff against the
+    previous frame, and its diff of a list that got shorter deletes items by
+    ascending index: the Python client fails (IndexError) and the browser
+    keeps stale items (a gallery going from 4 images to 2 shows 3). A value
+    sent plainly right after a plain one is therefore wrapped in an update
+    (and the other way round): the two differ in type, so the diff replaces
+    the value instead of editing it. Gradio 3 sends whole frames; values
+    pass through unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, str] = {}
+
+    def encode(self, values: Sequence[Any]) -> list[Any]:
+        if not IS_GRADIO_4:
+            return list(values)
+        out = []
+        for index, value in enumerate(values):
+            if _is_update(value):
+                self._last[index] = "update" if len(value) > 1 else "none"
+                out.append(value)
+            elif self._last.get(index) == "plain":
+                self._last[index] = "update"
+                out.append(gr.update(value=value))
+            else:
+                self._last[index] = "plain"
+                out.append(value)
+        return out
+
+
 def launch(blocks: Any, *, server_name: str, server_port: int | None, block: bool = True, **kwargs: Any) -> Any:
     """Start the app's server; ``block=False`` returns at once (tests)."""
     options: dict[str, Any] = dict(server_name=server_name, server_port=server_port, prevent_thread_lock=not block,
@@ -174,6 +214,7 @@ __all__ = [
     "GRADIO_MAJOR",
     "GRADIO_VERSION",
     "IS_GRADIO_4",
+    "StreamEncoder",
     "dataframe",
     "download_file",
     "dropdown",
