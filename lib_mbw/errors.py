@@ -49,3 +49,7 @@ class EvaluationFailed(MBWError):
 
 class PayloadError(MBWError):
     """A payload file or field is invalid; the message names the file and field."""
+
+
+class ScorerError(MBWError):
+    """A scorer cannot be set up: unknown name, bad setting, missing reference image or model file."""
