@@ -56,6 +56,9 @@ def test_missing_ratings_can_fall_back_to_the_automatic_score() -> None:
     scorer = HumanScorer(Script([6, None, None]), HumanSettings(on_missing="auto"), auto=auto)
     assert scorer.score(batch(3)) == pytest.approx([6.0, 10.0, 1.0])
     assert auto.calls == 1
+    fallback_only = HumanScorer(Script([6, 7, 8]), HumanSettings(on_missing="auto"), auto=auto)
+    assert fallback_only.score(batch(3)) == [6.0, 7.0, 8.0]
+    assert auto.calls == 1  # every image rated: the automatic scorer is not run
 
 
 def test_bad_answers_and_settings_are_refused() -> None:

@@ -124,7 +124,8 @@ class HumanScorer:
                 f"human: no rating{limit} for {', '.join(image_label(item) for item in missing)}; "
                 "the evaluation is skipped"
             )
-        auto = [self.auto_on_scale(v) for v in self.auto.score(images)] if self.auto is not None else None
+        needs_auto = self.auto is not None and (settings.auto_weight > 0 or bool(missing))
+        auto = [self.auto_on_scale(v) for v in self.auto.score(images)] if needs_auto else None
         scores = []
         for position, rating in enumerate(ratings):
             if rating is None:

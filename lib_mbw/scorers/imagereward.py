@@ -22,6 +22,7 @@ auto-MBW-rt's ``1 / (1 + exp(-reward))`` in (0, 1).
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -67,6 +68,8 @@ def load_imagereward(settings: ImageRewardSettings) -> Any:
     med_config = str(settings.med_config) if settings.med_config else None
     try:
         return reward.load(settings.model, device="cpu", download_root=root, med_config=med_config)
+    except pickle.UnpicklingError as error:
+        raise ScorerError(f"imagereward: {settings.model} is not a plain weights file torch can load safely: {error}") from error
     except RuntimeError as error:
         if "not found" in str(error):
             raise ScorerError(

@@ -19,6 +19,7 @@ over a whole search: they are computed once per distinct prompt and kept until
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -47,7 +48,13 @@ def load_package_score(name: str, settings: PackageScoreSettings) -> Any:
     import ImageReward as reward
 
     root = str(settings.download_root) if settings.download_root else None
-    return reward.load_score(PACKAGE_NAMES[name], device="cpu", download_root=root)
+    try:
+        return reward.load_score(PACKAGE_NAMES[name], device="cpu", download_root=root)
+    except pickle.UnpicklingError as error:
+        raise ScorerError(
+            f"{name}: torch refused to load the {PACKAGE_NAMES[name]} weights safely (weights_only): {error}; "
+            f"if the file is damaged, delete it from {root or '~/.cache/ImageReward'} to download it again"
+        ) from error
 
 
 class _PackageScorer(ModelScorer):
@@ -145,14 +152,17 @@ class CLIPScorer(_ClipBased):
         pixels = self.image_features(model, [item.image for item in images])
         return (text * pixels).sum(dim=1).tolist()
 
-    def embed_images(self, images: Sequence[Image.Image]) -> Any:
-        """Normalised CLIP image embeddings (float32, CPU) for image-to-image similarity, batched."""
+    def embed_images(self, images: Sequence[Image.Image], labels: Sequence[str] | None = None) -> Any:
+        """Normalised CLIP image embeddings (float32, CPU) for image-to-image similarity, batched.
+
+        ``labels`` name the images in an out-of-memory failure.
+        """
         import torch
 
         from .device import run_in_batches
 
         model = self.load()
-        labels = [f"reference image {i}" for i in range(len(images))]
+        labels = list(labels) if labels is not None else [f"image {i}" for i in range(len(images))]
         with torch.inference_mode():
             rows, self.batch_size = run_in_batches(
                 self.name, labels, self.batch_size,

@@ -234,9 +234,10 @@ class ReferenceScorer:
         missing = [(origin, ref) for _, origin, ref in pairs if (origin, ref.size) not in self._embeddings]
         unique = list({(origin, ref.size): ref for origin, ref in missing}.items())
         if unique:
-            for (key, _), row in zip(unique, self.clip.embed_images([ref for _, ref in unique])):
+            references = self.clip.embed_images([ref for _, ref in unique], [origin for (origin, _), _ in unique])
+            for (key, _), row in zip(unique, references):
                 self._embeddings[key] = row
-        generated = self.clip.embed_images([item.image for item, _, _ in pairs])
+        generated = self.clip.embed_images([item.image for item, _, _ in pairs], [image_label(i) for i, _, _ in pairs])
         reference = torch.stack([self._embeddings[(origin, ref.size)] for _, origin, ref in pairs])
         return (generated * reference).sum(dim=1).tolist()
 
