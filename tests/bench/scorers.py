@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
+from lib_mbw.generators.base import GeneratedImage  # noqa: E402
+from lib_mbw.payloads import Payload  # noqa: E402
 from lib_mbw.scorers import ImageRewardScorer, ImageRewardSettings  # noqa: E402
 from lib_mbw.scorers.offline import build_imagereward  # noqa: E402
 from tests.scorer_fixtures import generated, picture  # noqa: E402
-from lib_mbw.payloads import Payload  # noqa: E402
 
 PROMPTS = ("a photo of a cat sitting on a red chair, detailed", "a city street at night, masterpiece")
 
@@ -45,19 +46,31 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def best_seconds(run: Callable[[], list[float]], repeats: int, device: torch.device) -> tuple[float, list[float]]:
-    """Fastest of ``repeats`` timed runs after one warm-up, and that run's scores."""
-    run()
+def best_seconds(run: Callable[[list[GeneratedImage]], list[float]], images: list[GeneratedImage], repeats: int,
+                 device: torch.device) -> tuple[float, list[float]]:
+    """Fastest of ``repeats`` timed runs over ``images`` after a warm-up on two of them, and that run's scores."""
+    run(images[:2])
     best, scores = float("inf"), []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        scores = run()
+        scores = run(images)
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return best, scores
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, or what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def main() -> int:
@@ -80,27 +93,27 @@ def main() -> int:
                                                  batch_size=args.batch_size or len(images)), model=model)
     fp32.load()  # placed on the device, fp32: the dtype the seed ran in
 
-    def seed_way() -> list[float]:
-        return [model.score(item.prompt, [item.image]) for item in images]
+    def seed_way(chunk: list[GeneratedImage]) -> list[float]:
+        return [model.score(item.prompt, [item.image]) for item in chunk]
 
-    def one_by_one_no_grad() -> list[float]:
+    def one_by_one_no_grad(chunk: list[GeneratedImage]) -> list[float]:
         with torch.inference_mode():
-            return [model.score(item.prompt, [item.image]) for item in images]
+            return [model.score(item.prompt, [item.image]) for item in chunk]
 
     for label, run in (("seed: package score(prompt, [img]) per image", seed_way),
                        ("package per image, inference_mode", one_by_one_no_grad),
-                       ("lib_mbw batched", lambda: fp32.score(images))):
-        seconds, scores = best_seconds(run, args.repeats, device)
+                       ("lib_mbw batched", fp32.score)):
+        seconds, scores = best_seconds(run, images, args.repeats, device)
         rows.append((label, "float32", seconds, scores))
     if device.type == "cuda":
         fp32.unload()
         half = ImageRewardScorer(ImageRewardSettings(device=str(device), dtype="float16",
                                                      batch_size=args.batch_size or len(images)), model=model)
-        seconds, scores = best_seconds(lambda: half.score(images), args.repeats, device)
+        seconds, scores = best_seconds(half.score, images, args.repeats, device)
         rows.append(("lib_mbw batched", "float16", seconds, scores))
 
     seed_scores = rows[0][3]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"ImageReward full size ({params:.0f}M parameters, random weights, built in {build_s:.1f} s)")
     print(f"device {device} ({device_name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{len(images)} images of {args.size}x{args.size}, {len(PROMPTS)} prompts, best of {args.repeats}")
