@@ -44,6 +44,24 @@ def batch(count: int = 6, size: int = 64) -> list[GeneratedImage]:
     return [item for pair in zip(first, second) for item in pair] + first[len(second):] + second[len(first):]
 
 
+class FixedScorer:
+    """A scorer returning given values (per image position), counting calls."""
+
+    def __init__(self, name: str, values: list[float], higher_is_better: bool = True,
+                 typical_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
+        self.name, self.values, self.higher_is_better = name, values, higher_is_better
+        if typical_range is not None:
+            self.typical_range = typical_range
+        self.calls = self.unloads = 0
+
+    def score(self, images):
+        self.calls += 1
+        return self.values[: len(images)]
+
+    def unload(self) -> None:
+        self.unloads += 1
+
+
 class FakeDownloads:
     """Stand-ins for the package's downloaders that serve offline files and record what was asked."""
 

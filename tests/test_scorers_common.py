@@ -12,25 +12,7 @@ from lib_mbw.payloads import Payload
 from lib_mbw.scorers import CombinedScorer, HumanScorer, ReferenceScorer, Scorer, available_scorers, make_scorer
 from lib_mbw.scorers.checks import check_images, check_scores, expected_size, is_all_black, is_out_of_memory
 from lib_mbw.scorers.device import resolve_device, resolve_dtype, run_in_batches
-from tests.scorer_fixtures import batch, generated, picture
-
-
-class FixedScorer:
-    """A scorer returning given values (per image position), counting calls."""
-
-    def __init__(self, name: str, values: list[float], higher_is_better: bool = True,
-                 typical_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
-        self.name, self.values, self.higher_is_better = name, values, higher_is_better
-        if typical_range is not None:
-            self.typical_range = typical_range
-        self.calls = self.unloads = 0
-
-    def score(self, images):
-        self.calls += 1
-        return self.values[: len(images)]
-
-    def unload(self) -> None:
-        self.unloads += 1
+from tests.scorer_fixtures import FixedScorer, batch, generated, picture
 
 
 def test_wrong_size_and_black_images_are_named_failures() -> None:
@@ -84,7 +66,8 @@ def test_out_of_memory_detection_and_back_off() -> None:
     import torch
 
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
-    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate"
+                                         " memory: you tried to allocate 8 GB"))
     assert not is_out_of_memory(RuntimeError("expected scalar type Half but found Float"))
     seen = []
 
@@ -154,3 +137,16 @@ def test_registry_builds_scorers_by_name_with_settings(tmp_path) -> None:
     assert isinstance(both, CombinedScorer) and both.name == "combined(reference-neg_mse*1+human*2)"
     with pytest.raises(ScorerError, match="a component is"):
         make_scorer("combined", components=["imagereward"])
+
+
+def test_model_scorers_check_images_before_loading_anything() -> None:
+    from lib_mbw.scorers import ModelScorer
+
+    def never() -> None:
+        raise AssertionError("the model must not load for images that cannot be scored")
+
+    scorer = ModelScorer(never, device="cpu", dtype=None, batch_size=None)
+    payload = Payload(name="nsfw", prompt="x", width=32, height=32)
+    with pytest.raises(EvaluationFailed, match="model: payload 'nsfw' image 0 is all black"):
+        scorer.score(generated(payload, [Image.new("RGB", (32, 32))]))
+    assert scorer.score([]) == [] and not scorer.loaded

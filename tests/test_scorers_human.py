@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Iterator
 
 import pytest
@@ -10,8 +12,8 @@ from PIL import Image
 from lib_mbw.errors import EvaluationFailed, ScorerError
 from lib_mbw.payloads import Payload
 from lib_mbw.scorers import ConsoleRater, HumanScorer, HumanSettings, RatingRequest
-from tests.scorer_fixtures import batch, generated, picture
-from tests.test_scorers_common import FixedScorer
+from lib_mbw.scorers.human import stdin_ask
+from tests.scorer_fixtures import FixedScorer, batch, generated, picture
 
 
 class Script:
@@ -47,7 +49,8 @@ def test_mix_with_an_automatic_score_on_the_rating_scale() -> None:
 
 def test_missing_ratings_fail_the_evaluation_by_default() -> None:
     scorer = HumanScorer(Script([6, None, None]), HumanSettings(timeout_s=30))
-    with pytest.raises(EvaluationFailed, match=r"no rating within 30 s for payload 'city' image 0, payload 'city' image 1"):
+    expected = r"no rating within 30 s for payload 'city' image 0, payload 'city' image 1;"
+    with pytest.raises(EvaluationFailed, match=expected):
         scorer.score(batch(3))
 
 
@@ -75,7 +78,8 @@ def test_bad_answers_and_settings_are_refused() -> None:
     with pytest.raises(ScorerError, match="set auto_range"):
         HumanScorer(Script(), HumanSettings(auto_weight=0.5), auto=FixedScorer("a", [], typical_range=None))
     with pytest.raises(EvaluationFailed, match="all black"):
-        HumanScorer(Script([5])).score(generated(Payload(name="p", prompt="x", width=8, height=8), [Image.new("RGB", (8, 8))]))
+        black = generated(Payload(name="p", prompt="x", width=8, height=8), [Image.new("RGB", (8, 8))])
+        HumanScorer(Script([5])).score(black)
 
 
 def scripted_console(answers: list[str | None]) -> tuple[list[tuple[str, float | None]], list[str], callable]:
@@ -111,7 +115,8 @@ def test_console_rater_never_overwrites_and_sanitises_names(tmp_path) -> None:
     (folder / "0001-evil_name-0.png").write_bytes(b"keep me")
     payload = Payload(name="../evil name", prompt="x", width=64, height=64)
     _, _, ask = scripted_console(["5"])
-    assert ConsoleRater(folder, ask=ask, say=lambda _: None)(RatingRequest(generated(payload, [picture(1)]), 1, 10, 5)) == [5.0]
+    rater = ConsoleRater(folder, ask=ask, say=lambda _: None)
+    assert rater(RatingRequest(generated(payload, [picture(1)]), 1, 10, 5)) == [5.0]
     assert (folder / "0001-evil_name-0.png").read_bytes() == b"keep me"
     assert (folder / "0001-evil_name-0-2.png").is_file() and not (tmp_path / "evil name").exists()
 
@@ -131,3 +136,17 @@ def test_human_scorer_with_console_rater_end_to_end(tmp_path) -> None:
     scorer = HumanScorer(ConsoleRater(tmp_path, ask=ask, say=lambda _: None),
                          HumanSettings(timeout_s=20, on_missing="auto", auto_weight=0.5), auto=auto)
     assert scorer.score(batch(2)) == pytest.approx([6.75, 10.0])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the console timeout uses select on standard input (POSIX)")
+def test_stdin_ask_reads_a_line_times_out_and_ends(monkeypatch, capsys) -> None:
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "r") as stdin, os.fdopen(write_end, "w") as feed:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        feed.write("7\n")
+        feed.flush()
+        assert stdin_ask("rating? ", 5.0) == "7"
+        assert stdin_ask("rating? ", 0.05) is None  # nothing typed in time
+        feed.close()
+        assert stdin_ask("rating? ", None) is None  # end of input
+    assert capsys.readouterr().out.startswith("rating? rating? ")

@@ -68,7 +68,7 @@ def test_dtype_override_and_cuda_defaults(tiny_reward, monkeypatch) -> None:
     assert (on_gpu.device.type, on_gpu.dtype, on_gpu.batch_size) == ("cuda", torch.float16, 32)
 
 
-def test_production_loader_downloads_by_name_into_the_cache_folder(downloads, offline_files, tiny_reward, tmp_path) -> None:
+def test_production_loader_downloads_by_name_into_the_cache_folder(downloads, tiny_reward, tmp_path) -> None:
     cache = tmp_path / "models" / "ImageReward"
     scorer = make_scorer("imagereward", download_root=str(cache), device="cpu")
     images = batch(3)
@@ -140,7 +140,10 @@ def test_other_errors_are_not_mistaken_for_out_of_memory(tiny_reward, monkeypatc
 
 
 def test_nan_scores_are_failures_not_numbers(tiny_reward, monkeypatch) -> None:
-    monkeypatch.setattr(ImageRewardScorer, "raw_rewards", lambda self, model, chunk: [0.5] + [float("nan")] * (len(chunk) - 1))
+    def half_nan(self, model, chunk):
+        return [0.5] + [float("nan")] * (len(chunk) - 1)
+
+    monkeypatch.setattr(ImageRewardScorer, "raw_rewards", half_nan)
     with pytest.raises(EvaluationFailed, match="score of payload 'city' image 0 is nan"):
         ImageRewardScorer(model=tiny_reward).score(batch(4))
 

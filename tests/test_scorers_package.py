@@ -9,11 +9,17 @@ from lib_mbw.errors import ScorerError
 from lib_mbw.scorers import AestheticScorer, BLIPScorer, CLIPScorer, PackageScoreSettings, make_scorer
 from tests.scorer_fixtures import batch, downloads, offline_files  # noqa: F401 - fixtures
 
-URLS = {
-    "aesthetic": "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth",
-    "clip": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-    "blip": "https://storage.googleapis.com/sfr-vision-language-research/BLIP/models/model_large.pth",
-}
+FILES = {"aesthetic": "sac%2Blogos%2Bava1-l14-linearMSE.pth", "clip": "ViT-L-14.pt", "blip": "model_large.pth"}
+
+
+def package_urls() -> dict[str, str]:
+    """The URLs the packages download from (their own tables)."""
+    import clip.clip
+    import ImageReward.utils as reward_utils
+
+    urls = {name.lower(): url for name, url in reward_utils._SCORES.items()}
+    urls["clip_model"] = clip.clip._MODELS["ViT-L/14"]
+    return urls
 
 
 def package_one_by_one(model, images, tmp_path) -> list[float]:
@@ -33,9 +39,11 @@ def test_batched_scores_match_the_package_and_weights_come_from_the_cache_folder
     scorer = make_scorer(name, download_root=str(cache), batch_size=2)
     images = batch(4)
     scores = scorer.score(images)
-    assert ("url", URLS[name], str(cache)) in downloads.calls
+    urls = package_urls()
+    assert urls[name].endswith(FILES[name])
+    assert ("url", urls[name], str(cache)) in downloads.calls
     if name != "blip":
-        assert ("clip", URLS["clip"], str(cache)) in downloads.calls  # CLIP ViT-L/14 from the same folder
+        assert ("clip", urls["clip_model"], str(cache)) in downloads.calls  # CLIP ViT-L/14 from the same folder
     assert scores == pytest.approx(package_one_by_one(scorer.load(), images, tmp_path), abs=1e-5)
     assert len(set(round(s, 7) for s in scores)) == len(images)
 

@@ -51,10 +51,15 @@ class CombinedScorer:
             span = given if given is not None else getattr(scorer, "typical_range", None)
             if normalise == "range":
                 if span is None:
-                    raise ScorerError(f"combined: {scorer.name} has no typical_range; give (scorer, weight, (low, high))")
+                    raise ScorerError(
+                        f"combined: {scorer.name} has no typical_range; give (scorer, weight, (low, high))"
+                    )
                 if not span[0] < span[1]:
-                    raise ScorerError(f"combined: range of {scorer.name} must be (low, high) with low < high, got {span}")
-            self.components.append((scorer, weight, tuple(span) if span is not None else None))  # type: ignore[arg-type]
+                    raise ScorerError(
+                        f"combined: range of {scorer.name} must be (low, high) with low < high, got {span}"
+                    )
+            span = (float(span[0]), float(span[1])) if span is not None else None
+            self.components.append((scorer, weight, span))
         self.total_weight = sum(weight for _, weight, _ in self.components)
         if self.total_weight <= 0:
             raise ScorerError("combined: at least one weight must be positive")

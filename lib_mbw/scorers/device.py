@@ -43,7 +43,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError) as error:
         raise ScorerError(f"scorer device {device!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ScorerError(f"scorer device {device!r} asked for, but CUDA is not available; use device 'cpu' or leave it unset")
+        raise ScorerError(
+            f"scorer device {device!r} asked for, but CUDA is not available; use device 'cpu' or leave it unset"
+        )
     return resolved
 
 

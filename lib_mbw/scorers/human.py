@@ -39,7 +39,7 @@ SKIP_WORDS = ("", "s", "skip")
 
 @dataclass(frozen=True)
 class RatingRequest:
-    """What a rater is asked: rate each of ``images`` from ``low`` to ``high`` within ``timeout_s`` (None = no limit)."""
+    """What a rater is asked: rate each of ``images`` from ``low`` to ``high`` within ``timeout_s`` (None: no limit)."""
 
     images: Sequence[GeneratedImage]
     low: int
@@ -181,7 +181,9 @@ class ConsoleRater:
         paths = [self._save(item) for item in request.images]
         deadline = None if request.timeout_s is None else time.monotonic() + request.timeout_s
         limit = f", {request.timeout_s:g} s in all" if request.timeout_s else ""
-        self.say(f"rate {len(paths)} images from {request.low} to {request.high} (s = skip{limit}); files in {self.folder}")
+        self.say(
+            f"rate {len(paths)} images from {request.low} to {request.high} (s = skip{limit}); files in {self.folder}"
+        )
         ratings: list[float | None] = []
         for item, path in zip(request.images, paths):
             ratings.append(self._ask_one(item, path, request, deadline))
@@ -189,8 +191,11 @@ class ConsoleRater:
                 break
         return ratings + [None] * (len(request.images) - len(ratings))
 
-    def _ask_one(self, item: GeneratedImage, path: Path, request: RatingRequest, deadline: float | None) -> float | None:
-        question = f"{image_label(item)} ({path.name}), prompt {item.prompt[:60]!r}: rating {request.low}-{request.high}? "
+    def _ask_one(
+        self, item: GeneratedImage, path: Path, request: RatingRequest, deadline: float | None
+    ) -> float | None:
+        scale = f"{request.low}-{request.high}"
+        question = f"{image_label(item)} ({path.name}), prompt {item.prompt[:60]!r}: rating {scale}? "
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:

@@ -69,7 +69,9 @@ def load_imagereward(settings: ImageRewardSettings) -> Any:
     try:
         return reward.load(settings.model, device="cpu", download_root=root, med_config=med_config)
     except pickle.UnpicklingError as error:
-        raise ScorerError(f"imagereward: {settings.model} is not a plain weights file torch can load safely: {error}") from error
+        raise ScorerError(
+            f"imagereward: {settings.model} is not a plain weights file torch can load safely: {error}"
+        ) from error
     except RuntimeError as error:
         if "not found" in str(error):
             raise ScorerError(

@@ -79,7 +79,7 @@ def write_vocab(path: str | Path) -> Path:
 
 
 def med_config(size: Size) -> dict[str, Any]:
-    """The BLIP text encoder config: the real one, or a one-layer one with the same hidden size (768, the MLP's input)."""
+    """The BLIP text encoder config: the real one, or one layer with the same hidden size (768, the MLP's input)."""
     config = dict(FULL_MED_CONFIG)
     if size == "tiny":
         # [DEC] and [ENC] are added by the package's init_tokenizer.
@@ -109,7 +109,7 @@ def _tiny_create_vit(vit: str, image_size: int, use_grad_checkpointing: bool = F
 
 @contextlib.contextmanager
 def offline_blip(vocab_file: str | Path, size: Size = "tiny") -> Iterator[None]:
-    """While active, the package's BLIP builds its tokenizer from ``vocab_file`` (and a tiny ViT when ``size='tiny'``)."""
+    """While active, the package's BLIP takes its tokenizer from ``vocab_file`` (and a tiny ViT for size 'tiny')."""
     from unittest import mock
 
     from transformers import BertTokenizer

@@ -78,7 +78,9 @@ def load_references(folder: str | Path) -> dict[ReferenceKey, Path]:
                 if not (image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES):
                     continue
                 if not image.stem.isdigit():
-                    raise ScorerError(f"reference {image}: name images in a payload folder by index (0.png, 1.png, ...)")
+                    raise ScorerError(
+                        f"reference {image}: name images in a payload folder by index (0.png, 1.png, ...)"
+                    )
                 found[(entry.name, int(image.stem))] = image
     if not found:
         raise ScorerError(f"reference folder {folder} has no images; expected <payload>/<index>.png or <payload>.png")
@@ -86,7 +88,7 @@ def load_references(folder: str | Path) -> dict[ReferenceKey, Path]:
 
 
 def save_references(folder: str | Path, images: Sequence[GeneratedImage], overwrite: bool = False) -> list[Path]:
-    """Write ``images`` as ``<folder>/<payload>/<index>.png`` (atomically); refuses to replace files unless ``overwrite``."""
+    """Write ``images`` as ``<folder>/<payload>/<index>.png`` atomically; replaces files only with ``overwrite``."""
     folder = Path(folder)
     paths = []
     for item in images:

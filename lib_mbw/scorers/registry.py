@@ -147,7 +147,8 @@ register_scorer("aesthetic", "LAION aesthetic predictor on CLIP ViT-L/14 (prompt
                 PackageScoreSettings, _package(AestheticScorer), ("loaded_model",))
 register_scorer("clip", "CLIP ViT-L/14 prompt-image cosine similarity", PackageScoreSettings, _package(CLIPScorer),
                 ("loaded_model",))
-register_scorer("blip", "BLIP prompt-image cosine similarity", PackageScoreSettings, _package(BLIPScorer), ("loaded_model",))
+register_scorer("blip", "BLIP prompt-image cosine similarity", PackageScoreSettings, _package(BLIPScorer),
+                ("loaded_model",))
 register_scorer("reference", "similarity to reference images (ssim, neg_mse or clip)", ReferenceScorerSettings,
                 _reference, ("references", "clip"))
 register_scorer("human", "a person's 1-10 ratings, optionally mixed with an automatic score", HumanScorerSettings,
