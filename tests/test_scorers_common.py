@@ -150,3 +150,21 @@ def test_model_scorers_check_images_before_loading_anything() -> None:
     with pytest.raises(EvaluationFailed, match="model: payload 'nsfw' image 0 is all black"):
         scorer.score(generated(payload, [Image.new("RGB", (32, 32))]))
     assert scorer.score([]) == [] and not scorer.loaded
+
+
+def test_out_of_memory_while_loading_is_a_failed_evaluation() -> None:
+    import torch
+
+    from lib_mbw.scorers import ModelScorer
+
+    def too_big() -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.70 GiB")
+
+    with pytest.raises(EvaluationFailed, match="model: out of memory loading the model on cpu to score payload 'cat'"):
+        ModelScorer(too_big, device="cpu", dtype=None, batch_size=None).score(batch(2))
+
+    def broken() -> None:
+        raise FileNotFoundError("weights.pt")
+
+    with pytest.raises(FileNotFoundError):
+        ModelScorer(broken, device="cpu", dtype=None, batch_size=None).score(batch(2))

@@ -158,3 +158,15 @@ def test_full_size_model_batches_like_the_package() -> None:
         images = batch(3, size=128)
         batched = ImageRewardScorer(ImageRewardSettings(batch_size=3), model=model).score(images)
         assert batched == pytest.approx(one_by_one(model, images), abs=1e-4)
+
+
+def test_download_failures_say_what_to_do(downloads, monkeypatch, tmp_path) -> None:
+    import ImageReward.utils as reward_utils
+    import requests
+
+    def offline(**_kwargs):
+        raise requests.ConnectionError("Max retries exceeded with url: /THUDM/ImageReward")
+
+    monkeypatch.setattr(reward_utils, "hf_hub_download", offline)
+    with pytest.raises(ScorerError, match=r"could not get the model files into .*cache.*check the connection"):
+        make_scorer("imagereward", download_root=str(tmp_path / "cache")).score(batch(2))

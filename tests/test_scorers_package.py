@@ -81,3 +81,16 @@ def test_clip_precision_choices(downloads) -> None:
         AestheticScorer(PackageScoreSettings(dtype="bfloat16"))
     blip = BLIPScorer(PackageScoreSettings(dtype="bfloat16"))
     assert blip.score(images) == pytest.approx(BLIPScorer().score(images), abs=0.05)
+
+
+def test_download_failures_say_what_to_do(downloads, monkeypatch, tmp_path) -> None:
+    import urllib.error
+
+    import ImageReward.utils as reward_utils
+
+    def offline(url, root):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(reward_utils, "_download", offline)
+    with pytest.raises(ScorerError, match="aesthetic: could not get the Aesthetic model files into .*name resolution"):
+        make_scorer("aesthetic", download_root=str(tmp_path)).score(batch(2))

@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from ..generators.base import GeneratedImage
-from .checks import check_images, check_scores, image_label
+from ..errors import EvaluationFailed
+from .checks import check_images, check_scores, image_label, is_out_of_memory
 
 
 @runtime_checkable
@@ -87,12 +88,21 @@ class ModelScorer:
         """Scores of ``images`` in order; ``EvaluationFailed`` for bad images, bad scores or out-of-memory."""
         import torch
 
-        from .device import run_in_batches
+        from .device import release_memory, run_in_batches
 
         check_images(self.name, images)
         if not images:
             return []
-        model = self.load()
+        try:
+            model = self.load()
+        except Exception as error:  # noqa: BLE001 - filtered to out-of-memory right below
+            if not is_out_of_memory(error):
+                raise
+            release_memory(self.device)
+            raise EvaluationFailed(
+                f"{self.name}: out of memory loading the model on {self.device} to score {image_label(images[0])} "
+                "and the rest of the iteration; unload other models, or score on the CPU"
+            ) from error
         with torch.inference_mode():
             scores, self.batch_size = run_in_batches(
                 self.name,

@@ -68,6 +68,12 @@ def load_imagereward(settings: ImageRewardSettings) -> Any:
     med_config = str(settings.med_config) if settings.med_config else None
     try:
         return reward.load(settings.model, device="cpu", download_root=root, med_config=med_config)
+    except OSError as error:  # network errors (requests, urllib, huggingface_hub) and file errors are OSErrors
+        raise ScorerError(
+            f"imagereward: could not get the model files into {root or '~/.cache/ImageReward'}: {error}; "
+            "the first use downloads ImageReward.pt (1.7 GB) and med_config.json from the Hugging Face hub, "
+            "so check the connection, or put both files there"
+        ) from error
     except pickle.UnpicklingError as error:
         raise ScorerError(
             f"imagereward: {settings.model} is not a plain weights file torch can load safely: {error}"

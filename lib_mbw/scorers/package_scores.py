@@ -50,6 +50,11 @@ def load_package_score(name: str, settings: PackageScoreSettings) -> Any:
     root = str(settings.download_root) if settings.download_root else None
     try:
         return reward.load_score(PACKAGE_NAMES[name], device="cpu", download_root=root)
+    except OSError as error:  # network errors (requests, urllib, huggingface_hub) and file errors are OSErrors
+        raise ScorerError(
+            f"{name}: could not get the {PACKAGE_NAMES[name]} model files into {root or '~/.cache/ImageReward'}: "
+            f"{error}; the first use downloads them, so check the connection"
+        ) from error
     except pickle.UnpicklingError as error:
         raise ScorerError(
             f"{name}: torch refused to load the {PACKAGE_NAMES[name]} weights safely (weights_only): {error}; "
