@@ -67,3 +67,7 @@ class WorkerUnavailableError(MBWError):
 
     Not the candidate's fault: the search pauses (resumable) instead of recording a failure.
     """
+
+
+class ScorerError(MBWError):
+    """A scorer cannot be set up: unknown name, bad setting, missing reference image or model file."""
