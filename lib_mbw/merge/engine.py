@@ -427,9 +427,10 @@ def usable_cpus() -> int:
 def compute_threads(count: int) -> Iterator[None]:
     """Run torch's CPU ops on ``count`` threads inside the block, then restore the previous setting.
 
-    The merge leaves one CPU to its writer thread: torch's OpenMP workers spin
-    while they wait, and competing with the writer for the last core made a
-    tiny merge six times slower on a 2-CPU machine.
+    The offline commands use one CPU fewer than they may: the merge leaves it
+    to its writer thread, and on a busy machine torch's OpenMP workers, which
+    spin while they wait, made small-tensor work five to six times slower when
+    they had to share the last core (measured on a 2-CPU machine).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, count))

@@ -24,7 +24,7 @@ import torch
 from ..blocks import BASE, OTHER, VAE
 from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import OutputExistsError, OutputWriteError
-from .engine import DTYPE_NAMES, MergeProgress, ProgressCallback
+from .engine import DTYPE_NAMES, MergeProgress, ProgressCallback, compute_threads, usable_cpus
 from .hashes import ModelHashes, model_hashes
 from .metadata import read_our_record, webui_value
 
@@ -184,8 +184,9 @@ def inspect_models(
         by_family: dict[str, list[tuple[int, int]]] = {}
         for i, j in comparable:
             by_family.setdefault(infos[i].family, []).append((i, j))
-        for family_pairs in by_family.values():
-            pairs += _compare(models, family_pairs, progress)
+        with compute_threads(usable_cpus() - 1):
+            for family_pairs in by_family.values():
+                pairs += _compare(models, family_pairs, progress)
     pairs.sort(key=lambda p: (p.i, p.j))
     return InspectReport(infos, tuple(pairs), tuple(notes))
 

@@ -22,7 +22,18 @@ import torch
 from ..blocks import BASE, BLOCKS, OTHER, VAE
 from ..checkpoint import open_checkpoint
 from ..errors import VerifyError
-from .engine import MergeProgress, MergeSpec, ProgressCallback, Workspace, compute_tensor, hash_sources, open_sources, plan_merge
+from .engine import (
+    MergeProgress,
+    MergeSpec,
+    ProgressCallback,
+    Workspace,
+    compute_tensor,
+    compute_threads,
+    hash_sources,
+    open_sources,
+    plan_merge,
+    usable_cpus,
+)
 from .metadata import OUR_KEY, read_our_record
 
 GROUP_ORDER = BLOCKS + (BASE, VAE, OTHER)
@@ -140,6 +151,7 @@ def verify_file(
         groups = {g: GroupDiff() for g in GROUP_ORDER if any(op.group == g for op in plan.ops)}
         work = Workspace()
         present = [op for op in plan.ops if op.key in merged.shapes]
+        stack.enter_context(compute_threads(usable_cpus() - 1))
         for index, op in enumerate(present):
             expected = compute_tensor(op, models, work, work.raw("expected", op.entry.nbytes))
             stored = merged.get(op.key, buffer=work.raw("stored", merged.nbytes([op.key])))
