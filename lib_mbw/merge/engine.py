@@ -396,10 +396,9 @@ def compute_tensor(op: TensorOp, models: Mapping[str, Checkpoint], work: Workspa
             return source.get(key, buffer=region)
         return out.copy_(source.get(key, buffer=work.raw("in0", _nbytes(source, key))))
     assert method is not None
-    result = work.typed("result", torch.float32, op.shape)
     if method.models == 0:
         reads = (models[role].get(key, buffer=work.raw("in0", _nbytes(models[role], key))) for role, key in op.inputs)
-        merged = method.function(reads, out=result)
+        merged = method.function(reads, out=work.typed("result", torch.float32, op.shape))
     else:
         inputs = [
             models[role].get(key, buffer=work.raw(f"in{i}", _nbytes(models[role], key))) for i, (role, key) in enumerate(op.inputs)
@@ -407,7 +406,7 @@ def compute_tensor(op: TensorOp, models: Mapping[str, Checkpoint], work: Workspa
         if op.dtype in method.native_dtypes and all(t.dtype == op.dtype for t in inputs):
             return method.function(*inputs, op.weight, out=out)
         fp32 = [_as_fp32(t, work, f"fp32_{i}") for i, t in enumerate(inputs)]
-        merged = method.function(*fp32, op.weight, out=result)
+        merged = method.function(*fp32, op.weight, out=work.typed("result", torch.float32, op.shape))
     return out.copy_(merged)
 
 
@@ -589,8 +588,8 @@ def run_merge(
     with ExitStack() as stack:
         models = open_sources(spec.sources, stack, allow_pickle)
         plan = plan_merge(spec, models)
-        for warning in plan.warnings:
-            log.warning("%s", warning)
+        for warning in plan.warnings:  # also returned in the report, for hosts to show
+            log.info("%s", warning)
         hash_started = time.perf_counter()
         hashes = hash_sources(spec.sources, progress, known_hashes)
         hash_seconds = time.perf_counter() - hash_started
