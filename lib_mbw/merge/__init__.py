@@ -13,8 +13,9 @@ Public API (stable; the search loop and the demo call ``merge_to_file``):
 from __future__ import annotations
 
 from . import methods
-from .engine import MergeProgress, MergeReport, MergeSpec, merge_to_file, uniform_to_file
+from .engine import MergeProgress, MergeReport, merge_to_file, uniform_to_file
 from .hashes import ModelHashes, model_hashes
+from .plan import MergeSpec
 
 __all__ = [
     "MergeProgress",

@@ -21,10 +21,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..blocks import BASE, OTHER, VAE
+from ..blocks import BASE, VAE
 from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import OutputExistsError, OutputWriteError
-from .engine import DTYPE_NAMES, MergeProgress, ProgressCallback, compute_threads, usable_cpus
+from .compute import compute_threads, usable_cpus
+from .engine import MergeProgress, ProgressCallback
+from .plan import DTYPE_NAMES
 from .hashes import ModelHashes, model_hashes
 from .metadata import read_our_record, webui_value
 

@@ -22,18 +22,9 @@ import torch
 from ..blocks import BASE, BLOCKS, OTHER, VAE
 from ..checkpoint import open_checkpoint
 from ..errors import VerifyError
-from .engine import (
-    MergeProgress,
-    MergeSpec,
-    ProgressCallback,
-    Workspace,
-    compute_tensor,
-    compute_threads,
-    hash_sources,
-    open_sources,
-    plan_merge,
-    usable_cpus,
-)
+from .compute import Workspace, compute_tensor, compute_threads, usable_cpus
+from .engine import MergeProgress, ProgressCallback, hash_sources, open_sources
+from .plan import MergeSpec, plan_merge
 from .metadata import OUR_KEY, read_our_record
 
 GROUP_ORDER = BLOCKS + (BASE, VAE, OTHER)
