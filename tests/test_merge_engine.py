@@ -276,6 +276,10 @@ def test_mismatched_architectures_keys_and_shapes(models, tmp_path) -> None:
     rewrite(fewer, {k: v for k, v in b.items() if k != key})
     with pytest.raises(ArchitectureMismatchError, match=rf"lacks 1 tensor\(s\).*{key}"):
         merge_to_file(models["a"], fewer, 0.5, out)
+    more = tmp_path / "more.safetensors"
+    rewrite(more, {**b, "model.diffusion_model.output_blocks.4.1.extra.weight": torch.zeros(2)})
+    with pytest.raises(ArchitectureMismatchError, match=r"has 1 UNet tensor\(s\) that model A .* lacks"):
+        merge_to_file(models["a"], more, 0.5, out)
     reshaped = tmp_path / "reshaped.safetensors"
     rewrite(reshaped, {**b, key: torch.zeros(b[key].shape[0], b[key].shape[1] + 1, 1, 1)})
     with pytest.raises(ArchitectureMismatchError, match="shaped differently"):

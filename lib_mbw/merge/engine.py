@@ -33,9 +33,10 @@ from .writer import SafetensorsWriter, check_output_path
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class MergeProgress:
-    """A progress event: ``phase`` is ``hash`` (sources hashed so far) or ``merge``/``verify`` (tensors done)."""
+    """A progress event: ``phase`` is ``hash`` (files hashed so far) or ``merge``/``verify``/``compare`` (tensors done)."""
 
     phase: str
     done: int
@@ -74,9 +75,6 @@ class MergeReport:
         )
 
 
-# --------------------------------------------------------------------------- running
-
-
 def open_sources(paths: Mapping[str, Path], stack: ExitStack, allow_pickle: bool) -> dict[str, Checkpoint]:
     """Open every source (once per distinct file) for the duration of ``stack``."""
     opened: dict[str, Checkpoint] = {}
@@ -101,7 +99,7 @@ def hash_sources(
     results: dict[Path, ModelHashes] = dict(known or {})
     unique = [p for p in dict.fromkeys(Path(p).resolve() for p in paths.values()) if p not in results]
     if unique:
-        workers = max(1, min(len(unique), os.cpu_count() or 1))
+        workers = max(1, min(len(unique), usable_cpus()))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="auto-mbw-hash") as pool:
             for i, (path, hashes) in enumerate(zip(unique, pool.map(model_hashes, unique))):
                 results[path] = hashes
@@ -207,9 +205,6 @@ def run_merge(
         warnings=plan.warnings,
         metadata=metadata,
     )
-
-
-# --------------------------------------------------------------------------- public API
 
 
 PathLike = str | os.PathLike[str]

@@ -204,7 +204,7 @@ def plan_merge(spec: MergeSpec, models: Mapping[str, Checkpoint]) -> MergePlan:
             raise RecipeError(f"{spec.method} needs a recipe (block weights) or an alpha")
         dropped = [b for b in spec.recipe.weights if b not in arch.blocks]
         recipe = spec.recipe.for_family(arch.family)
-        if dropped:
+        if dropped and len(set(spec.recipe.weights.values())) > 1:  # a uniform recipe loses nothing
             warnings.append(f"{arch.label} has no block(s) {', '.join(dropped)}: their recipe weights are ignored")
         if spec.base_from == "merge" and recipe.base is None:
             raise RecipeError(
@@ -217,9 +217,17 @@ def plan_merge(spec: MergeSpec, models: Mapping[str, Checkpoint]) -> MergePlan:
                 f"{spec.base_from.upper() if spec.base_from in ('a', 'b') else 'the BASE donor'} (use --base-from merge to merge it)"
             )
 
+    if spec.vae_from not in ("a", "vae", "merge") or (spec.vae_from == "merge" and method.models):
+        raise RecipeError(f"the VAE can come from A or a VAE file{' or the mean' if not method.models else ''}, not {spec.vae_from!r}")
     unet_keys = [k for b in arch.blocks for k in groups[b]]
     for role in roles[1:]:
         _require_same_tensors(unet_keys, first, first_role, models[role], role)
+        extra = sorted(set(models[role].unet_keys()) - set(unet_keys))
+        if extra:
+            raise ArchitectureMismatchError(
+                f"{_role_label(role, models[role])} has {len(extra)} UNet tensor(s) that {_role_label(first_role, first)} "
+                f"lacks: {_describe_keys(extra)}; the models must have the same keys"
+            )
 
     ops: list[TensorOp] = []
 
