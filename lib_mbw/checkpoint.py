@@ -13,10 +13,12 @@ loaded with ``torch.load(weights_only=True)`` and a warning.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -214,13 +216,27 @@ def _check_entry(path: Path, key: str, entry: Any) -> None:
 
 
 class _SafetensorsFile:
-    """Positioned reads of single tensors from a safetensors file (thread-safe, no mmap)."""
+    """Positioned reads of single tensors from a safetensors file (thread-safe, no mmap).
+
+    Uses ``os.preadv`` where the OS has it (Linux, macOS, BSD) and a locked
+    seek + read elsewhere (Windows).
+    """
 
     def __init__(self, path: Path, header: Mapping[str, Mapping[str, Any]], data_start: int) -> None:
         self.path = path
         self._entries = header
         self._data_start = data_start
         self._fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._lock = threading.Lock()
+
+    def _read_at(self, view: memoryview, offset: int) -> int:
+        assert self._fd is not None
+        if hasattr(os, "preadv"):
+            return os.preadv(self._fd, [view], offset)
+        with self._lock:
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            with io.FileIO(self._fd, "rb", closefd=False) as f:
+                return f.readinto(view) or 0
 
     def get_tensor(self, key: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         if self._fd is None:
@@ -236,7 +252,7 @@ class _SafetensorsFile:
             view = memoryview(raw.numpy())
             offset, done = self._data_start + start, 0
             while done < len(view):
-                n = os.preadv(self._fd, [view[done:]], offset + done)
+                n = self._read_at(view[done:], offset + done)
                 if n <= 0:
                     raise ModelFormatError(f"{self.path}: file ended inside tensor {key!r}; it is truncated")
                 done += n

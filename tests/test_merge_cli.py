@@ -167,3 +167,12 @@ def test_orders_listed_in_help_are_the_recipe_orders(capsys) -> None:
         main(["merge", "--help"])
     text = capsys.readouterr().out
     assert all(order in text for order in ORDERS)  # the help lists every order recipe.py knows
+
+
+def test_help_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, lib_mbw.cli; lib_mbw.cli.build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1], check=True)
+    assert result.stdout.strip() == "False"

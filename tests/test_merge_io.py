@@ -163,3 +163,15 @@ def test_reader_refuses_inconsistent_headers(tmp_path) -> None:
     write_header({"x": {"dtype": "F32", "shape": "2"}}, bytes(8))
     with pytest.raises(ModelFormatError, match="malformed"):
         open_checkpoint(path)
+
+
+def test_reader_works_without_preadv(tmp_path, monkeypatch) -> None:
+    # Windows has no os.preadv: the reader falls back to a locked seek + readinto
+    import os
+
+    monkeypatch.delattr(os, "preadv", raising=False)
+    tensors = _tensors()
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, str(path))
+    with open_checkpoint(path) as ckpt:
+        assert all(torch.equal(ckpt.get(k), v) for k, v in tensors.items())

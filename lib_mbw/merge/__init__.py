@@ -12,18 +12,31 @@ Public API (stable; the search loop and the demo call ``merge_to_file``):
 
 from __future__ import annotations
 
-from . import methods
-from .engine import MergeProgress, MergeReport, merge_to_file, uniform_to_file
-from .hashes import ModelHashes, model_hashes
-from .plan import MergeSpec
+import importlib
+from typing import Any
 
-__all__ = [
-    "MergeProgress",
-    "MergeReport",
-    "MergeSpec",
-    "ModelHashes",
-    "merge_to_file",
-    "methods",
-    "model_hashes",
-    "uniform_to_file",
-]
+#: public name -> submodule that defines it; imported on first use, so that
+#: ``lib_mbw.merge.cli`` (and ``python -m lib_mbw --help``) does not load torch.
+_EXPORTS = {
+    "InspectReport": "inspect",
+    "inspect_models": "inspect",
+    "MergeProgress": "engine",
+    "MergeReport": "engine",
+    "merge_to_file": "engine",
+    "uniform_to_file": "engine",
+    "MergeSpec": "plan",
+    "ModelHashes": "hashes",
+    "model_hashes": "hashes",
+    "VerifyReport": "verify",
+    "verify_file": "verify",
+}
+
+__all__ = sorted([*_EXPORTS, "methods"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "methods":
+        return importlib.import_module(".methods", __name__)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
