@@ -12,7 +12,8 @@ peak RSS is that merge's alone:
   (the same fp32 lerp per block), ``save_file``.
 
 Peak RSS is each child's ``ru_maxrss`` (which counts mapped file pages too),
-reported by the child itself. Both outputs must hold identical tensors. The
+reported by the child itself; CPU seconds are the child's user + system time
+(all threads), which a busy machine inflates less than wall time. Both outputs must hold identical tensors. The
 last line is ``merge_file peak_rss_ratio=<ours peak RSS / one input's size>
 time_ratio=<ours seconds / naive seconds>``.
 
@@ -80,6 +81,11 @@ def ensure_inputs(workdir: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_now_mib() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -95,9 +101,14 @@ def child_ours(a: Path, b: Path, out: Path) -> dict:
 
     recipe = bench_recipe()
     baseline = rss_now_mib()
-    started = time.perf_counter()
+    cpu, started = cpu_seconds(), time.perf_counter()
     report = merge_to_file(a, b, recipe, out, dtype=torch.float16, overwrite=True)
-    return {"seconds": time.perf_counter() - started, "hash_seconds": report.hash_seconds, "baseline_rss_mib": baseline}
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": cpu_seconds() - cpu,
+        "hash_seconds": report.hash_seconds,
+        "baseline_rss_mib": baseline,
+    }
 
 
 def child_naive(a: Path, b: Path, out: Path) -> dict:
@@ -108,7 +119,7 @@ def child_naive(a: Path, b: Path, out: Path) -> dict:
 
     recipe = bench_recipe()
     baseline = rss_now_mib()
-    started = time.perf_counter()
+    cpu, started = cpu_seconds(), time.perf_counter()
     theta_a = load_file(str(a))
     theta_b = load_file(str(b))
     arch = detect_architecture({k: tuple(v.shape) for k, v in theta_a.items()})
@@ -121,7 +132,12 @@ def child_naive(a: Path, b: Path, out: Path) -> dict:
             merged[key] = ta.to(torch.float16) if ta.is_floating_point() else ta
     del theta_a, theta_b
     save_file(merged, str(out), metadata={"format": "pt"})
-    return {"seconds": time.perf_counter() - started, "hash_seconds": 0.0, "baseline_rss_mib": baseline}
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": cpu_seconds() - cpu,
+        "hash_seconds": 0.0,
+        "baseline_rss_mib": baseline,
+    }
 
 
 def run_child(kind: str, a: Path, b: Path, out: Path) -> dict:
@@ -169,6 +185,7 @@ def main() -> int:
     a, b = ensure_inputs(args.workdir)
     model_mib = a.stat().st_size / 2**20
     out_ours, out_naive = args.workdir / "merged-ours.safetensors", args.workdir / "merged-naive.safetensors"
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results = {}
     for kind, out in (("ours", out_ours), ("naive", out_naive)):
         print(f"running {kind} merge ...", file=sys.stderr, flush=True)
@@ -179,11 +196,18 @@ def main() -> int:
         out_naive.unlink()
 
     ours, naive = results["ours"], results["naive"]
-    print(f"offline merge of two SD1.5-sized fp16 checkpoints ({model_mib:.0f} MiB each), cpu_count={os.cpu_count()}")
-    print(f"{'engine':<8}{'seconds':>10}{'of which hashing':>18}{'peak RSS MiB':>14}{'RSS after imports':>19}{'peak/model':>12}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"offline merge of two SD1.5-sized fp16 checkpoints ({model_mib:.0f} MiB each), "
+        f"cpu_count={os.cpu_count()}, load average before the runs {load_before:.1f}, after {load:.1f}"
+    )
+    print(
+        f"{'engine':<8}{'wall s':>8}{'CPU s':>8}{'hashing s':>11}{'peak RSS MiB':>14}"
+        f"{'RSS after imports':>19}{'peak/model':>12}"
+    )
     for kind, r in (("ours", ours), ("naive", naive)):
         print(
-            f"{kind:<8}{r['seconds']:>10.1f}{r['hash_seconds']:>18.1f}{r['peak_rss_mib']:>14.0f}"
+            f"{kind:<8}{r['seconds']:>8.1f}{r['cpu_seconds']:>8.1f}{r['hash_seconds']:>11.1f}{r['peak_rss_mib']:>14.0f}"
             f"{r['baseline_rss_mib']:>19.0f}{r['peak_rss_mib'] / model_mib:>12.2f}"
         )
     print(f"outputs identical: {equal}" + ("" if equal else f" ({differing} tensors differ)"))
