@@ -125,10 +125,6 @@ class SafetensorsWriter:
         """Names in the order ``write`` must be called."""
         return [e.name for e in self.entries]
 
-    @property
-    def temp_path(self) -> Path | None:
-        return self._tmp
-
     def _check_space(self) -> None:
         try:
             free = shutil.disk_usage(self.path.parent).free
