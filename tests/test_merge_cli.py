@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import random
 from pathlib import Path
 
@@ -14,6 +15,14 @@ from lib_mbw.blocks import BLOCKS
 from lib_mbw.cli import main
 from lib_mbw.recipe import ORDERS, Recipe, to_positional
 from tests.merge_models import groups, load, write_micro
+
+
+@pytest.fixture(autouse=True)
+def private_hash_cache(tmp_path, monkeypatch) -> Path:
+    """The commands cache hashes in ~/.cache by default; tests use their own file."""
+    cache = tmp_path / "hash-cache.json"
+    monkeypatch.setenv("AUTO_MBW_HASH_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +42,7 @@ def run(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_merge_with_a_recipe_in_the_seed_order(models, tmp_path, capsys) -> None:
+def test_merge_with_a_recipe_in_the_seed_order(models, tmp_path, capsys, private_hash_cache) -> None:
     rng = random.Random(3)
     recipe = Recipe({b: round(rng.random(), 3) for b in BLOCKS})
     out = tmp_path / "rt.safetensors"
@@ -52,6 +61,8 @@ def test_merge_with_a_recipe_in_the_seed_order(models, tmp_path, capsys) -> None
     code, _, stderr = run(["merge", models["a"], models["b"], "-o", again, "--recipe", out, "--quiet"], capsys)
     assert code == 0, stderr
     assert all(torch.equal(t, merged[k]) for k, t in load(again).items())
+    cached = json.loads(private_hash_cache.read_text())  # both sources remembered, by resolved path
+    assert {str(models["a"].resolve()), str(models["b"].resolve()), str(out.resolve())} <= set(cached)
 
 
 def test_merge_alpha_base_from_merge_and_json_recipe(models, tmp_path, capsys) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 
 import pytest
@@ -109,3 +110,36 @@ def test_known_vector() -> None:
     sink.update(b"abc")
     assert sink.result().sha256 == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert sink.result().legacy == "e3b0c442"
+
+
+def test_hash_cache_remembers_unchanged_files_only(tmp_path, monkeypatch) -> None:
+    import lib_mbw.merge.hashes as hashes_module
+    from lib_mbw.merge.hashes import HashCache, default_hash_cache
+
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(_bytes(2_000_000, seed=1))
+    cache = HashCache(tmp_path / "cache" / "hashes.json")
+    calls = {"n": 0}
+    real = hashes_module.sha256_file
+
+    def counting(path):
+        calls["n"] += 1
+        return real(path)
+
+    monkeypatch.setattr(hashes_module, "sha256_file", counting)
+    first = model_hashes(model, cache)
+    assert model_hashes(model, cache) == first and calls["n"] == 1  # second time from the cache
+    assert HashCache(cache.path).get(model) == first  # persisted
+    model.write_bytes(_bytes(2_000_000, seed=2))
+    os.utime(model, ns=(1, 1))  # a changed file is hashed again, whatever its mtime
+    changed = model_hashes(model, cache)
+    assert changed != first and calls["n"] == 2 and changed == model_hashes(model)
+    cache.path.write_text("not json")
+    assert cache.get(model) is None  # a damaged cache is ignored
+    monkeypatch.setenv("AUTO_MBW_HASH_CACHE", "off")
+    assert default_hash_cache() is None
+    monkeypatch.setenv("AUTO_MBW_HASH_CACHE", str(tmp_path / "c.json"))
+    assert default_hash_cache().path == tmp_path / "c.json"
+    monkeypatch.delenv("AUTO_MBW_HASH_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_hash_cache().path == tmp_path / "xdg" / "auto-mbw" / "hashes.json"

@@ -137,6 +137,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("--no-hashes", action="store_true", help="skip the (full-file) hashes")
     inspect.add_argument("--allow-pickle", action="store_true", help="allow .ckpt files (pickle can run code)")
     inspect.add_argument("--quiet", action="store_true", help="no progress bar")
+    _hash_cache_option(inspect)
     inspect.set_defaults(func=run_inspect_command)
 
 
@@ -146,6 +147,21 @@ def _common_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow .ckpt/.pt inputs (unpickling can run arbitrary code: only for files you trust)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _hash_cache_option(parser)
+
+
+def _hash_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-hash-cache", action="store_true",
+        help="hash every input again instead of reusing hashes remembered for unchanged files "
+        "(~/.cache/auto-mbw/hashes.json, or $AUTO_MBW_HASH_CACHE; 'off' disables it)",
+    )
+
+
+def _hash_cache(args: argparse.Namespace) -> Any:
+    from .hashes import default_hash_cache
+
+    return None if args.no_hash_cache else default_hash_cache()
 
 
 def load_recipe(spec: str, order: str, fold: str) -> Recipe:
@@ -235,7 +251,7 @@ def run_merge_command(args: argparse.Namespace) -> int:
         lambda progress: merge_to_file(
             args.a, args.b, recipe, args.output, c=args.c, method=method, dtype=args.dtype,
             base_from=args.base_from, vae_from=args.vae_from, overwrite=args.overwrite,
-            allow_pickle=args.allow_pickle, progress=progress,
+            allow_pickle=args.allow_pickle, progress=progress, hash_cache=_hash_cache(args),
         ),
     )
     for warning in report.warnings:
@@ -252,7 +268,7 @@ def run_uniform_command(args: argparse.Namespace) -> int:
         args,
         lambda progress: uniform_to_file(
             args.models, args.output, dtype=args.dtype, base_from=args.base_from, vae_from=args.vae_from,
-            overwrite=args.overwrite, allow_pickle=args.allow_pickle, progress=progress,
+            overwrite=args.overwrite, allow_pickle=args.allow_pickle, progress=progress, hash_cache=_hash_cache(args),
         ),
     )
     for warning in report.warnings:
@@ -294,7 +310,10 @@ def run_inspect_command(args: argparse.Namespace) -> int:
         raise OutputExistsError(f"{args.plot}: already exists; pass --overwrite to replace it")
     report = _with_progress(
         args,
-        lambda progress: inspect_models(args.models, with_hashes=not args.no_hashes, allow_pickle=args.allow_pickle, progress=progress),
+        lambda progress: inspect_models(
+            args.models, with_hashes=not args.no_hashes, allow_pickle=args.allow_pickle, progress=progress,
+            hash_cache=_hash_cache(args),
+        ),
     )
     print(report.text())
     if args.plot is not None:

@@ -25,7 +25,7 @@ from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import OutputWriteError, RecipeError
 from ..recipe import Recipe
 from .compute import Workspace, compute_tensor, compute_threads, stream, usable_cpus
-from .hashes import ModelHashes, model_hashes, same_file
+from .hashes import HashCache, ModelHashes, model_hashes, same_file
 from .metadata import SourceInfo, build_metadata, webui_merge_recipe
 from .methods import METHODS
 from .plan import DTYPE_NAMES, MergePlan, MergeSpec, TensorOp, parse_dtype, plan_merge
@@ -91,17 +91,19 @@ def hash_sources(
     paths: Mapping[str, Path],
     progress: ProgressCallback | None = None,
     known: Mapping[Path, ModelHashes] | None = None,
+    cache: HashCache | None = None,
 ) -> dict[str, ModelHashes]:
     """WebUI hashes of every source file by role, computed in parallel (one thread per file, at most one per core).
 
-    ``known`` maps resolved paths to hashes already computed in this run.
+    ``known`` maps resolved paths to hashes already computed in this run;
+    ``cache`` remembers hashes across runs.
     """
     results: dict[Path, ModelHashes] = dict(known or {})
     unique = [p for p in dict.fromkeys(Path(p).resolve() for p in paths.values()) if p not in results]
     if unique:
         workers = max(1, min(len(unique), usable_cpus()))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="auto-mbw-hash") as pool:
-            for i, (path, hashes) in enumerate(zip(unique, pool.map(model_hashes, unique))):
+            for i, (path, hashes) in enumerate(zip(unique, pool.map(lambda p: model_hashes(p, cache), unique))):
                 results[path] = hashes
                 if progress:
                     progress(MergeProgress("hash", i + 1, len(unique), key=path.name))
@@ -150,6 +152,7 @@ def run_merge(
     extra_metadata: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     known_hashes: Mapping[Path, ModelHashes] | None = None,
+    hash_cache: HashCache | None = None,
 ) -> MergeReport:
     """Hash the sources, plan, and stream the merged file to ``out`` (atomically)."""
     started = time.perf_counter()
@@ -162,7 +165,7 @@ def run_merge(
         for warning in plan.warnings:  # also returned in the report, for hosts to show
             log.info("%s", warning)
         hash_started = time.perf_counter()
-        hashes = hash_sources(spec.sources, progress, known_hashes)
+        hashes = hash_sources(spec.sources, progress, known_hashes, hash_cache)
         hash_seconds = time.perf_counter() - hash_started
         infos = {role: SourceInfo(role, Path(spec.sources[role]), hashes[role], models[role].metadata) for role in spec.sources}
         metadata = _metadata(plan, out, infos, extra_metadata)
@@ -184,6 +187,8 @@ def run_merge(
                     work,
                 )
             written = writer.commit()
+    if hash_cache is not None:  # the next merge or inspect that reads this file need not hash it
+        hash_cache.put(out, written.hashes)
     copied: dict[str, int] = {}
     merged = 0
     for op in plan.ops:
@@ -233,6 +238,7 @@ def merge_to_file(
     allow_pickle: bool = False,
     extra_metadata: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    hash_cache: HashCache | None = None,
 ) -> MergeReport:
     """Merge checkpoints A and B block by block with ``recipe`` and write ``out`` (.safetensors).
 
@@ -242,8 +248,9 @@ def merge_to_file(
     ``c``). ``base_from``: ``"a"`` (default), ``"b"``, ``"merge"`` (the recipe's
     BASE weight) or a donor checkpoint path. ``vae_from``: a checkpoint or VAE
     file whose VAE replaces A's. ``dtype`` applies to every floating tensor.
-    ``progress`` is called once per source hashed and once per tensor.
-    Raises an ``MBWError`` subclass with a message naming the file on bad input;
+    ``progress`` is called once per source hashed and once per tensor;
+    ``hash_cache`` (e.g. ``hashes.default_hash_cache()``) skips re-hashing
+    sources it already knows. Raises an ``MBWError`` subclass with a message naming the file on bad input;
     on any failure no output file (and no temp file) is left behind.
     """
     merge_recipe = _recipe_of(recipe, str(base_from) == "merge")
@@ -271,7 +278,13 @@ def merge_to_file(
         vae_from="vae" if vae_from is not None else "a",
     )
     return run_merge(
-        spec, out, overwrite=overwrite, allow_pickle=allow_pickle, extra_metadata=extra_metadata, progress=progress
+        spec,
+        out,
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+        extra_metadata=extra_metadata,
+        progress=progress,
+        hash_cache=hash_cache,
     )
 
 
@@ -286,6 +299,7 @@ def uniform_to_file(
     allow_pickle: bool = False,
     extra_metadata: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    hash_cache: HashCache | None = None,
 ) -> MergeReport:
     """The parameterless uniform merge (AstolfoMix): the plain mean of every model, written to ``out``.
 
@@ -321,7 +335,7 @@ def uniform_to_file(
 
     with ExitStack() as stack:  # refuse bad inputs before hashing gigabytes
         plan_merge(spec_for(paths), open_sources(spec_for(paths).sources, stack, allow_pickle))
-    hashes = hash_sources({str(i): p for i, p in enumerate(paths)}, progress)
+    hashes = hash_sources({str(i): p for i, p in enumerate(paths)}, progress, cache=hash_cache)
     ordered = [p for _, p in sorted(((hashes[str(i)].sha256, i), p) for i, p in enumerate(paths))]
     spec = spec_for(ordered)
     known = {p.resolve(): hashes[str(i)] for i, p in enumerate(paths)}
@@ -333,4 +347,5 @@ def uniform_to_file(
         extra_metadata=extra_metadata,
         progress=progress,
         known_hashes=known,
+        hash_cache=hash_cache,
     )

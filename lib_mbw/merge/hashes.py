@@ -8,13 +8,19 @@
   1 MiB hashes the empty string there, as the WebUI's does.
 
 ``HashingSink`` computes both for a file while it is being written front to
-back, so the merge engine never reads its output again.
+back, so the merge engine never reads its output again. ``HashCache`` keeps
+the hashes of files already read (keyed by resolved path, size and
+modification time, like the WebUI's ``cache.json``), so merging the same
+multi-gigabyte models again does not hash them again; ``verify`` never uses it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +61,79 @@ def legacy_hash(path: str | os.PathLike[str]) -> str:
         return hashlib.sha256(f.read(LEGACY_LENGTH)).hexdigest()[:8]
 
 
-def model_hashes(path: str | os.PathLike[str]) -> ModelHashes:
-    """sha256 and legacy hash of a model file."""
-    return ModelHashes(sha256=sha256_file(path), legacy=legacy_hash(path))
+def model_hashes(path: str | os.PathLike[str], cache: "HashCache | None" = None) -> ModelHashes:
+    """sha256 and legacy hash of a model file (from ``cache`` when it knows this version of the file)."""
+    if cache is not None:
+        known = cache.get(path)
+        if known is not None:
+            return known
+    hashes = ModelHashes(sha256=sha256_file(path), legacy=legacy_hash(path))
+    if cache is not None:
+        cache.put(path, hashes)
+    return hashes
+
+
+CACHE_ENV = "AUTO_MBW_HASH_CACHE"
+
+
+class HashCache:
+    """A JSON file of model hashes keyed by resolved path, valid while size and mtime are unchanged.
+
+    Writes replace the file atomically; concurrent writers may drop each
+    other's newest entries, which only costs a re-hash.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stamp(file: str | os.PathLike[str]) -> tuple[str, int, int]:
+        stat = os.stat(file)
+        return str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, file: str | os.PathLike[str]) -> ModelHashes | None:
+        try:
+            key, size, mtime = self._stamp(file)
+        except OSError:
+            return None
+        entry = self._load().get(key)
+        if not isinstance(entry, dict) or entry.get("size") != size or entry.get("mtime_ns") != mtime:
+            return None
+        try:
+            return ModelHashes(sha256=str(entry["sha256"]), legacy=str(entry["legacy"]))
+        except KeyError:
+            return None
+
+    def put(self, file: str | os.PathLike[str], hashes: ModelHashes) -> None:
+        """Remember ``hashes`` for this version of ``file``; a cache that cannot be written is skipped."""
+        try:
+            key, size, mtime = self._stamp(file)
+            with self._lock:
+                data = self._load()
+                data[key] = {"size": size, "mtime_ns": mtime, "sha256": hashes.sha256, "legacy": hashes.legacy}
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+                tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+                os.replace(tmp, self.path)
+        except OSError:
+            return
+
+
+def default_hash_cache() -> HashCache | None:
+    """The user's hash cache: ``$AUTO_MBW_HASH_CACHE`` (a file, or ``off``), else ``~/.cache/auto-mbw/hashes.json``."""
+    setting = os.environ.get(CACHE_ENV)
+    if setting is not None:
+        return None if setting.strip().lower() in ("", "0", "off", "no", "none") else HashCache(setting)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return HashCache(os.path.join(base, "auto-mbw", "hashes.json"))
 
 
 class HashingSink:

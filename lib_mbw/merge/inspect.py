@@ -27,7 +27,7 @@ from ..errors import OutputExistsError, OutputWriteError
 from .compute import compute_threads, usable_cpus
 from .engine import MergeProgress, ProgressCallback
 from .plan import DTYPE_NAMES
-from .hashes import ModelHashes, model_hashes
+from .hashes import HashCache, ModelHashes, model_hashes
 from .metadata import read_our_record, webui_value
 
 COMPARED_EXTRA_GROUPS = (BASE, VAE)
@@ -114,7 +114,7 @@ def describe_merge(metadata: Mapping[str, Any], source: str) -> str | None:
     return None
 
 
-def model_info(ckpt: Checkpoint, with_hashes: bool = True) -> ModelInfo:
+def model_info(ckpt: Checkpoint, with_hashes: bool = True, hash_cache: HashCache | None = None) -> ModelInfo:
     arch = ckpt.arch
     params = {}
     for group, keys in ckpt.groups.items():
@@ -127,7 +127,7 @@ def model_info(ckpt: Checkpoint, with_hashes: bool = True) -> ModelInfo:
         dtypes=dict(dtypes.most_common()),
         params=params,
         size=ckpt.path.stat().st_size if ckpt.path.exists() else 0,
-        hashes=model_hashes(ckpt.path) if with_hashes and ckpt.path.exists() else None,
+        hashes=model_hashes(ckpt.path, hash_cache) if with_hashes and ckpt.path.exists() else None,
         merge=describe_merge(ckpt.metadata, str(ckpt.path)),
     )
 
@@ -170,11 +170,12 @@ def inspect_models(
     with_hashes: bool = True,
     allow_pickle: bool = False,
     progress: ProgressCallback | None = None,
+    hash_cache: HashCache | None = None,
 ) -> InspectReport:
     """Describe each model and, with two or more, compare every pair of the same architecture."""
     with ExitStack() as stack:
         models = [stack.enter_context(open_checkpoint(p, allow_pickle=allow_pickle)) for p in paths]
-        infos = tuple(model_info(m, with_hashes) for m in models)
+        infos = tuple(model_info(m, with_hashes, hash_cache) for m in models)
         notes: list[str] = []
         comparable: list[tuple[int, int]] = []
         for i, j in itertools.combinations(range(len(models)), 2):
