@@ -57,3 +57,21 @@ class OutputWriteError(MBWError):
 
 class VerifyError(MBWError):
     """A merged file cannot be verified: no auto-MBW recipe in it, or a source model is missing or changed."""
+
+
+class GenerationInterrupted(MBWError):
+    """The user interrupted generation (the WebUI's Interrupt button or a stop request).
+
+    The search stops (it does not count as a failed evaluation) and the model is restored.
+    """
+
+
+class HostBusyError(MBWError):
+    """The WebUI is busy (a search or a generation holds its queue); try again when it has finished."""
+
+
+class WorkerUnavailableError(MBWError):
+    """A remote worker cannot be reached or keeps failing after retries.
+
+    Not the candidate's fault: the search pauses (resumable) instead of recording a failure.
+    """
