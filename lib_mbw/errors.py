@@ -51,6 +51,14 @@ class PayloadError(MBWError):
     """A payload file or field is invalid; the message names the file and field."""
 
 
+class OutputWriteError(MBWError):
+    """An output file could not be written (disk full, permissions); no partial file is left behind."""
+
+
+class VerifyError(MBWError):
+    """A merged file cannot be verified: no auto-MBW recipe in it, or a source model is missing or changed."""
+
+
 class GenerationInterrupted(MBWError):
     """The user interrupted generation (the WebUI's Interrupt button or a stop request).
 
