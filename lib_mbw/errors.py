@@ -49,3 +49,11 @@ class EvaluationFailed(MBWError):
 
 class PayloadError(MBWError):
     """A payload file or field is invalid; the message names the file and field."""
+
+
+class IdenticalModelsError(MBWError):
+    """Models A and B are the same (same file or identical UNet tensors): every merge would score the same."""
+
+
+class RuntimeMergeError(MBWError):
+    """The live model cannot be merged in place now (closed merger, lock misuse, unsupported parameter)."""
