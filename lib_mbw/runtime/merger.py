@@ -19,14 +19,15 @@ Contracts:
   (PyTorch's version counter). Parameters the host replaced, moved
   (``.to()``, ``--medvram``/``--lowvram`` offload) or re-typed (``.half()``)
   get fresh views; values the host wrote in place (a merged-in LoRA) are
-  overwritten by the next write of their block; if the host rewrote every
-  parameter with new values (it loaded another checkpoint), the merger takes
-  those as the new original weights (and as A when A is the live model).
-  Host adapters that know better call ``resync(reload=...)`` themselves, and
-  pass ``on_write`` to hear which parameters were written (A1111's LoRA
-  backups must be reset after an edit). Writes through ``param.data`` bypass
-  the version counter and cannot be seen: call ``resync(reload=False)`` after
-  them.
+  overwritten by the next write of their block. When the host wrote every
+  parameter, or changed values in every block (it loaded another
+  checkpoint), the merger takes the live values as the new original weights
+  (and as A when A is the live model). Host adapters that know better call
+  ``resync(reload=True/False)`` themselves, and pass ``on_write`` to hear
+  which parameters were written (A1111's LoRA backups must be reset after an
+  edit). Writes through ``param.data``, and to parameters made in inference
+  mode, leave no version trace: only ``resync()`` (which compares values)
+  sees them.
 * **UNet only.** The text encoder (BASE) and the VAE are not merged at run
   time; a recipe's BASE weight is ignored here.
 """
@@ -203,14 +204,18 @@ class RuntimeMerger:
             )
         with _normal_tensor_mode():
             for seg in self._segments:
-                self._point_params_into(seg)
+                self._adopt(seg, seg.live.device, seg.live.dtype)
         self._state: dict[str, float | _State] = {blk: self._restored_state(blk) for blk in self.blocks}
         log.info("runtime merger ready: %s, %s", self.arch.label, self.memory.describe())
 
     # ------------------------------------------------------------------ building
 
     def _build_segments(self, slots: list[Slot], a: OpenedModel | None, b: OpenedModel) -> list[Segment]:
-        """Flat stores for A, B (and the restore copy) per block; the live params are not touched yet."""
+        """Flat stores for A, B (and the restore copy) per block; the live parameters are not touched yet.
+
+        The live buffers are made later, one block at a time (``_adopt``), so
+        building never holds more than A, B and one block beyond the model.
+        """
         groups: dict[tuple[str, torch.device, torch.dtype], list[Slot]] = {}
         for slot in slots:
             param = slot.param
@@ -220,41 +225,42 @@ class RuntimeMerger:
         for (block, device, dtype), members in groups.items():
             numel = assign_offsets(members)
             cdtype = compute_dtype_for(dtype)
-            live_values = torch.empty(numel, dtype=dtype, device=device)
-            for slot in members:
-                slot.view(live_values).copy_(slot.param)  # type: ignore[arg-type]
-            a_store = self._load_store(members, numel, a, cdtype, self._a_device, live_values)
-            b_store = self._load_store(members, numel, b, cdtype, self._b_device, live_values)
+            a_store = self._load_store(members, numel, a, cdtype, self._a_device)
+            b_store = self._load_store(members, numel, b, cdtype, self._b_device)
             original = None
-            if a is not None and not bitwise_equal(a_store.to(device=device, dtype=dtype), live_values):
+            if a is not None and not all(_slot_matches(slot, slot.param, a_store) for slot in members):  # type: ignore[arg-type]
                 original = empty_store(numel, dtype, CPU)
-                original.copy_(live_values)
-            segments.append(
-                Segment(block, members, numel, live_values, a_store, b_store, original, identical=bitwise_equal(a_store, b_store))
-            )
+                for slot in members:
+                    slot.view(original).copy_(slot.param)  # type: ignore[arg-type]
+            placeholder = torch.empty(0, dtype=dtype, device=device)  # replaced by _adopt
+            segments.append(Segment(block, members, numel, placeholder, a_store, b_store, original, bitwise_equal(a_store, b_store)))
         return segments
 
     @staticmethod
-    def _load_store(
-        slots: list[Slot], numel: int, model: OpenedModel | None, dtype: torch.dtype, device: torch.device, live_values: torch.Tensor
-    ) -> torch.Tensor:
+    def _load_store(slots: list[Slot], numel: int, model: OpenedModel | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A flat store of ``model``'s tensors (the live parameters when ``model`` is None)."""
         store = empty_store(numel, dtype, device)
-        if model is None:
-            store.copy_(live_values)
-            return store
         for slot in slots:
-            slot.view(store).copy_(model.get(slot.key).reshape(slot.shape))
+            source = slot.param if model is None else model.get(slot.key).reshape(slot.shape)
+            slot.view(store).copy_(source)  # type: ignore[arg-type]
         return store
 
-    def _point_params_into(self, seg: Segment) -> None:
-        """Make every parameter of ``seg`` a view into ``seg.live`` (same values, same Parameter object)."""
+    def _adopt(self, seg: Segment, device: torch.device, dtype: torch.dtype) -> None:
+        """Give ``seg`` a new live buffer holding the host's current values and point its parameters into it.
+
+        Parameter objects keep their identity; the storage they held before is
+        freed unless the host keeps another reference to it.
+        """
+        live = torch.empty(seg.numel, dtype=dtype, device=device)
         for slot in seg.slots:
             param = slot.current()
             assert param is not None
-            param.data = slot.view(seg.live)
+            slot.view(live).copy_(param)
+            param.data = slot.view(live)
             slot.param = param
             slot.ptr = param.data_ptr()
             slot.version = _version_of(param)
+        seg.live = live
 
     # ------------------------------------------------------------------ public API
 
@@ -582,14 +588,11 @@ class RuntimeMerger:
             for slot in members:
                 slot.stride = dense_stride(slot.current())  # type: ignore[arg-type]
             numel = assign_offsets(members)
-            live = torch.empty(numel, dtype=dtype, device=device)
-            for slot in members:
-                slot.view(live).copy_(slot.current())  # type: ignore[arg-type]
             if reusable is not None and all(old_of[id(s)][1:] == (s.offset, s.stride) for s in members):
-                seg = Segment(block, members, numel, live, reusable.a, reusable.b, reusable.original, reusable.identical)
+                seg = Segment(block, members, numel, reusable.live, reusable.a, reusable.b, reusable.original, reusable.identical)
             else:
-                seg = self._regather(block, members, numel, live, old_of, compute_dtype_for(dtype))
-            self._point_params_into(seg)
+                seg = self._regather(block, members, numel, old_of, compute_dtype_for(dtype), dtype)
+            self._adopt(seg, device, dtype)
             new_segments.append(seg)
         self._segments = [s for s in self._segments if s.block != block] + new_segments
         self._by_block[block] = new_segments
@@ -600,16 +603,16 @@ class RuntimeMerger:
         block: str,
         members: list[Slot],
         numel: int,
-        live: torch.Tensor,
         old_of: Mapping[int, tuple[Segment, int, tuple[int, ...]]],
         cdtype: torch.dtype,
+        live_dtype: torch.dtype,
     ) -> Segment:
         """Copy A/B/original elements from the old segments into stores of a new layout."""
         first = old_of[id(members[0])][0]
         a = empty_store(numel, cdtype, first.a.device)
         b = empty_store(numel, cdtype, first.b.device)
         needs_original = any(old_of[id(s)][0].original is not None for s in members)
-        original = empty_store(numel, live.dtype, CPU) if needs_original else None
+        original = empty_store(numel, live_dtype, CPU) if needs_original else None
         for slot in members:
             old_seg, old_offset, old_stride = old_of[id(slot)]
 
@@ -621,7 +624,8 @@ class RuntimeMerger:
             if original is not None:
                 source = old_seg.original if old_seg.original is not None else old_seg.a
                 slot.view(original).copy_(old_view(source))
-        return Segment(block, members, numel, live, a, b, original, identical=bitwise_equal(a, b))
+        placeholder = torch.empty(0, dtype=live_dtype)  # replaced by _adopt
+        return Segment(block, members, numel, placeholder, a, b, original, identical=bitwise_equal(a, b))
 
     def _resnapshot(self) -> None:
         """The live values become the original weights (and A, when A is the live model)."""
@@ -743,6 +747,11 @@ def _version_of(param: torch.Tensor) -> int:
         return param._version
     except RuntimeError:
         return -1
+
+
+def _slot_matches(slot: Slot, param: torch.Tensor, store: torch.Tensor) -> bool:
+    """Whether ``param`` holds bit for bit the store's values converted to its dtype."""
+    return bitwise_equal(param.detach(), slot.view(store).to(device=param.device, dtype=param.dtype))
 
 
 def _reusable(old_segments: list[Segment], members: list[Slot], cdtype: torch.dtype) -> Segment | None:
