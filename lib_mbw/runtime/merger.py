@@ -81,12 +81,17 @@ DIRTY = _State("DIRTY")  #: the host changed the values; unknown until written a
 
 @dataclass(frozen=True)
 class ApplyStats:
-    """What one ``apply``/``restore`` did: wall seconds, blocks written, bytes read + written."""
+    """What one ``apply``/``restore`` did: wall seconds, blocks written, bytes read + written.
+
+    ``resynced``: blocks the host had changed (repaired first); ``reloaded``:
+    the host had loaded new weights, which became the original weights.
+    """
 
     seconds: float
     blocks: tuple[str, ...]
     bytes: int
     resynced: tuple[str, ...] = ()
+    reloaded: bool = False
 
     @property
     def bandwidth(self) -> float:
@@ -438,7 +443,8 @@ class RuntimeMerger:
         self._notify(names)
         resynced = tuple(dict.fromkeys(blk for r in reports for blk in r.rebuilt + r.dirty))
         blocks = tuple(blk for blk in self.blocks if blk in written)
-        return ApplyStats(time.perf_counter() - start, blocks, nbytes, resynced)
+        reloaded = any(r.reloaded for r in reports)
+        return ApplyStats(time.perf_counter() - start, blocks, nbytes, resynced, reloaded)
 
     def _write_segment(self, seg: Segment, target: float | _State) -> int:
         """One segment's live values := target; bytes read + written."""
