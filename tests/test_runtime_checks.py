@@ -147,9 +147,13 @@ from lib_mbw import keyspec
 from lib_mbw.synthetic import module_from_tensors
 from lib_mbw.runtime import RuntimeMerger
 torch.set_num_threads(1)
+def models(layout):
+    live = module_from_tensors({k: torch.full(s, 0.5, dtype=torch.float16) for k, s in layout.items()})
+    return live, {k: torch.full(s, 0.25, dtype=torch.float16) for k, s in layout.items()}
+tiny_live, tiny_b = models(keyspec.unet_layout(keyspec.tiny_config("sd1").unet, prefix=""))
+RuntimeMerger(tiny_live, None, tiny_b).close()  # fault in the code pages the build uses
 layout = keyspec.unet_layout(dataclasses.replace(keyspec.SD1_UNET, model_channels=96), prefix="")
-live = module_from_tensors({k: torch.full(s, 0.5, dtype=torch.float16) for k, s in layout.items()})
-b = {k: torch.full(s, 0.25, dtype=torch.float16) for k, s in layout.items()}
+live, b = models(layout)
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 before = peak()
 merger = RuntimeMerger(live, None, b)
@@ -165,9 +169,11 @@ def test_building_holds_a_and_b_plus_at_most_one_block_beyond_the_model() -> Non
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], cwd=root, capture_output=True, text=True, timeout=300, check=True)
+    # a fixed mmap threshold makes glibc return freed buffers at once, so the peak RSS is what was live
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     unet = result["unet"]
     assert unet > 100e6
-    # A snapshot + B store = 2 x UNet; the largest SD1 block (M00) is 11 % of the UNet
-    assert result["grew"] < 2.3 * unet, f"grew {result['grew'] / unet:.2f} x the UNet"
+    # A snapshot + B store = 2 x UNet (measured 2.04); one more UNet-sized copy would give 3
+    assert result["grew"] < 2.2 * unet, f"grew {result['grew'] / unet:.2f} x the UNet"
