@@ -80,6 +80,7 @@ class WorkerUnavailableError(MBWError):
 class ScorerError(MBWError):
     """A scorer cannot be set up: unknown name, bad setting, missing reference image or model file."""
 
+
 class IdenticalModelsError(MBWError):
     """Models A and B are the same (same file or identical UNet tensors): every merge would score the same."""
 
