@@ -53,11 +53,13 @@ def tensor_hashes(module: nn.Module) -> dict[str, str]:
 def reference_merge(
     a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], recipe: Recipe, family: str
 ) -> dict[str, torch.Tensor]:
-    """The offline merge math: ``torch.lerp(A32, B32, w)`` per tensor, w from the tensor's block."""
+    """The offline merge engine's math (``merge.methods.weighted_sum``, fp32) per tensor, w from its block."""
+    from lib_mbw.merge.methods import weighted_sum
+
     out = {}
     for key, tensor in a.items():
         w = recipe.weights[block_of_unet_key(key, family)]
-        out[key] = exact_lerp(tensor.float(), b[key].float(), w)
+        out[key] = weighted_sum(tensor.float(), b[key].float(), w).clone()
     return out
 
 

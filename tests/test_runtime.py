@@ -1,7 +1,7 @@
 """Runtime merge correctness: the live UNet equals the offline merge math, blockwise, and restores exactly.
 
-The offline merge engine (lib_mbw/merge/methods.py) is written in parallel;
-until it lands the reference is ``torch.lerp(A32, B32, w)`` computed here.
+The reference is the offline merge engine's own math (``lib_mbw.merge.methods.weighted_sum``),
+so the runtime path and the file written at the end of a search agree.
 """
 
 from __future__ import annotations
