@@ -62,11 +62,12 @@ def form(**changes: Any) -> FormValues:
     return values
 
 
-def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:
+def wait_until(condition, timeout: float = 20.0, what: str = "condition", controller: SearchController | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            state = f"; state {controller.snapshot().state}: {controller.snapshot().message}" if controller else ""
+            raise AssertionError(f"timed out waiting for {what}{state}")
         time.sleep(0.02)
 
 
@@ -233,3 +234,16 @@ def test_describe_models_reports_the_architecture(host: RecordingHost, tiny_chec
     (host.models_dir / "broken.safetensors").write_bytes(b"not a model")
     unreadable = actions.describe_models(host, "A.safetensors", "broken.safetensors")
     assert not unreadable.mismatch and "read when the search starts" in unreadable.text
+
+
+def test_the_registered_human_scorer_asks_the_ui(host: RecordingHost) -> None:
+    controller = SearchController(host)
+    start(host, controller, scorer="human", human_low=1, human_high=5, max_evaluations=1, rescore_top=0, payload_names=["house"])
+    wait_until(lambda: controller.snapshot().rating is not None, what="images to rate", controller=controller)
+    pending = controller.snapshot().rating
+    assert (pending.low, pending.high) == (1, 5) and len(pending.images) == 2
+    controller.submit_ratings(pending.request_id, [4, 5])
+    assert controller.wait(20)
+    state = controller.snapshot()
+    assert state.state == "finished", state.message
+    assert [r.score for r in state.rows if r.phase == "search"] == [4.5]

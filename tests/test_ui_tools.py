@@ -212,3 +212,29 @@ def test_ui_command_help_has_examples() -> None:
     quiet = subprocess.run([sys.executable, "-c", "import sys, lib_mbw.cli as c; c.build_parser(); import lib_mbw.ui.form, lib_mbw.ui.controller; "
                             "print('gradio' in sys.modules)"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert quiet.stdout.strip() == "False", "the CLI and the UI's plain modules must not import gradio"
+
+
+def test_merge_and_save_writes_a_checkpoint_the_host_hears_about(tmp_path: Path, tiny_checkpoints: dict[str, tuple[Path, Path]]) -> None:
+    from lib_mbw.checkpoint import open_checkpoint
+
+    a, b = tiny_checkpoints["sd1"]
+    settings = SearchSettings()
+    settings.models.a, settings.models.b = str(a), str(b)
+    settings.output.dtype = "fp32"
+    saved: list[Path] = []
+
+    class Host:
+        def model_saved(self, path: Path) -> None:
+            saved.append(path)
+
+    out = merged_model_path(settings, "20240101-000000-s-abc123", tmp_path)
+    recipe = Recipe.uniform(0.25)
+    assert merge_recipe(recipe, settings, out, run_id="20240101-000000-s-abc123", host=Host()) == out
+    assert saved == [out]
+    with open_checkpoint(out) as merged, open_checkpoint(a) as model_a, open_checkpoint(b) as model_b:
+        key = next(k for k in merged.keys if k.startswith("model.diffusion_model.input_blocks.1."))
+        expected = model_a.get(key) + 0.25 * (model_b.get(key) - model_a.get(key))
+        assert (merged.get(key) - expected).abs().max().item() < 1e-6
+        assert "20240101-000000-s-abc123" in merged.metadata.get("auto_mbw_search", "")
+    with pytest.raises(OutputExistsError):
+        merge_recipe(recipe, settings, out)

@@ -1,6 +1,6 @@
 """Test doubles for the UI tests (not collected by pytest): a generator with visible images and scorers.
 
-* ``StripeGenerator`` renders one image per payload image: 27 vertical stripes,
+* ``StripeGenerator`` renders one image per payload image (at the payload's size): 27 vertical stripes,
   each coloured between blue (model A, weight 0) and orange (model B, weight 1)
   by its block's weight, so the galleries show what changed. It records the
   applied weights in the image's params; it can sleep per image (``delay``).
@@ -34,17 +34,17 @@ _A = (31, 119, 180)
 _B = (255, 127, 14)
 
 
-def stripes(weights: dict[str, float], side: int = SIDE) -> Image.Image:
+def stripes(weights: dict[str, float], width: int = SIDE, height: int = SIDE) -> Image.Image:
     """The picture of a recipe: one stripe per block, blue (A) to orange (B)."""
-    image = Image.new("RGB", (side, side))
-    width = side / len(BLOCKS)
+    image = Image.new("RGB", (width, height))
+    stripe = width / len(BLOCKS)
     pixels = image.load()
-    for x in range(side):
-        block = BLOCKS[min(int(x / width), len(BLOCKS) - 1)]
+    for x in range(width):
+        block = BLOCKS[min(int(x / stripe), len(BLOCKS) - 1)]
         w = weights.get(block, 0.0)
         color = tuple(int(a + (b - a) * w) for a, b in zip(_A, _B))
-        for y in range(side):
-            shade = 0.75 + 0.25 * (y / side)
+        for y in range(height):
+            shade = 0.75 + 0.25 * (y / height)
             pixels[x, y] = tuple(int(c * shade) for c in color)
     return image
 
@@ -69,7 +69,7 @@ class StripeGenerator:
             if self.delay:
                 time.sleep(self.delay)
             weights = dict(self.applied.weights)
-            images.append(GeneratedImage(stripes(weights), payload, payload.prompt, payload.negative_prompt, payload.seed + index, index,
+            images.append(GeneratedImage(stripes(weights, payload.width, payload.height), payload, payload.prompt, payload.negative_prompt, payload.seed + index, index,
                                          params={"weights": weights}))
             if progress:
                 progress(index + 1, payload.batch_size)
