@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib_mbw.ui.form import FORM_FIELDS, GRID_HEADERS, FormValues  # noqa: E402
+from lib_mbw.ui.form import FORM_FIELDS, GRID_HEADERS, SECTIONS, FormValues  # noqa: E402
 
 MAX_EVALUATIONS = 6
 #: Positions in the watch endpoint's outputs (app._live_values without the rating panel, a layout block the API leaves out)
@@ -137,10 +137,9 @@ def check(condition: bool, message: str) -> None:
 
 def drive(port: int, root: Path) -> dict[str, Any]:
     import gradio
-    from gradio_client import Client
 
     client = make_client(port)
-    error_count = len([*"models payloads search blocks warm_start scoring output".split()])
+    error_count = len(SECTIONS)  # the search button answers one message per form section, then a summary
 
     # bad settings: refused with messages next to the fields, nothing starts
     bad = client.predict(*form_values(model_b="A.safetensors", max_evaluations=0), api_name="/auto_mbw_search")

@@ -89,6 +89,9 @@ def run_ui(args: argparse.Namespace) -> int:
     defaults = form_defaults(args.config, host) if args.config else None
     blocks = build_ui(host, defaults)
     compat.enable_queue(blocks)
+    if not host.list_models():
+        print(f"note: no .safetensors checkpoints in {host.models_dir}; put models A and B there (or pass --models DIR) "
+              "and press 'Refresh model list'", file=sys.stderr)
     print(f"auto-MBW UI on http://{args.host}:{args.port} (models from {host.models_dir}); Ctrl-C to quit", file=sys.stderr)
     try:
         compat.launch(blocks, server_name=args.host, server_port=args.port, block=True, quiet=True)

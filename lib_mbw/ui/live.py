@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from ..generators.base import GeneratedImage
 from ..recipe import Recipe
