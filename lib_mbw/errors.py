@@ -49,3 +49,21 @@ class EvaluationFailed(MBWError):
 
 class PayloadError(MBWError):
     """A payload file or field is invalid; the message names the file and field."""
+
+
+class GenerationInterrupted(MBWError):
+    """The user interrupted generation (the WebUI's Interrupt button or a stop request).
+
+    The search stops (it does not count as a failed evaluation) and the model is restored.
+    """
+
+
+class HostBusyError(MBWError):
+    """The WebUI is busy (a search or a generation holds its queue); try again when it has finished."""
+
+
+class WorkerUnavailableError(MBWError):
+    """A remote worker cannot be reached or keeps failing after retries.
+
+    Not the candidate's fault: the search pauses (resumable) instead of recording a failure.
+    """

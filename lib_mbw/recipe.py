@@ -85,6 +85,10 @@ class Recipe:
             raise RecipeError(f"{self.source}: unknown merge method {self.method!r}; use one of {', '.join(METHODS)}")
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType cannot be pickled; rebuild from plain dicts (optimizer state, worker threads).
+        return (Recipe, (dict(self.weights), self.base, self.method, dict(self.models), self.source))
+
     def __hash__(self) -> int:
         return hash((tuple(self.weights.items()), self.base, self.method, tuple(self.models.items())))
 

@@ -148,3 +148,11 @@ def test_changed_blocks() -> None:
     a = Recipe.uniform(0.5)
     b = a.replace(weights={**a.weights, "OUT03": 0.25})
     assert b.changed_blocks(a) == ["OUT03"] and len(b.changed_blocks(None)) == 27
+
+
+def test_recipes_pickle_for_optimizer_state() -> None:
+    import pickle
+
+    recipe = random_recipe(7)
+    again = pickle.loads(pickle.dumps(recipe))
+    assert again == recipe and again.base == recipe.base and dict(again.models) == dict(recipe.models)

@@ -1,0 +1,205 @@
+"""auto-MBW's install hook, run by the WebUI's launcher before the WebUI starts.
+
+The launcher (A1111 / Forge ``launch_utils.run_extension_installer``) runs
+this file in a subprocess with the WebUI's venv python, cwd = the WebUI root,
+after "Install from URL" and at every start (unless ``--skip-install``).
+
+Rules:
+
+* Install only what is missing, with the launcher's own helpers
+  (``launch.is_installed``, ``launch.run_pip``).
+* Never replace a version the WebUI has: every pip call gets a constraints
+  file pinning the installed versions of the WebUI's own requirements
+  (``requirements_versions.txt``) and of the big shared packages (torch,
+  gradio, transformers, diffusers, numpy, pydantic, fastapi, ...).
+* ``image-reward`` pins old versions of transformers/diffusers/timm; it is
+  installed with ``--no-deps``, followed by only the packages it needs to be
+  imported that the venv lacks.
+* Versions are the ones auto-MBW is tested with (``requirements.txt``,
+  ``constraints.txt`` beside this file); on Python 3.10 (A1111's usual
+  Python) a few pins that need 3.11 fall back to the newest compatible range.
+* Print what was done, and what to run by hand if something failed; never
+  stop the WebUI from starting.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+EXTENSION_DIR = Path(__file__).resolve().parent
+TAG = "[auto-MBW]"
+
+#: Packages a WebUI build decides on; their installed versions are never changed.
+SHARED_PACKAGES: tuple[str, ...] = (
+    "torch", "torchvision", "torchaudio", "xformers", "numpy", "gradio", "gradio_client", "transformers",
+    "diffusers", "accelerate", "huggingface_hub", "tokenizers", "safetensors", "pydantic", "fastapi",
+    "starlette", "httpx", "pillow", "protobuf", "open_clip_torch", "timm", "setuptools",
+)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One package auto-MBW needs: distribution name, its import name, and whether to skip its dependencies."""
+
+    name: str
+    module: str
+    no_deps: bool = False
+    needed_by: str = "auto-MBW"
+
+
+#: In install order. image-reward's import needs come after it, each checked on its own.
+REQUIREMENTS: tuple[Requirement, ...] = (
+    Requirement("safetensors", "safetensors"),
+    Requirement("requests", "requests"),
+    Requirement("matplotlib", "matplotlib", needed_by="plots"),
+    Requirement("dynamicprompts", "dynamicprompts", needed_by="payload wildcards"),
+    Requirement("gradient-free-optimizers", "gradient_free_optimizers", needed_by="optimizers"),
+    Requirement("hyperactive", "hyperactive", needed_by="optimizers"),
+    Requirement("optuna", "optuna", needed_by="optimizers"),
+    Requirement("cmaes", "cmaes", needed_by="optuna's CMA-ES optimizer"),
+    Requirement("image-reward", "ImageReward", no_deps=True, needed_by="the ImageReward scorer"),
+    Requirement("clip-anytorch", "clip", needed_by="image-reward"),
+    Requirement("ftfy", "ftfy", needed_by="image-reward"),
+    Requirement("timm", "timm", needed_by="image-reward"),
+    Requirement("fairscale", "fairscale", needed_by="image-reward"),
+    Requirement("accelerate", "accelerate", needed_by="image-reward"),
+    Requirement("datasets", "datasets", needed_by="image-reward"),
+    Requirement("diffusers", "diffusers", needed_by="image-reward"),
+)
+
+#: Pins that need Python >= 3.11, and the range used on older Pythons.
+PY310_SPECS: dict[str, str] = {"matplotlib": "matplotlib>=3.8,<3.11"}
+
+_REQ_LINE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(==|>=|<=|~=|<|>)\s*([^\s;#]+)")
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name normalisation (``Image_Reward`` == ``image-reward``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(*files: Path) -> dict[str, str]:
+    """``name -> requirement spec`` from requirements files; earlier files win."""
+    pins: dict[str, str] = {}
+    for path in files:
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            match = _REQ_LINE.match(line)
+            if match:
+                pins.setdefault(normalize(match.group(1)), f"{match.group(1)}{match.group(2)}{match.group(3)}")
+    return pins
+
+
+def spec_for(requirement: Requirement, pins: dict[str, str], python: tuple[int, int]) -> str:
+    """What to ask pip for: our tested pin, relaxed on old Pythons, or the bare name if we pin nothing."""
+    key = normalize(requirement.name)
+    if python < (3, 11) and key in PY310_SPECS:
+        return PY310_SPECS[key]
+    return pins.get(key, requirement.name)
+
+
+def webui_constraints(webui_root: Path, version_of: Callable[[str], str | None]) -> list[str]:
+    """``name==installed`` for every package the WebUI pins or shares with us that is installed."""
+    names = list(SHARED_PACKAGES)
+    own = webui_root / "requirements_versions.txt"
+    if own.is_file():
+        names += [m.group(1) for m in map(_REQ_NAME.match, own.read_text(encoding="utf-8").splitlines()) if m]
+    lines: dict[str, str] = {}
+    for name in names:
+        version = version_of(name)
+        if version:
+            lines[normalize(name)] = f"{name}=={version}"
+    return sorted(lines.values())
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass
+class Report:
+    installed: list[str]
+    failed: list[tuple[str, str]]
+
+
+def install_missing(
+    launch: object,
+    requirements: Iterable[Requirement],
+    pins: dict[str, str],
+    constraints_file: Path,
+    python: tuple[int, int],
+) -> Report:
+    """Install every requirement that ``launch.is_installed`` does not find (by distribution or import name)."""
+    report = Report([], [])
+    for requirement in requirements:
+        if launch.is_installed(requirement.name) or launch.is_installed(requirement.module):
+            continue
+        spec = spec_for(requirement, pins, python)
+        flags = " --no-deps" if requirement.no_deps else ""
+        command = f'install "{spec}"{flags} -c "{constraints_file}"'
+        print(f"{TAG} installing {spec}{flags} (needed by {requirement.needed_by})")
+        try:
+            launch.run_pip(command, f"{spec} for auto-MBW")
+        except RuntimeError as error:
+            report.failed.append((spec, str(error).splitlines()[0] if str(error) else "pip failed"))
+        else:
+            report.installed.append(spec)
+    return report
+
+
+def check_imports(python_executable: str, modules: Iterable[str]) -> str | None:
+    """Import ``modules`` in a fresh interpreter; the error text if that fails."""
+    code = "; ".join(f"import {m}" for m in modules)
+    result = subprocess.run([python_executable, "-c", code], capture_output=True, text=True)
+    if result.returncode == 0:
+        return None
+    lines = (result.stderr or result.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit code {result.returncode}"
+
+
+def main(
+    launch: object | None = None,
+    webui_root: Path | None = None,
+    python: tuple[int, int] | None = None,
+    check_imports: Callable[[str, Iterable[str]], str | None] = check_imports,
+) -> Report:
+    if launch is None:
+        import launch  # the WebUI's launcher module (on PYTHONPATH while installers run)
+    webui_root = webui_root or Path.cwd()
+    python = python or sys.version_info[:2]
+    pins = read_pins(EXTENSION_DIR / "requirements.txt", EXTENSION_DIR / "constraints.txt")
+    with tempfile.TemporaryDirectory(prefix="auto-mbw-") as tmp:
+        constraints_file = Path(tmp) / "webui-constraints.txt"
+        constraints_file.write_text("\n".join(webui_constraints(webui_root, installed_version)) + "\n", encoding="utf-8")
+        report = install_missing(launch, REQUIREMENTS, pins, constraints_file, python)
+    if report.installed and not report.failed:
+        problem = check_imports(getattr(launch, "python", sys.executable), [r.module for r in REQUIREMENTS])
+        if problem:
+            report.failed.append(("import check", problem))
+    for spec, reason in report.failed:
+        print(f"{TAG} could not install {spec}: {reason}")
+    if report.failed:
+        print(
+            f"{TAG} auto-MBW may not work until this is fixed. Install by hand with the WebUI's python, e.g.\n"
+            f'{TAG}   "{getattr(launch, "python", sys.executable)}" -m pip install "<package>"\n'
+            f"{TAG} and see docs/webui.md (Troubleshooting) in the extension's folder."
+        )
+    elif report.installed:
+        print(f"{TAG} installed: {', '.join(report.installed)}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""In-process generation inside AUTOMATIC1111 / Forge: the WebUI's own txt2img on its loaded model.
+
+``WebUIGenerator`` implements the Generator protocol on top of a
+``hosts.webui.WebUIHost``: ``apply`` merges on the live UNet through the
+host's merge session, ``generate`` builds a ``StableDiffusionProcessingTxt2Img``
+and runs ``process_images`` — no HTTP, no ``--api``, no PNG round trip.
+
+* Output folders: ``do_not_save_samples``/``do_not_save_grid`` unless the
+  user asked to save (then the WebUI's txt2img folders and infotext, with the
+  recipe added as ``auto-MBW recipe``).
+* The WebUI's state: ``shared.state`` shows the payload as the current job
+  (progress bar, console); Interrupt raises ``GenerationInterrupted`` (the
+  search stops, the model is restored), Skip fails the evaluation.
+* Locking: inside a search (``host.exclusive()``) the queue lock is already
+  held, so generation calls ``process_images`` directly; outside a search
+  each call takes the lock itself (``host.queue_turn``). Forge renders on its
+  main thread.
+* Extension scripts (``p.scripts``) are not run: images depend only on the
+  payload and the weights. LoRA/embeddings in prompts work as in txt2img.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EvaluationFailed, GenerationInterrupted
+from ..payloads import Payload
+from ..recipe import Recipe, to_positional
+from .base import GeneratedImage, ProgressCallback
+from .webui_params import ProgressPoller, accepted_params, payload_images, txt2img_params
+
+if TYPE_CHECKING:
+    from ..hosts.webui import WebUIHost
+
+log = logging.getLogger(__name__)
+
+#: Infotext key that records the recipe on images the WebUI saves.
+RECIPE_INFOTEXT_KEY = "auto-MBW recipe"
+
+
+def constructor_params(cls: type) -> set[str]:
+    """Keyword arguments a processing class accepts (the WebUI builds its API schema the same way)."""
+    names: set[str] = set()
+    for klass in inspect.getmro(cls):
+        if klass is object:
+            continue
+        names.update(p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "args", "kwargs"))
+    return names
+
+
+class WebUIGenerator:
+    """The WebUI's loaded model as a Generator: A is loaded through the WebUI, B merged in place."""
+
+    name = "webui"
+
+    def __init__(self, host: "WebUIHost", model_a: str, model_b: str, *, mode: str = "auto", save_images: bool = False) -> None:
+        self.host = host
+        self.model_a = model_a
+        self.model_b = model_b
+        self.mode = mode
+        self.save_images = save_images
+
+    def _session(self) -> Any:
+        return self.host.session(self.model_a, self.model_b, self.mode)
+
+    def apply(self, recipe: Recipe) -> float:
+        with self.host.queue_turn():
+            return self._session().apply(recipe)
+
+    def generate(self, payload: Payload, progress: ProgressCallback | None = None) -> list[GeneratedImage]:
+        from ..hosts.webui import run_on_main_thread
+
+        with self.host.queue_turn():
+            session = self._session()
+            with session.generating():
+                processed = run_on_main_thread(self.host.name, self._render, payload, session.recipe, progress)
+        return self._collect(payload, processed)
+
+    def restore(self) -> None:
+        with self.host.queue_turn():
+            self.host.restore_session()
+
+    def close(self) -> None:
+        with self.host.queue_turn():
+            self.host.close_session()
+
+    # -- rendering (runs on the WebUI's generation thread)
+
+    def _processing(self, payload: Payload, recipe: Recipe | None) -> Any:
+        from modules import processing, shared
+
+        params = txt2img_params(payload)
+        kwargs, ignored = accepted_params(params, constructor_params(processing.StableDiffusionProcessingTxt2Img))
+        if ignored:
+            log.info("auto-MBW: payload %s: this WebUI has no txt2img field(s) %s; ignored", payload.name, ", ".join(ignored))
+        kwargs.update(do_not_save_samples=not self.save_images, do_not_save_grid=True)
+        p = processing.StableDiffusionProcessingTxt2Img(sd_model=shared.sd_model, **kwargs)
+        if self.save_images:
+            p.outpath_samples = shared.opts.outdir_txt2img_samples
+            p.outpath_grids = shared.opts.outdir_txt2img_grids
+        if recipe is not None:
+            p.extra_generation_params[RECIPE_INFOTEXT_KEY] = to_positional(recipe)
+        return p
+
+    def _render(self, payload: Payload, recipe: Recipe | None, progress: ProgressCallback | None) -> Any:
+        from modules import processing, shared
+
+        state = shared.state
+        state.job = f"auto-MBW: {payload.name}"
+        state.job_no = 0
+        state.job_count = 1
+        state.sampling_step = 0
+        state.textinfo = f"auto-MBW: rendering {payload.name}"
+
+        def read_progress() -> tuple[int, int] | None:
+            total = int(getattr(state, "sampling_steps", 0) or 0)
+            return (min(int(state.sampling_step), total), total) if total else None
+
+        p = self._processing(payload, recipe)
+        with contextlib.closing(p), ProgressPoller(read_progress, progress):
+            processed = processing.process_images(p)
+        if state.interrupted or getattr(state, "stopping_generation", False):
+            raise GenerationInterrupted("generation was interrupted in the WebUI; the search stops and the model is restored")
+        if state.skipped:
+            state.skipped = False
+            raise EvaluationFailed(f"payload {payload.name!r}: skipped in the WebUI (the image is unfinished)")
+        return processed
+
+    def _collect(self, payload: Payload, processed: Any) -> list[GeneratedImage]:
+        info = {
+            "index_of_first_image": getattr(processed, "index_of_first_image", 0),
+            "all_prompts": getattr(processed, "all_prompts", None),
+            "all_negative_prompts": getattr(processed, "all_negative_prompts", None),
+            "all_seeds": getattr(processed, "all_seeds", None),
+            "infotexts": getattr(processed, "infotexts", None),
+            "steps": getattr(processed, "steps", payload.steps),
+            "cfg_scale": getattr(processed, "cfg_scale", payload.cfg_scale),
+            "sampler_name": getattr(processed, "sampler_name", payload.sampler),
+        }
+        return payload_images(payload, list(processed.images), info, backend=self.name, source=f"WebUI ({self.host.name})")

@@ -1,0 +1,517 @@
+"""Run folders and the crash-safe search history: the source of truth of a search.
+
+Each search gets its own folder ``<base>/<run-id>/`` (run-id = local time +
+sanitised name + 6 random hex digits; created exclusively, so two searches
+never share or overwrite one) holding:
+
+* ``manifest.json``: settings, models (paths, sizes, sha256), the concrete
+  payloads (contents + hashes), seeds, optimizer, package versions; rewritten
+  atomically when the run ends with its result.
+* ``history.csv``: one row per evaluation, appended, flushed and fsync'd
+  before the next evaluation starts. Columns: ``index, timestamp, status,
+  source, score``, every block weight by name in canonical order, ``BASE`` if
+  searched, ``payload:<name>`` per payload, ``merge_s, generate_s, score_s,
+  total_s, worker, reason``. ``status`` is ok / failed / abandoned / cached /
+  rescore / selected; ``source`` is optimizer / initial / rescore / final.
+  The last row (status ``selected``) is the recipe the search returned and why.
+* ``state.json``: the optimizer state and the loop phase, replaced atomically
+  after every evaluation, so ``--resume`` continues exactly where it stopped.
+  It is not fsync'd (one disk flush per evaluation is enough): after a power
+  loss it may be older than the history, and the loop then replays the newer
+  rows through the optimizer; if it is missing or unreadable, the whole
+  history is replayed.
+
+A run killed at any moment (SIGKILL, power loss) loses at most the
+evaluation in flight: a half-written last line is dropped when the history
+is reopened. This module also reads histories for warm start: ours, and the
+seed tool's CSVs (columns ``0..26, score, eval_times, iter_times`` with the
+27 weights in its block order).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..blocks import BASE, BLOCKS
+from ..errors import MBWError, RecipeError
+from ..fileio import safe_name, write_atomic
+from ..recipe import ORDERS, Recipe, from_positional, read_recipe, to_positional, to_preset
+
+HISTORY_FILE = "history.csv"
+MANIFEST_FILE = "manifest.json"
+STATE_FILE = "state.json"
+STATE_FORMAT = "auto-mbw-state"
+
+STATUSES: tuple[str, ...] = ("ok", "failed", "abandoned", "cached", "rescore", "selected")
+SOURCES: tuple[str, ...] = ("optimizer", "initial", "rescore", "final")
+#: Statuses whose score is a full evaluation of the recipe on the run's payloads.
+SCORED_STATUSES: tuple[str, ...] = ("ok", "cached", "rescore")
+
+PAYLOAD_PREFIX = "payload:"
+_LEAD = ("index", "timestamp", "status", "source", "score")
+_TAIL = ("merge_s", "generate_s", "score_s", "total_s", "worker", "reason")
+
+
+class HistoryError(MBWError):
+    """A history, state or manifest file is missing, unreadable or from another kind of run."""
+
+
+def new_run_id(name: str = "search", now: _dt.datetime | None = None) -> str:
+    """``YYYYmmdd-HHMMSS-<name>-<6 hex>``: sortable by time, safe as a folder name."""
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{safe_name(name, default='search', max_length=40).replace(' ', '_')}-{secrets.token_hex(3)}"
+
+
+def create_run_folder(base: str | os.PathLike[str], name: str = "search") -> Path:
+    """A new, empty run folder under ``base`` (never an existing one)."""
+    root = Path(base)
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        folder = root / new_run_id(name)
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise HistoryError(f"{root}: could not create a unique run folder")
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _parse_number(text: str, where: str) -> float | None:
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise HistoryError(f"{where}: expected a number, got {text!r}") from None
+
+
+@dataclass
+class HistoryRow:
+    """One evaluation (or the final selection) as recorded in ``history.csv``."""
+
+    index: int
+    status: str
+    source: str
+    recipe: Recipe | None
+    score: float | None = None
+    payload_scores: dict[str, float | None] = field(default_factory=dict)
+    merge_s: float = 0.0
+    generate_s: float = 0.0
+    score_s: float = 0.0
+    worker: str = ""
+    reason: str = ""
+    timestamp: str = field(default_factory=_now_iso)
+
+    @property
+    def total_s(self) -> float:
+        return self.merge_s + self.generate_s + self.score_s
+
+
+@dataclass
+class LoopState:
+    """What ``state.json`` holds: how far the optimizer state reaches and where the loop was."""
+
+    rows: int
+    phase: str = "search"  # search -> rescore -> select -> done
+    optimizer: bytes = b""
+    stop_reason: str | None = None
+    stop_message: str = ""
+    elapsed_s: float = 0.0
+    candidates: list[Recipe] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": STATE_FORMAT,
+                "version": 1,
+                "rows": self.rows,
+                "phase": self.phase,
+                "stop_reason": self.stop_reason,
+                "stop_message": self.stop_message,
+                "elapsed_s": self.elapsed_s,
+                "candidates": [c.to_dict() for c in self.candidates],
+                "optimizer": base64.b64encode(self.optimizer).decode("ascii"),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "LoopState":
+        try:
+            data = json.loads(text)
+            if data.get("format") != STATE_FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}")
+            return cls(
+                rows=int(data["rows"]),
+                phase=str(data["phase"]),
+                optimizer=base64.b64decode(data["optimizer"]),
+                stop_reason=data.get("stop_reason"),
+                stop_message=str(data.get("stop_message", "")),
+                elapsed_s=float(data.get("elapsed_s", 0.0)),
+                candidates=[Recipe.from_dict(c, source) for c in data.get("candidates", [])],
+            )
+        except (ValueError, KeyError, TypeError, RecipeError) as exc:
+            raise HistoryError(f"{source}: not a valid search state file ({exc})") from None
+
+
+class RunHistory:
+    """The files of one run folder: append-only history, state and manifest."""
+
+    def __init__(self, folder: Path, columns: list[str]) -> None:
+        self.folder = folder
+        self.columns = columns
+        self.blocks = [c for c in columns if c in BLOCKS]
+        self.has_base = BASE in columns
+        self.payload_names = [c[len(PAYLOAD_PREFIX) :] for c in columns if c.startswith(PAYLOAD_PREFIX)]
+        self._handle: io.TextIOWrapper | None = None
+        self._rows: list[HistoryRow] = []
+
+    # ---- creating and opening
+
+    @classmethod
+    def create(cls, folder: str | os.PathLike[str], blocks: Sequence[str], payload_names: Sequence[str], *, with_base: bool = False) -> "RunHistory":
+        """Start an empty history in ``folder`` (which must not have one yet)."""
+        folder = Path(folder)
+        unknown = [b for b in blocks if b not in BLOCKS]
+        if unknown:
+            raise HistoryError(f"unknown block column(s) {', '.join(unknown)}")
+        ordered = [b for b in BLOCKS if b in blocks]
+        columns = [*_LEAD, *ordered, *([BASE] if with_base else []), *(PAYLOAD_PREFIX + n for n in payload_names), *_TAIL]
+        history = cls(folder, columns)
+        path = folder / HISTORY_FILE
+        if path.exists():
+            raise HistoryError(f"{path}: a history already exists here; resume it instead of starting a new one")
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(path, "x", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerow(columns)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return history
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str]) -> "RunHistory":
+        """Reopen a run folder's history; a half-written last line (from a crash) is cut off."""
+        folder = Path(folder)
+        path = folder / HISTORY_FILE
+        if not path.is_file():
+            raise HistoryError(f"{folder}: no {HISTORY_FILE}; is this a run folder (csv/history/<run-id>)?")
+        _repair_tail(path)
+        text = path.read_text(encoding="utf-8")
+        reader = csv.reader(io.StringIO(text))
+        try:
+            columns = next(reader)
+        except StopIteration:
+            raise HistoryError(f"{path}: empty history file") from None
+        if list(columns[: len(_LEAD)]) != list(_LEAD):
+            raise HistoryError(f"{path}: not an auto-MBW history (header starts {columns[:3]})")
+        history = cls(folder, list(columns))
+        history._rows = [history._parse(values, f"{path}:{n + 2}") for n, values in enumerate(reader) if values]
+        return history
+
+    # ---- rows
+
+    def rows(self) -> list[HistoryRow]:
+        """Every row written so far (in order)."""
+        return list(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def append(self, row: HistoryRow) -> None:
+        """Write one row and make it durable (flush + fsync) before returning."""
+        if row.status not in STATUSES or row.source not in SOURCES:
+            raise HistoryError(f"bad history row status/source {row.status!r}/{row.source!r}")
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(self._format(row))
+        handle = self._writer()
+        handle.write(buffer.getvalue())
+        handle.flush()
+        os.fsync(handle.fileno())
+        self._rows.append(row)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _writer(self) -> io.TextIOWrapper:
+        if self._handle is None:
+            self._handle = open(self.folder / HISTORY_FILE, "a", encoding="utf-8", newline="")
+        return self._handle
+
+    def _format(self, row: HistoryRow) -> list[str]:
+        weights = dict(row.recipe.weights) if row.recipe else {}
+        values: dict[str, str] = {
+            "index": str(row.index),
+            "timestamp": row.timestamp,
+            "status": row.status,
+            "source": row.source,
+            "score": _number(row.score),
+            "merge_s": f"{row.merge_s:.4f}",
+            "generate_s": f"{row.generate_s:.4f}",
+            "score_s": f"{row.score_s:.4f}",
+            "total_s": f"{row.total_s:.4f}",
+            "worker": row.worker,
+            "reason": " ".join(row.reason.split()),
+        }
+        for block in self.blocks:
+            values[block] = _number(weights.get(block))
+        if self.has_base:
+            values[BASE] = _number(row.recipe.base if row.recipe else None)
+        for name in self.payload_names:
+            values[PAYLOAD_PREFIX + name] = _number(row.payload_scores.get(name))
+        return [values.get(c, "") for c in self.columns]
+
+    def _parse(self, values: list[str], where: str) -> HistoryRow:
+        if len(values) != len(self.columns):
+            raise HistoryError(f"{where}: {len(values)} values for {len(self.columns)} columns; the history is damaged")
+        cell = dict(zip(self.columns, values))
+        weights = {b: w for b in self.blocks if (w := _parse_number(cell[b], where)) is not None}
+        base = _parse_number(cell[BASE], where) if self.has_base else None
+        recipe = Recipe(weights, base=base, source=where) if weights else None
+        return HistoryRow(
+            index=int(cell["index"]),
+            timestamp=cell["timestamp"],
+            status=cell["status"],
+            source=cell["source"],
+            recipe=recipe,
+            score=_parse_number(cell["score"], where),
+            payload_scores={n: _parse_number(cell[PAYLOAD_PREFIX + n], where) for n in self.payload_names},
+            merge_s=_parse_number(cell["merge_s"], where) or 0.0,
+            generate_s=_parse_number(cell["generate_s"], where) or 0.0,
+            score_s=_parse_number(cell["score_s"], where) or 0.0,
+            worker=cell["worker"],
+            reason=cell["reason"],
+        )
+
+    # ---- state and manifest
+
+    def write_state(self, state: LoopState) -> None:
+        """Replace ``state.json`` atomically. Not fsync'd: it costs a disk flush per evaluation and the
+        history rows (which are fsync'd) can rebuild it; a state older than the history is caught up by replay."""
+        write_atomic(self.folder / STATE_FILE, state.to_json(), durable=False)
+
+    def read_state(self) -> LoopState | None:
+        path = self.folder / STATE_FILE
+        if not path.is_file():
+            return None
+        return LoopState.from_json(path.read_text(encoding="utf-8"), str(path))
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
+        return write_manifest(self.folder, manifest)
+
+    def read_manifest(self) -> dict[str, Any]:
+        return read_manifest(self.folder)
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a last line that a crash left without its newline."""
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> Path:
+    return write_atomic(Path(folder) / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HistoryError(f"{folder}: no {MANIFEST_FILE}; is this a run folder (csv/history/<run-id>)?") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HistoryError(f"{path}: cannot read the manifest ({exc})") from None
+    if not isinstance(data, dict):
+        raise HistoryError(f"{path}: the manifest must be a JSON object")
+    return data
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+@dataclass
+class WarmStart:
+    """Warm-start material: scored recipes (told to the optimizer) and recipes to evaluate first."""
+
+    scored: list[tuple[Recipe, float]] = field(default_factory=list)
+    unscored: list[Recipe] = field(default_factory=list)
+
+    def extend(self, other: "WarmStart") -> None:
+        self.scored.extend(other.scored)
+        self.unscored.extend(other.unscored)
+
+
+def read_seed_csv(path: str | os.PathLike[str], order: str = "rt") -> list[tuple[Recipe, float]]:
+    """(recipe, score) pairs from a seed tool history CSV (27 weights in ``order``, then score)."""
+    path = Path(path)
+    if order not in ORDERS:
+        raise HistoryError(f"unknown block order {order!r}; use one of {', '.join(ORDERS)}")
+    try:
+        lines = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HistoryError(f"{path}: cannot read ({exc})") from None
+    lines = [line for line in lines if any(cell.strip() for cell in line)]
+    if not lines:
+        raise HistoryError(f"{path}: empty CSV")
+    header = [c.strip() for c in lines[0]]
+    if all(str(i) in header for i in range(27)) and "score" in header:
+        weight_at = [header.index(str(i)) for i in range(27)]
+        score_at = header.index("score")
+        body = lines[1:]
+    elif _is_number(lines[0][0]):
+        weight_at, score_at, body = list(range(27)), 27, lines
+    else:
+        raise HistoryError(f"{path}: not a seed history CSV (expected columns 0..26 and score, got {header[:5]}...)")
+    pairs: list[tuple[Recipe, float]] = []
+    for n, line in enumerate(body, start=2 if body is not lines else 1):
+        where = f"{path}:{n}"
+        try:
+            values = [float(line[i]) for i in weight_at]
+            score = float(line[score_at])
+        except (IndexError, ValueError):
+            raise HistoryError(f"{where}: expected 27 weights and a score") from None
+        if not math.isfinite(score):
+            continue
+        pairs.append((from_positional(values, order, source=where), score))
+    return pairs
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def read_history_scores(path: str | os.PathLike[str]) -> list[tuple[Recipe, float]]:
+    """(recipe, score) of every fully scored evaluation in one of our histories (folder or CSV)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    history = RunHistory.open(folder) if path.is_dir() or path.name == HISTORY_FILE else None
+    if history is None:
+        raise HistoryError(f"{path}: not an auto-MBW history")
+    return [(r.recipe, r.score) for r in history.rows() if r.status in SCORED_STATUSES and r.recipe and r.score is not None]
+
+
+def load_warm_start(spec: str, order: str = "rt", fold: str = "mbw") -> WarmStart:
+    """Warm-start data from a run folder, a history CSV (ours or the seed's), or any recipe file/text.
+
+    A seed folder ``csv/history/<run>/`` with ``<run>.csv`` files is read too.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        if (path / HISTORY_FILE).is_file():
+            return WarmStart(scored=read_history_scores(path))
+        files = sorted(path.glob("*.csv"))
+        if not files:
+            raise HistoryError(f"{path}: no history.csv or seed *.csv files here")
+        result = WarmStart()
+        for file in files:
+            result.scored.extend(read_seed_csv(file, order))
+        return result
+    if path.suffix.lower() == ".csv" and path.is_file():
+        with open(path, encoding="utf-8") as handle:
+            first = handle.readline()
+        if first.startswith(",".join(_LEAD)):
+            return WarmStart(scored=read_history_scores(path))
+        return WarmStart(scored=read_seed_csv(path, order))
+    return WarmStart(unscored=[read_recipe(spec, order, fold)])
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def recipe_text(recipe: Recipe, *, family: str, score: float | None = None, reason: str = "") -> tuple[str, list[str]]:
+    """The human-readable best-recipe file: named weights, the 27-number lines, the MBW preset and its losses."""
+    lines = ["# auto-MBW best recipe"]
+    if score is not None:
+        lines.append(f"# score: {score:.6g}")
+    if reason:
+        lines.append(f"# chosen: {reason}")
+    lines.append(recipe.describe())
+    lines.append("")
+    lines.append("# 27 values in each block order (blocks the model lacks are written as 0):")
+    for order in ORDERS:
+        lines.append(f"# {order}: {', '.join(ORDERS[order])}")
+        lines.append(f"{order}: {to_positional(recipe, order)}")
+    warnings: list[str] = []
+    try:
+        preset, warnings = to_preset(recipe, family=family, with_base=True)
+        lines.append("")
+        lines.append("# MBW / supermerger preset (BASE first):")
+        lines.append(f"preset: {preset}")
+        lines.extend(f"# warning: {w}" for w in warnings)
+    except RecipeError as exc:
+        lines.append(f"# no MBW preset: {exc}")
+    return "\n".join(lines) + "\n", warnings
+
+
+def write_best_recipe(
+    folder: str | os.PathLike[str],
+    recipe: Recipe,
+    *,
+    family: str,
+    score: float | None = None,
+    reason: str = "",
+    run_id: str = "",
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """``best.recipe.json`` and ``best.recipe.txt`` in ``folder``."""
+    folder = Path(folder)
+    data = recipe.to_dict()
+    data["search"] = {"run_id": run_id, "score": score, "reason": reason}
+    text, _ = recipe_text(recipe, family=family, score=score, reason=reason)
+    return {
+        "recipe_json": write_atomic(folder / "best.recipe.json", json.dumps(data, indent=2) + "\n", overwrite=overwrite),
+        "recipe_txt": write_atomic(folder / "best.recipe.txt", text, overwrite=overwrite),
+    }
+
+
+def summarize_rows(rows: Iterable[HistoryRow]) -> dict[str, int]:
+    """Count of rows per status (for manifests and reports)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    return counts
+
+
+__all__ = [
+    "HistoryError",
+    "HistoryRow",
+    "LoopState",
+    "RunHistory",
+    "WarmStart",
+    "create_run_folder",
+    "load_warm_start",
+    "new_run_id",
+    "read_history_scores",
+    "read_manifest",
+    "read_seed_csv",
+    "recipe_text",
+    "summarize_rows",
+    "write_best_recipe",
+    "write_manifest",
+]

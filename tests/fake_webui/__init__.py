@@ -1,0 +1,1 @@
+"""A fake AUTOMATIC1111 / Forge WebUI for tests (see README.md)."""

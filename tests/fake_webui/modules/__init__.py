@@ -1,0 +1,1 @@
+"""Fake ``modules`` package of the WebUI (tests only)."""

@@ -1,0 +1,1 @@
+"""Fake ``modules_forge`` package of Forge (tests only)."""
