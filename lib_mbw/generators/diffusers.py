@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 import torch
 
 from ..blocks import ModelArch
-from ..checkpoint import Checkpoint, open_checkpoint, state_dict_checkpoint
+from ..checkpoint import PICKLE_SUFFIXES, Checkpoint, open_checkpoint, state_dict_checkpoint
 from ..errors import MBWError, ModelFormatError, PayloadError
 from ..payloads import Payload
 from ..recipe import Recipe
@@ -312,7 +312,9 @@ class DiffusersGenerator:
 
     ``model_b`` may be None for plain generation (``apply`` then refuses).
     ``merger_factory(unet, model_a, model_b, key_map=..., mode=...)`` builds
-    the merger; the default is ``lib_mbw.runtime.RuntimeMerger``.
+    the merger; the default is ``lib_mbw.runtime.RuntimeMerger``. ``loaded``
+    is a pipeline already loaded from ``model_a`` (``load_pipeline``), used
+    instead of loading it again.
     """
 
     name = "diffusers"
@@ -324,13 +326,14 @@ class DiffusersGenerator:
         *,
         options: DiffusersOptions | None = None,
         merger_factory: MergerFactory | None = None,
+        loaded: LoadedPipeline | None = None,
     ) -> None:
         self.options = options or DiffusersOptions()
         if self.options.cpu_threads:
             torch.set_num_threads(int(self.options.cpu_threads))
         self.model_a = Path(model_a)
         self.model_b = Path(model_b) if model_b is not None else None
-        self.loaded = load_pipeline(
+        self.loaded = loaded or load_pipeline(
             self.model_a,
             config_dir=self.options.config_dir,
             device=self.options.device,
@@ -362,19 +365,22 @@ class DiffusersGenerator:
 
     @property
     def merger(self) -> Any:
-        """The runtime merger, created on first use (needs model B)."""
+        """The runtime merger, created on first use (needs model B).
+
+        The live UNet was just loaded from A, so the merger takes its weights
+        as A (``model_a=None``: no second copy of A is read from disk).
+        """
         self._check_open()
         if self._merger is None:
             if self.model_b is None:
                 raise GeneratorError("no model B was given, so there is nothing to merge; pass model_b")
-            model_a: Any = self.model_a
             model_b: Any = self.model_b
-            if self.model_a.is_dir():
-                model_a = diffusers_unet_checkpoint(self.model_a, self.key_map)
             if self.model_b.is_dir():
                 model_b = diffusers_unet_checkpoint(self.model_b, self.key_map)
+            elif self.options.allow_pickle and self.model_b.suffix.lower() in PICKLE_SUFFIXES:
+                model_b = open_checkpoint(self.model_b, allow_pickle=True)
             self._merger = self._merger_factory(
-                self.loaded.unet, model_a, model_b, key_map=self.key_map, mode=self.options.merge_mode
+                self.loaded.unet, None, model_b, key_map=self.key_map, mode=self.options.merge_mode
             )
         return self._merger
 
@@ -493,3 +499,46 @@ def _step_callback(progress: ProgressCallback) -> Callable[..., dict[str, Any]]:
         return callback_kwargs
 
     return on_step_end
+
+
+# --- factory for registries and the command line ---
+
+_BOOL_TEXT = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _parse_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    parsed = _BOOL_TEXT.get(str(value).strip().lower())
+    if parsed is None:
+        raise GeneratorError(f"diffusers option {name}: expected true or false, got {value!r}")
+    return parsed
+
+
+def options_from(values: Mapping[str, Any]) -> DiffusersOptions:
+    """``DiffusersOptions`` from keyword options, which may be strings (command line ``K=V`` pairs)."""
+    known = {f for f in DiffusersOptions.__dataclass_fields__ if f != "extra"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise GeneratorError(f"unknown diffusers option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    parsed: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or value == "":
+            continue
+        if name == "cpu_threads":
+            try:
+                parsed[name] = int(value)
+            except (TypeError, ValueError):
+                raise GeneratorError(f"diffusers option cpu_threads: expected a whole number, got {value!r}") from None
+        elif name == "allow_pickle":
+            parsed[name] = _parse_bool(name, value)
+        else:
+            parsed[name] = str(value) if not isinstance(value, Path) else value
+    return DiffusersOptions(**parsed)
+
+
+def create(model_a: str | Path | None = None, model_b: str | Path | None = None, **options: Any) -> DiffusersGenerator:
+    """Factory for ``lib_mbw.generators.registry`` and ``--generator diffusers --generator-option K=V``."""
+    if not model_a:
+        raise GeneratorError("the diffusers generator needs model A (a .safetensors checkpoint or a diffusers folder)")
+    return DiffusersGenerator(model_a, model_b, options=options_from(options))

@@ -147,6 +147,7 @@ def scheduler_for(base_config: Mapping[str, Any], sampler: str, schedule_type: s
                 f"{source}: sampler {sampler!r} needs the {spec.needs} package; install it with: pip install {spec.needs}"
             ) from None
     cls = getattr(diffusers, spec.scheduler)
-    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    accepted = _init_parameters(spec.scheduler)
+    config = {k: v for k, v in base_config.items() if k in accepted}
     config.update(options)
     return cls.from_config(config)
