@@ -184,7 +184,8 @@ def write_demo_models(folder: Path, seed: int = 0, shape: DemoShape | None = Non
     write_config_folder(demo_config(), FAMILY, models.config_dir)
     state_a, state_b = demo_state_dicts(seed, shape)
     for path, state, name in ((models.model_a, state_a, "A"), (models.model_b, state_b, "B")):
-        metadata = {"auto_mbw_demo": name, "seed": str(seed), "version": str(DEMO_VERSION)}
+        # one metadata entry: safetensors writes several in random order, and the files should be byte-identical
+        metadata = {"auto_mbw_demo": json.dumps({"model": name, "seed": seed, "version": DEMO_VERSION}, sort_keys=True)}
         save_file(state, str(path), metadata=metadata)
     (folder / STAMP).write_text(json.dumps(_stamp(seed, shape), indent=2) + "\n", encoding="utf-8")
     return models

@@ -272,3 +272,30 @@ def test_diffusers_folders_load_as_model_a_and_model_b(generator, demo_models, t
         assert distance(from_folders.generate(payload())[0].image, a_image) < 0.5
         from_folders.apply(Recipe.uniform(1.0))
         assert distance(from_folders.generate(payload())[0].image, b_image) < 0.5
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_real_architectures_map_every_published_unet_key(family: str, tmp_path) -> None:
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    from lib_mbw.generators.diffusers_files import config_folder, read_json
+    from tests.conftest import read_key_list
+
+    config = read_json(config_folder(family, root=tmp_path) / "unet" / "config.json")
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    keys = [k[len(LDM_UNET_PREFIX):] for k in read_key_list(family) if k.startswith(LDM_UNET_PREFIX)]
+    params = dict(unet.named_parameters())
+    key_map = unet_key_map(config, keys, params)
+    assert len(key_map) == len(params) == len(keys) == {"sd1": 686, "sd2": 686, "sdxl": 1680}[family]
+    shapes = read_key_list(family)
+    for name, key in key_map.items():
+        assert tuple(params[name].shape) == shapes[LDM_UNET_PREFIX + key], f"{name} <- {key}"
+
+
+def test_checkpoint_that_does_not_fit_the_config_is_a_clear_error(demo_models, tmp_path) -> None:
+    from lib_mbw.generators.diffusers_files import config_folder
+
+    with pytest.raises(ModelFormatError, match="could not load it with the config"):
+        load_single_file(demo_models.model_a, config_dir=config_folder("sd1", root=tmp_path))

@@ -206,7 +206,10 @@ def load_single_file(
     except MBWError:
         raise
     except Exception as exc:  # diffusers raises ValueError/OSError/RuntimeError with its own wording
-        raise ModelFormatError(f"{path}: diffusers could not load it with the config in {folder} ({exc})") from exc
+        raise ModelFormatError(
+            f"{path}: diffusers could not load it with the config in {folder} ({exc}); "
+            "the config folder must describe this checkpoint's architecture and sizes"
+        ) from exc
     _apply_prediction_type(pipe, prediction_type)
     key_map = unet_key_map(pipe.unet.config, unet_keys, (name for name, _ in pipe.unet.named_parameters()))
     pipe.to(target)

@@ -150,7 +150,7 @@ def publish_folder(build: Path, target: Path) -> Path:
     return target
 
 
-def config_folder(family: str, root: Path | None = None) -> Path:
+def config_folder(family: str, root: str | Path | None = None) -> Path:
     """A complete local diffusers config folder for a real architecture (sd1, sd2, sdxl).
 
     Built once under ``<data root>/diffusers-configs/<family>-<digest>`` from
@@ -159,7 +159,7 @@ def config_folder(family: str, root: Path | None = None) -> Path:
     if family not in FAMILIES:
         raise ModelFormatError(f"no diffusers config for architecture {family!r}; known: {', '.join(FAMILIES)}")
     source = PACKAGE_CONFIGS / family
-    base = (root or data_root()) / "diffusers-configs"
+    base = (Path(root) if root is not None else data_root()) / "diffusers-configs"
     target = base / f"{family}-{_package_digest(source)}"
     if (target / "model_index.json").is_file():
         return target
