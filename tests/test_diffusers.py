@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lib_mbw.blocks import BLOCKS
-from lib_mbw.errors import ModelFormatError, PayloadError, PickleRefusedError
+from lib_mbw.errors import GenerationInterrupted, ModelFormatError, PayloadError, PickleRefusedError
 from lib_mbw.generators.base import Generator
 from lib_mbw.generators.diffusers import (
     LDM_UNET_PREFIX,
@@ -190,6 +190,20 @@ def test_progress_is_reported_for_every_step(generator) -> None:
     seen: list[tuple[int, int]] = []
     generator.generate(payload(steps=4), progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_interrupt_stops_after_the_current_step(generator) -> None:
+    seen: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append(done)
+        if done == 2:
+            generator.interrupt()  # as a stop button on another thread would
+
+    with pytest.raises(GenerationInterrupted, match="interrupted"):
+        generator.generate(payload(steps=6), progress=progress)
+    assert seen == [1, 2], "the remaining steps are skipped"
+    assert len(generator.generate(payload(steps=1))) == 1, "the next generation runs normally"
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,10 @@ the same image on every device up to floating-point differences.
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
@@ -29,7 +29,7 @@ import torch
 
 from ..blocks import ModelArch
 from ..checkpoint import PICKLE_SUFFIXES, Checkpoint, open_checkpoint, state_dict_checkpoint
-from ..errors import MBWError, ModelFormatError, PayloadError
+from ..errors import GenerationInterrupted, MBWError, ModelFormatError, PayloadError
 from ..payloads import Payload
 from ..recipe import Recipe
 from .base import GeneratedImage, ProgressCallback
@@ -38,8 +38,6 @@ from .diffusers_samplers import scheduler_for
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-
-log = logging.getLogger(__name__)
 
 #: The prefix diffusers' converter expects on UNet keys.
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -296,7 +294,6 @@ class DiffusersOptions:
     merge_mode: str = "auto"
     cpu_threads: int | None = None
     allow_pickle: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 MergerFactory = Callable[..., Any]
@@ -349,6 +346,7 @@ class DiffusersGenerator:
         self._merger: Any = None
         self._merger_factory = merger_factory or _default_merger_factory
         self._closed = False
+        self._interrupt = threading.Event()
 
     # the loaded model
 
@@ -386,6 +384,13 @@ class DiffusersGenerator:
                 self.loaded.unet, None, model_b, key_map=self.key_map, mode=self.options.merge_mode
             )
         return self._merger
+
+    def interrupt(self) -> None:
+        """Stop the generation in progress (from another thread) after its current step.
+
+        That ``generate`` call raises GenerationInterrupted; later calls run normally.
+        """
+        self._interrupt.set()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -449,11 +454,14 @@ class DiffusersGenerator:
         )
         if payload.clip_skip > 1:
             call["clip_skip"] = payload.clip_skip - 1
-        if progress is not None:
-            call["callback_on_step_end"] = _step_callback(progress)
+        call["callback_on_step_end"] = self._step_callback(progress)
+        self._interrupt.clear()
         lock = self._merger.generating() if self._merger is not None else contextlib.nullcontext()
         with lock, torch.inference_mode():
             output = pipe(**call)
+        if self._interrupt.is_set():
+            self._interrupt.clear()
+            raise GenerationInterrupted(f"{source}: generation was interrupted")
         params = {
             "backend": self.name,
             "model": self.model_a.name,
@@ -475,6 +483,18 @@ class DiffusersGenerator:
             for i, (image, s) in enumerate(zip(output.images, seeds))
         ]
 
+    def _step_callback(self, progress: ProgressCallback | None) -> Callable[..., dict[str, Any]]:
+        """Reports progress after each step and makes diffusers skip the remaining steps once interrupted."""
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            if progress is not None:
+                progress(step + 1, int(getattr(pipe, "_num_timesteps", 0) or step + 1))
+            if self._interrupt.is_set():
+                pipe._interrupt = True  # the SD pipelines check this flag before every step
+            return callback_kwargs
+
+        return on_step_end
+
     def _check_payload(self, payload: Payload, source: str) -> None:
         for name in ("width", "height"):
             value = getattr(payload, name)
@@ -493,15 +513,6 @@ class DiffusersGenerator:
         if key not in self._schedulers:
             self._schedulers[key] = scheduler_for(self._base_scheduler_config, payload.sampler, payload.scheduler, source)
         return self._schedulers[key]
-
-
-def _step_callback(progress: ProgressCallback) -> Callable[..., dict[str, Any]]:
-    def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-        total = int(getattr(pipe, "_num_timesteps", 0) or step + 1)
-        progress(step + 1, total)
-        return callback_kwargs
-
-    return on_step_end
 
 
 # --- factory for registries and the command line ---
