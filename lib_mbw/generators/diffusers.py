@@ -531,7 +531,7 @@ def _parse_bool(name: str, value: Any) -> bool:
 
 def options_from(values: Mapping[str, Any]) -> DiffusersOptions:
     """``DiffusersOptions`` from keyword options, which may be strings (command line ``K=V`` pairs)."""
-    known = {f for f in DiffusersOptions.__dataclass_fields__ if f != "extra"}
+    known = set(DiffusersOptions.__dataclass_fields__)
     unknown = sorted(set(values) - known)
     if unknown:
         raise GeneratorError(f"unknown diffusers option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
