@@ -1,18 +1,24 @@
 """Reading checkpoint files lazily: keys, shapes, dtypes, metadata, architecture, tensors.
 
 ``open_checkpoint`` is the one place auto-MBW opens a model file. ``.safetensors``
-files are read lazily through ``safetensors.safe_open`` (a header read, then
-one tensor at a time). Pickle checkpoints (``.ckpt``, ``.pt``, ``.bin``, ``.pth``)
-can run code when loaded, so they are refused unless ``allow_pickle=True``,
-and even then are loaded with ``torch.load(weights_only=True)`` and a warning.
+files are read lazily: the header once, then one tensor at a time with a
+positioned read (``os.pread``) into a fresh tensor. No memory map is used, so
+reading a whole file tensor by tensor does not leave the file's pages in the
+process's resident set (mapped file pages count in RSS; the page cache does
+not), which is what keeps the offline merge within one model's size of RAM.
+Pickle checkpoints (``.ckpt``, ``.pt``, ``.bin``, ``.pth``) can run code when
+loaded, so they are refused unless ``allow_pickle=True``, and even then are
+loaded with ``torch.load(weights_only=True)`` and a warning.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -97,11 +103,23 @@ class Checkpoint:
         prefix = self.arch.unet_prefix
         return [k for k in self.shapes if k.startswith(prefix)]
 
-    def get(self, key: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
-        """One tensor, optionally converted; ModelFormatError names the file if the data is unreadable."""
+    def get(
+        self,
+        key: str,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        buffer: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One tensor, optionally converted; ModelFormatError names the file if the data is unreadable.
+
+        ``buffer`` (a flat uint8 CPU tensor of at least the tensor's size in
+        bytes) makes a ``.safetensors`` read land in it instead of in fresh
+        memory; the result is then a view of ``buffer``. Streaming code reuses
+        one buffer per source so that no memory is allocated per tensor.
+        """
         try:
             if self._handle is not None:
-                tensor = self._handle.get_tensor(key)
+                tensor = self._handle.get_tensor(key, buffer)
             elif self._state_dict is not None:
                 tensor = self._state_dict[key]
             else:
@@ -133,6 +151,8 @@ class Checkpoint:
         return total
 
     def close(self) -> None:
+        if self._handle is not None and hasattr(self._handle, "close"):
+            self._handle.close()
         self._handle = None
         self._state_dict = None
 
@@ -145,6 +165,12 @@ class Checkpoint:
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """The tensor entries and ``__metadata__`` of a safetensors file, validated against its size."""
+    header, metadata, _ = _read_header(path)
+    return header, metadata
+
+
+def _read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
+    """Tensor entries, ``__metadata__`` and the offset where tensor data starts."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -157,30 +183,98 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise ModelFormatError(f"{path}: safetensors header is not valid JSON; the file is corrupt") from None
+    if not isinstance(header, dict):
+        raise ModelFormatError(f"{path}: safetensors header is not a JSON object; the file is corrupt")
     metadata = header.pop("__metadata__", None) or {}
+    for key, entry in header.items():
+        _check_entry(path, key, entry)
     end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     if 8 + header_len + end > size:
         raise ModelFormatError(
             f"{path}: file is truncated ({size} bytes, header promises {8 + header_len + end}); download or copy it again"
         )
-    return header, metadata
+    return header, metadata, 8 + header_len
+
+
+def _check_entry(path: Path, key: str, entry: Any) -> None:
+    """A header entry has a known dtype, a shape and offsets that hold exactly that many bytes."""
+    if not isinstance(entry, dict):
+        raise ModelFormatError(f"{path}: header entry of tensor {key!r} is malformed; the file is corrupt")
+    if entry.get("dtype") not in SAFETENSORS_DTYPES:
+        raise ModelFormatError(f"{path}: tensor {key!r} has unsupported dtype {entry.get('dtype')!r}")
+    try:
+        shape = [int(d) for d in entry["shape"]]
+        start, end = (int(o) for o in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelFormatError(f"{path}: header entry of tensor {key!r} is malformed; the file is corrupt") from None
+    count = 1
+    for d in shape:
+        count *= d
+    nbytes = count * SAFETENSORS_DTYPES[entry["dtype"]].itemsize
+    if min(shape, default=0) < 0 or not 0 <= start <= end or end - start != nbytes:
+        raise ModelFormatError(f"{path}: header entry of tensor {key!r} does not match its data size; the file is corrupt")
+
+
+class _SafetensorsFile:
+    """Positioned reads of single tensors from a safetensors file (thread-safe, no mmap).
+
+    Uses ``os.preadv`` where the OS has it (Linux, macOS, BSD) and a locked
+    seek + read elsewhere (Windows).
+    """
+
+    def __init__(self, path: Path, header: Mapping[str, Mapping[str, Any]], data_start: int) -> None:
+        self.path = path
+        self._entries = header
+        self._data_start = data_start
+        self._fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._lock = threading.Lock()
+
+    def _read_at(self, view: memoryview, offset: int) -> int:
+        assert self._fd is not None
+        if hasattr(os, "preadv"):
+            return os.preadv(self._fd, [view], offset)
+        with self._lock:
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            with io.FileIO(self._fd, "rb", closefd=False) as f:
+                return f.readinto(view) or 0
+
+    def get_tensor(self, key: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        if self._fd is None:
+            raise ModelFormatError(f"{self.path}: checkpoint is closed")
+        entry = self._entries[key]
+        start, end = entry["data_offsets"]
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        if buffer is not None and buffer.dtype == torch.uint8 and buffer.numel() >= end - start:
+            raw = buffer[: end - start]
+        else:
+            raw = torch.empty(end - start, dtype=torch.uint8)
+        if end > start:
+            view = memoryview(raw.numpy())
+            offset, done = self._data_start + start, 0
+            while done < len(view):
+                n = self._read_at(view[done:], offset + done)
+                if n <= 0:
+                    raise ModelFormatError(f"{self.path}: file ended inside tensor {key!r}; it is truncated")
+                done += n
+        return raw.view(dtype).reshape(tuple(entry["shape"]))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _open_safetensors(path: Path) -> Checkpoint:
-    from safetensors import safe_open
-
-    header, metadata = read_safetensors_header(path)
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, torch.dtype] = {}
-    for key, entry in header.items():
-        if entry.get("dtype") not in SAFETENSORS_DTYPES:
-            raise ModelFormatError(f"{path}: tensor {key!r} has unsupported dtype {entry.get('dtype')!r}")
-        shapes[key] = tuple(entry["shape"])
-        dtypes[key] = SAFETENSORS_DTYPES[entry["dtype"]]
+    header, metadata, data_start = _read_header(path)
+    shapes = {key: tuple(int(d) for d in entry["shape"]) for key, entry in header.items()}
+    dtypes = {key: SAFETENSORS_DTYPES[entry["dtype"]] for key, entry in header.items()}
     try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
-    except Exception as exc:
-        raise ModelFormatError(f"{path}: cannot open as safetensors ({exc})") from None
+        handle = _SafetensorsFile(path, header, data_start)
+    except OSError as exc:
+        raise ModelFormatError(f"{path}: cannot open ({exc.strerror})") from None
     return Checkpoint(path, shapes, dtypes, dict(metadata), handle=handle)
 
 

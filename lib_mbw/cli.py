@@ -18,6 +18,7 @@ from .errors import MBWError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "lib_mbw.recipe_cli",
+    "lib_mbw.merge.cli",
     "lib_mbw.search.cli",
 )
 

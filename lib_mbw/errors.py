@@ -51,6 +51,14 @@ class PayloadError(MBWError):
     """A payload file or field is invalid; the message names the file and field."""
 
 
+class OutputWriteError(MBWError):
+    """An output file could not be written (disk full, permissions); no partial file is left behind."""
+
+
+class VerifyError(MBWError):
+    """A merged file cannot be verified: no auto-MBW recipe in it, or a source model is missing or changed."""
+
+
 class GenerationInterrupted(MBWError):
     """The user interrupted generation (the WebUI's Interrupt button or a stop request).
 
@@ -67,3 +75,15 @@ class WorkerUnavailableError(MBWError):
 
     Not the candidate's fault: the search pauses (resumable) instead of recording a failure.
     """
+
+
+class ScorerError(MBWError):
+    """A scorer cannot be set up: unknown name, bad setting, missing reference image or model file."""
+
+
+class IdenticalModelsError(MBWError):
+    """Models A and B are the same (same file or identical UNet tensors): every merge would score the same."""
+
+
+class RuntimeMergeError(MBWError):
+    """The live model cannot be merged in place now (closed merger, lock misuse, unsupported parameter)."""

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from .keyspec import CheckpointConfig, Layout, checkpoint_layout
 
@@ -59,3 +60,25 @@ def write_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(random_state_dict(layout, seed, dtype), str(path), metadata=dict(metadata or {}))
     return path
+
+
+def module_from_tensors(tensors: Mapping[str, torch.Tensor], requires_grad: bool = False) -> nn.Module:
+    """A plain ``nn.Module`` tree whose parameter names are the keys of ``tensors``.
+
+    ``{"input_blocks.0.0.weight": t}`` gives ``module.input_blocks[0][0].weight``,
+    like ldm's UNet (A1111's ``diffusion_model``) names it. Parameters share
+    storage with the given tensors. Used as a stand-in live UNet by tests,
+    benchmarks and the demo.
+    """
+    root = nn.Module()
+    for key, tensor in tensors.items():
+        *path, attr = key.split(".")
+        module = root
+        for part in path:
+            child = module._modules.get(part)
+            if child is None:
+                child = nn.Module()
+                module.add_module(part, child)
+            module = child
+        module.register_parameter(attr, nn.Parameter(tensor, requires_grad=requires_grad))
+    return root

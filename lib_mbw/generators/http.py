@@ -158,7 +158,7 @@ class HTTPGenerator:
     def generate(self, payload: Payload, progress: ProgressCallback | None = None) -> list[GeneratedImage]:
         body = txt2img_params(payload)
         body.update(send_images=True, save_images=False)
-        with self._lock, ProgressPoller(self._read_progress, progress, self.worker.progress_interval):
+        with self._lock, ProgressPoller(self._read_progress, progress, self.worker.progress_interval, total=payload.steps):
             answer = self._request("POST", TXT2IMG_PATH, body)
         encoded = answer.get("images") or []
         try:

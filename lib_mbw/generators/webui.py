@@ -120,7 +120,7 @@ class WebUIGenerator:
             return (min(int(state.sampling_step), total), total) if total else None
 
         p = self._processing(payload, recipe)
-        with contextlib.closing(p), ProgressPoller(read_progress, progress):
+        with contextlib.closing(p), ProgressPoller(read_progress, progress, total=payload.steps):
             processed = processing.process_images(p)
         if state.interrupted or getattr(state, "stopping_generation", False):
             raise GenerationInterrupted("generation was interrupted in the WebUI; the search stops and the model is restored")

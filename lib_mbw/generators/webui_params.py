@@ -129,11 +129,19 @@ class ProgressPoller:
 
     ``read`` returns ``(done, total)`` or None when nothing is known yet. Use as
     a context manager around the blocking render; a final report of
-    ``(total, total)`` is sent on a normal exit so listeners see completion.
+    ``(total, total)`` is sent on a normal exit so listeners see completion
+    (``total`` is the last one read, else the ``total`` given).
     """
 
-    def __init__(self, read: Callable[[], tuple[int, int] | None], callback: ProgressCallback | None, interval: float = 0.25) -> None:
+    def __init__(
+        self,
+        read: Callable[[], tuple[int, int] | None],
+        callback: ProgressCallback | None,
+        interval: float = 0.25,
+        total: int | None = None,
+    ) -> None:
         self._read = read
+        self._total = total
         self._callback = callback
         self._interval = interval
         self._stop = threading.Event()
@@ -163,7 +171,8 @@ class ProgressPoller:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if exc_type is None and self._callback is not None and self._last is not None:
-            total = self._last[1]
-            if self._last != (total, total):
+        if exc_type is None and self._callback is not None:
+            # A render faster than one poll interval still reports its completion.
+            total = self._last[1] if self._last is not None else self._total
+            if total is not None and self._last != (total, total):
                 self._callback(total, total)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -161,25 +160,16 @@ def detect_family(settings: SearchSettings, generators: Sequence[Generator]) -> 
 # --------------------------------------------------------------------------- manifest facts
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file in 1 MiB chunks (the WebUI's full hash).
-
-    TODO(lead): use ``lib_mbw.merge.hashes`` once the merge engine lands (it caches hashes).
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_facts(spec: str | None) -> dict[str, Any] | None:
     if not spec:
         return None
     path = Path(spec)
     if not path.is_file():
         return {"name": spec}
-    return {"name": path.name, "path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_sha256(path)}
+    from ..merge.hashes import default_hash_cache, model_hashes
+
+    hashes = model_hashes(path, default_hash_cache())
+    return {"name": path.name, "path": str(path.resolve()), "size": path.stat().st_size, "sha256": hashes.sha256, "legacy_hash": hashes.legacy}
 
 
 def package_versions() -> dict[str, str]:

@@ -1,0 +1,768 @@
+"""``RuntimeMerger``: set block-merge weights on a live UNet in place, fast, and put it back exactly.
+
+The merger owns the live UNet's parameter storage while it is open: every
+parameter becomes a view into one flat buffer per block (Parameter objects
+keep their identity; only ``param.data`` is re-pointed), and models A and B
+are held in flat buffers of the same layout. ``apply(recipe)`` then runs one
+``torch.lerp(A, B, w, out=live)`` per changed block (a plain copy for weights
+0 and 1, which makes them bit-exact copies of A or B) at the live dtype.
+
+Contracts:
+
+* **Locking.** ``apply``, ``restore``, ``resync`` and ``close`` take
+  ``merger.lock``; generators hold it around a generation with
+  ``with merger.generating(): ...``, so weights never change under a running
+  generation. Calling ``apply`` inside ``generating()`` on the same thread is
+  an error (it would deadlock), not a wait.
+* **Host changes.** Before writing, the merger checks that every parameter is
+  still the object it set up, at the storage it set up, unwritten since
+  (PyTorch's version counter). Parameters the host replaced, moved
+  (``.to()``, ``--medvram``/``--lowvram`` offload) or re-typed (``.half()``)
+  get fresh views; values the host wrote in place (a merged-in LoRA) are
+  overwritten by the next write of their block. When the host wrote every
+  parameter, or changed values in every block (it loaded another
+  checkpoint), the merger takes the live values as the new original weights
+  (and as A when A is the live model). Host adapters that know better call
+  ``resync(reload=True/False)`` themselves, and pass ``on_write`` to hear
+  which parameters were written (A1111's LoRA backups must be reset after an
+  edit). Writes through ``param.data``, and to parameters made in inference
+  mode, leave no version trace: only ``resync()`` (which compares values)
+  sees them.
+* **UNet only.** The text encoder (BASE) and the VAE are not merged at run
+  time; a recipe's BASE weight is ignored here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..blocks import ModelArch, block_of_unet_key, check_same_architecture
+from ..errors import ArchitectureMismatchError, IdenticalModelsError, RecipeError, RuntimeMergeError
+from ..recipe import Recipe
+from .layout import Segment, Slot, assign_offsets, bitwise_equal, dense_stride, strided_view
+from .placement import (
+    CPU,
+    DEFAULT_HEADROOM_BYTES,
+    MemoryCost,
+    StagingBuffers,
+    choose_mode,
+    compute_dtype_for,
+    empty_store,
+)
+from .sources import ModelSource, OpenedModel, check_fits_live, live_architecture, open_model, refuse_same_source
+
+log = logging.getLogger(__name__)
+
+#: ``on_write(parameter_names)``: called after the merger wrote these live parameters.
+WriteCallback = Callable[[Sequence[str]], None]
+
+
+class _State:
+    """Sentinels for a block's contents besides a merge weight."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+ORIGINAL = _State("ORIGINAL")  #: the live weights the merger found (when they differ from A)
+DIRTY = _State("DIRTY")  #: the host changed the values; unknown until written again
+
+
+@dataclass(frozen=True)
+class ApplyStats:
+    """What one ``apply``/``restore`` did: wall seconds, blocks written, bytes read + written.
+
+    ``resynced``: blocks the host had changed (repaired first); ``reloaded``:
+    the host had loaded new weights, which became the original weights.
+    """
+
+    seconds: float
+    blocks: tuple[str, ...]
+    bytes: int
+    resynced: tuple[str, ...] = ()
+    reloaded: bool = False
+
+    @property
+    def bandwidth(self) -> float:
+        """Bytes read + written per second."""
+        return self.bytes / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What a check against the host's current parameters found and did."""
+
+    rebuilt: tuple[str, ...] = ()  #: blocks whose parameters were replaced, moved or re-typed: views rebuilt
+    dirty: tuple[str, ...] = ()  #: blocks whose values the host changed in place: rewritten on the next write
+    reloaded: bool = False  #: the live values were taken as the new original weights
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.rebuilt or self.dirty or self.reloaded)
+
+
+@contextmanager
+def _normal_tensor_mode() -> Iterator[None]:
+    """No autograd, and tensors made here are normal tensors even inside a host's inference_mode.
+
+    Inference tensors cannot be changed in place outside inference mode, so
+    the merger's buffers must never be inference tensors.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
+class RuntimeMerger:
+    """Merges models A and B block by block into a live UNet, in place; see the module docstring.
+
+    ``unet``: the live UNet module; its parameter names are checkpoint UNet
+    keys without prefix (A1111's ``sd_model.model.diffusion_model``), or
+    ``key_map`` maps parameter names to those keys (diffusers).
+    ``model_a``: path, ``Checkpoint``, state dict, or None when the live
+    weights are A (the WebUI case: the snapshot of the live weights serves as
+    A and as the restore copy). ``model_b``: path, ``Checkpoint`` or state dict.
+    ``mode``: ``auto``, ``device``, ``stream`` or ``cpu`` (see
+    ``runtime.placement``); ``device``: where the model runs, for placement
+    (default: where its parameters are). ``on_write``: called with the names
+    of the parameters each ``apply``/``restore`` wrote.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        model_a: ModelSource | None,
+        model_b: ModelSource,
+        *,
+        key_map: Mapping[str, str] | None = None,
+        mode: str = "auto",
+        device: torch.device | str | None = None,
+        headroom_bytes: int = DEFAULT_HEADROOM_BYTES,
+        on_write: WriteCallback | None = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        self.lock = threading.Lock()
+        self._holder: int | None = None
+        self._unet = unet
+        self._on_write = on_write
+        self._staging = StagingBuffers()
+        self._closed = False
+        self._current: Recipe | None = None
+        self._a_is_live = model_a is None
+        self._out_slot = 0
+
+        slots = _collect_slots(unet, key_map)
+        live_shapes = {s.key: s.shape for s in slots}
+        self.arch: ModelArch = live_architecture(live_shapes)
+        for slot in slots:
+            slot.block = block_of_unet_key(slot.key, self.arch.family)
+        self.blocks: tuple[str, ...] = self.arch.blocks
+
+        opened: list[OpenedModel] = []
+        try:
+            a = open_model(model_a, "model A", allow_pickle=allow_pickle) if model_a is not None else None
+            if a is not None:
+                opened.append(a)
+            b = open_model(model_b, "model B", allow_pickle=allow_pickle)
+            opened.append(b)
+            if a is not None:
+                refuse_same_source(a, b)
+                check_same_architecture(a.arch, b.arch, a.label, b.label)
+                check_fits_live(a, live_shapes, self.arch)
+            check_fits_live(b, live_shapes, self.arch)
+
+            self.device = torch.device(device) if device is not None else _main_device(slots)
+            unet_bytes = sum(s.numel * s.param.element_size() for s in slots)  # type: ignore[union-attr]
+            block_bytes: dict[str, int] = {}
+            for s in slots:
+                block_bytes[s.block] = block_bytes.get(s.block, 0) + s.numel * s.param.element_size()  # type: ignore[union-attr]
+            self.unet_bytes = unet_bytes
+            self.mode = choose_mode(mode, self.device, unet_bytes, max(block_bytes.values()), headroom_bytes=headroom_bytes)
+            self._a_device, self._b_device = _store_devices(self.mode, self.device)
+            with _normal_tensor_mode():
+                self._segments = self._build_segments(slots, a, b)
+        finally:
+            for model in opened:
+                model.close()
+        self._max_numel = max(seg.numel for seg in self._segments)
+        self._by_block: dict[str, list[Segment]] = {blk: [] for blk in self.blocks}
+        for seg in self._segments:
+            self._by_block[seg.block].append(seg)
+        self.identical_blocks: tuple[str, ...] = tuple(
+            blk for blk in self.blocks if all(seg.identical for seg in self._by_block[blk])
+        )
+        if len(self.identical_blocks) == len(self.blocks):
+            self._release_buffers()
+            raise IdenticalModelsError(
+                "model A and model B have identical UNet weights: every merge weight would give the same model "
+                "and the same score; pick a different model B"
+            )
+        with _normal_tensor_mode():
+            for seg in self._segments:
+                self._adopt(seg, seg.live.device, seg.live.dtype)
+        self._state: dict[str, float | _State] = {blk: self._restored_state(blk) for blk in self.blocks}
+        log.info("runtime merger ready: %s, %s", self.arch.label, self.memory.describe())
+
+    # ------------------------------------------------------------------ building
+
+    def _build_segments(self, slots: list[Slot], a: OpenedModel | None, b: OpenedModel) -> list[Segment]:
+        """Flat stores for A, B (and the restore copy) per block; the live parameters are not touched yet.
+
+        The live buffers are made later, one block at a time (``_adopt``), so
+        building never holds more than A, B and one block beyond the model.
+        """
+        groups: dict[tuple[str, torch.device, torch.dtype], list[Slot]] = {}
+        for slot in slots:
+            param = slot.param
+            assert param is not None
+            groups.setdefault((slot.block, param.device, param.dtype), []).append(slot)
+        segments = []
+        for (block, device, dtype), members in groups.items():
+            numel = assign_offsets(members)
+            cdtype = compute_dtype_for(dtype)
+            a_store = self._load_store(members, numel, a, cdtype, self._a_device)
+            b_store = self._load_store(members, numel, b, cdtype, self._b_device)
+            original = None
+            if a is not None and not all(_slot_matches(slot, slot.param, a_store) for slot in members):  # type: ignore[arg-type]
+                original = empty_store(numel, dtype, CPU)
+                for slot in members:
+                    slot.view(original).copy_(slot.param)  # type: ignore[arg-type]
+            placeholder = torch.empty(0, dtype=dtype, device=device)  # replaced by _adopt
+            segments.append(Segment(block, members, numel, placeholder, a_store, b_store, original, bitwise_equal(a_store, b_store)))
+        return segments
+
+    @staticmethod
+    def _load_store(slots: list[Slot], numel: int, model: OpenedModel | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A flat store of ``model``'s tensors (the live parameters when ``model`` is None)."""
+        store = empty_store(numel, dtype, device)
+        for slot in slots:
+            source = slot.param if model is None else model.get(slot.key).reshape(slot.shape)
+            slot.view(store).copy_(source)  # type: ignore[arg-type]
+        return store
+
+    def _adopt(self, seg: Segment, device: torch.device, dtype: torch.dtype) -> None:
+        """Give ``seg`` a new live buffer holding the host's current values and point its parameters into it.
+
+        Parameter objects keep their identity; the storage they held before is
+        freed unless the host keeps another reference to it.
+        """
+        live = torch.empty(seg.numel, dtype=dtype, device=device)
+        for slot in seg.slots:
+            param = slot.current()
+            assert param is not None
+            slot.view(live).copy_(param)
+            param.data = slot.view(live)
+            slot.param = param
+            slot.ptr = param.data_ptr()
+            slot.version = _version_of(param)
+        seg.live = live
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def current(self) -> Recipe | None:
+        """The recipe now applied, or None while the live weights are the original ones."""
+        return self._current
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def memory(self) -> MemoryCost:
+        """Extra memory the merger holds now (A, B, restore copies, staging), beyond the live model."""
+        device_bytes = cpu_bytes = 0
+        for seg in getattr(self, "_segments", []):
+            for store in (seg.a, seg.b, seg.original):
+                if store is None:
+                    continue
+                size = store.numel() * store.element_size()
+                if store.device.type == "cpu":
+                    cpu_bytes += size
+                else:
+                    device_bytes += size
+        for kind, size in self._staging.nbytes.items():
+            if kind == "cpu":
+                cpu_bytes += size
+            else:
+                device_bytes += size
+        return MemoryCost(getattr(self, "mode", "?"), device_bytes, cpu_bytes)
+
+    def apply(self, recipe: Recipe) -> ApplyStats:
+        """Set the live UNet to ``lerp(A, B, w)`` per block; writes only blocks whose weight changed."""
+        with self._locked("apply()"):
+            self._ensure_open()
+            recipe = self._check_recipe(recipe)
+            start = time.perf_counter()
+            known = Recipe({blk: w for blk, w in self._state.items() if isinstance(w, float)}, source="applied weights")
+            changed = recipe.changed_blocks(known)
+            stats = self._write_targets(recipe.weights, changed, start)
+            self._current = recipe
+            return stats
+
+    def restore(self) -> ApplyStats:
+        """Put the original live weights back, bit-exactly."""
+        with self._locked("restore()"):
+            self._ensure_open()
+            return self._restore_locked()
+
+    def resync(self, reload: bool | None = None) -> SyncReport:
+        """Re-check every parameter against the host's module now (call after the host changed weights).
+
+        ``reload=True``: the host loaded new weights; they become the original
+        weights (and A, when A is the live model). ``reload=False``: whatever the
+        host did, its values are disposable; changed blocks are rewritten on the
+        next ``apply``. ``None``: decide from what changed (see module docstring).
+        """
+        with self._locked("resync()"):
+            self._ensure_open()
+            return self._sync(reload=reload, full_walk=True)
+
+    @contextmanager
+    def generating(self) -> Iterator["RuntimeMerger"]:
+        """Hold the merge lock while a generation uses the weights: ``apply`` waits until it ends."""
+        with self._locked("generating()"):
+            yield self
+
+    def close(self) -> None:
+        """Restore the original weights, give each parameter its own storage again, free A and B."""
+        if self._closed:
+            return
+        with self._locked("close()"):
+            try:
+                self._restore_locked()
+            finally:
+                with _normal_tensor_mode():
+                    self._unview()
+                self._release_buffers()
+                self._closed = True
+
+    def __enter__(self) -> "RuntimeMerger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self.memory.describe()
+        return f"<RuntimeMerger {self.arch.label} {state}>"
+
+    # ------------------------------------------------------------------ locking
+
+    @contextmanager
+    def _locked(self, what: str) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._holder == me:
+            raise RuntimeMergeError(
+                f"{what} was called while this thread already holds the merge lock (inside generating()?); "
+                "change merge weights between generations, never during one"
+            )
+        with self.lock:
+            self._holder = me
+            try:
+                yield
+            finally:
+                self._holder = None
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise RuntimeMergeError("the runtime merger is closed; create a new one to merge again")
+
+    def _check_recipe(self, recipe: Recipe) -> Recipe:
+        if not isinstance(recipe, Recipe):
+            raise RecipeError(f"apply() needs a Recipe, got {type(recipe).__name__}")
+        if recipe.method != "weighted_sum":
+            raise RecipeError(
+                f"{recipe.source}: the runtime merge does weighted sums only (lerp of A and B), not {recipe.method!r}"
+            )
+        return recipe.for_family(self.arch.family)
+
+    # ------------------------------------------------------------------ writing
+
+    def _restored_state(self, block: str) -> float | _State:
+        """A block's state after a restore: weight 0 when the original weights are A's, else ORIGINAL."""
+        return 0.0 if all(seg.original is None for seg in self._by_block[block]) else ORIGINAL
+
+    def _restore_locked(self) -> ApplyStats:
+        start = time.perf_counter()
+        targets = {blk: self._restored_state(blk) for blk in self.blocks}
+        changed = [blk for blk in self.blocks if self._state[blk] != targets[blk]]
+        stats = self._write_targets(targets, changed, start, restoring=True)
+        self._current = None
+        return stats
+
+    def _write_targets(
+        self, targets: Mapping[str, float | _State], first: Sequence[str], start: float, restoring: bool = False
+    ) -> ApplyStats:
+        """Bring every block to its target, checking each block against the host just before writing it.
+
+        Blocks in ``first`` (the changed ones) go first; the check of the others
+        then overlaps the device's work. A block the host changed sends the
+        whole model through ``_sync`` (the rare slow path), after which blocks
+        it marked dirty are rewritten too.
+        """
+        order = list(first) + [blk for blk in self.blocks if blk not in first]
+        written: list[str] = []
+        names: list[str] = []
+        nbytes = 0
+        reports: list[SyncReport] = []
+        devices: set[torch.device] = set()
+        with _normal_tensor_mode():
+            i = 0
+            while i < len(order):
+                block = order[i]
+                if _block_touched(self._by_block[block]):
+                    _synchronize(devices)
+                    report = self._sync(reload=None, full_walk=False)
+                    reports.append(report)
+                    if report.reloaded and restoring:
+                        targets = {blk: self._restored_state(blk) for blk in self.blocks}
+                    i = 0  # states may have changed anywhere: walk again (blocks at their target are skipped)
+                    continue
+                target = targets[block]
+                if self._state[block] != target:
+                    for seg in self._by_block[block]:
+                        nbytes += self._write_segment(seg, target)
+                        names.extend(slot.name for slot in seg.slots)
+                        devices.update(t.device for t in (seg.live, seg.a, seg.b) if t.device.type == "cuda")
+                    self._state[block] = target
+                    if block not in written:
+                        written.append(block)
+                i += 1
+        _synchronize(devices)
+        self._notify(names)
+        resynced = tuple(dict.fromkeys(blk for r in reports for blk in r.rebuilt + r.dirty))
+        blocks = tuple(blk for blk in self.blocks if blk in written)
+        reloaded = any(r.reloaded for r in reports)
+        return ApplyStats(time.perf_counter() - start, blocks, nbytes, resynced, reloaded)
+
+    def _write_segment(self, seg: Segment, target: float | _State) -> int:
+        """One segment's live values := target; bytes read + written."""
+        if target is ORIGINAL:
+            return _copy_into(seg.live, seg.original if seg.original is not None else seg.a)
+        assert isinstance(target, float)
+        if target == 0.0:
+            return _copy_into(seg.live, seg.a)
+        if target == 1.0:
+            return _copy_into(seg.live, seg.b)
+        compute = seg.a.device
+        nbytes = 0
+        b = seg.b
+        if b.device != compute:
+            staged = self._staging.get(compute, b.dtype, seg.numel, "b", self._max_numel)
+            nbytes += _copy_into(staged, b)
+            b = staged
+        if seg.live.device == compute and seg.live.dtype == seg.a.dtype:
+            torch.lerp(seg.a, b, target, out=seg.live)
+            return nbytes + 3 * seg.numel * seg.a.element_size()
+        role = f"out{self._out_slot}"
+        self._out_slot ^= 1
+        out = self._staging.get(compute, seg.a.dtype, seg.numel, role, self._max_numel)
+        torch.lerp(seg.a, b, target, out=out)
+        nbytes += 3 * seg.numel * seg.a.element_size() + _copy_into(seg.live, out)
+        self._staging.record(compute, seg.a.dtype, role, seg.live.device)
+        return nbytes
+
+    def _notify(self, names: list[str]) -> None:
+        if self._on_write is not None and names:
+            self._on_write(names)
+
+    # ------------------------------------------------------------------ host changes
+
+    def _sync(self, reload: bool | None, full_walk: bool) -> SyncReport:
+        """Compare the slots with the host's parameters now and repair what changed (module docstring).
+
+        The fast check (``full_walk=False``) looks at identity, storage and
+        version counters and compares values only in blocks where those
+        changed. ``full_walk`` (``resync()``) also finds submodules the host
+        swapped and compares the values of every block, which catches writes
+        through ``param.data`` too.
+        """
+        if full_walk:
+            self._refresh_modules()
+        touched: dict[str, list[tuple[Slot, str]]] = {}
+        for seg in self._segments:
+            for slot in seg.slots:
+                kind = _slot_change(slot)
+                if kind is not None:
+                    touched.setdefault(seg.block, []).append((slot, kind))
+        if not touched and not full_walk and not reload:
+            return SyncReport()
+        with _normal_tensor_mode():
+            if full_walk:
+                candidates = {blk: [s for seg in self._by_block[blk] for s in seg.slots] for blk in self.blocks}
+            else:
+                candidates = {blk: [s for s, _ in items] for blk, items in touched.items()}
+            value_changed = {blk for blk, slots in candidates.items() if self._values_differ(blk, slots)}
+            if reload is None:
+                every_param = sum(map(len, touched.values())) == sum(len(seg.slots) for seg in self._segments)
+                reload = bool(value_changed) and (every_param or len(value_changed) == len(self.blocks))
+            rebuilt = tuple(blk for blk in self.blocks if any(kind != "written" for _, kind in touched.get(blk, ())))
+            for block in rebuilt:
+                self._rebuild_block(block)
+            for items in touched.values():
+                for slot, _kind in items:
+                    slot.version = _version_of(slot.param)  # type: ignore[arg-type]
+            if reload:
+                self._resnapshot()
+                log.warning("the live UNet holds new weights: they are now the weights restore() returns to")
+                return SyncReport(rebuilt, (), True)
+            dirty = tuple(blk for blk in self.blocks if blk in value_changed)
+            for block in dirty:
+                self._state[block] = DIRTY
+            if dirty:
+                log.info("the host changed weights of %s in place; they are rewritten on the next apply", ", ".join(dirty))
+            return SyncReport(rebuilt, dirty, False)
+
+    def _refresh_modules(self) -> None:
+        """Find each slot's module again by name (the host may have swapped whole submodules)."""
+        modules = dict(self._unet.named_modules())
+        for seg in self._segments:
+            for slot in seg.slots:
+                module = modules.get(slot.module_name)
+                if module is None or not isinstance(module._parameters.get(slot.attr), nn.Parameter):  # noqa: SLF001
+                    raise RuntimeMergeError(
+                        f"the live UNet no longer has parameter {slot.name!r}; the host rebuilt the model: "
+                        "close this merger and create a new one for the new model"
+                    )
+                slot.module = module
+
+    def _values_differ(self, block: str, slots: list[Slot]) -> bool:
+        """Whether the host's current values of ``slots`` differ from what the merger last left there."""
+        state = self._state[block]
+        if state is DIRTY:
+            return True
+        for seg in self._by_block[block]:
+            members = [s for s in slots if any(s is t for t in seg.slots)]
+            if not members:
+                continue
+            expected = self._expected_values(seg, state)
+            for slot in members:
+                current = slot.current()
+                if current is None:
+                    return True
+                want = slot.view(expected).to(device=current.device, dtype=current.dtype)
+                if not bitwise_equal(current.detach(), want):
+                    return True
+        return False
+
+    def _expected_values(self, seg: Segment, state: float | _State) -> torch.Tensor:
+        if state is ORIGINAL:
+            return seg.original if seg.original is not None else seg.a
+        assert isinstance(state, float)
+        if state == 0.0:
+            return seg.a
+        if state == 1.0:
+            return seg.b
+        b = seg.b.to(seg.a.device)
+        return torch.lerp(seg.a, b, state)
+
+    def _rebuild_block(self, block: str) -> None:
+        """New flat buffers for a block from the host's current parameters; A/B/original follow the new layout."""
+        old_segments = self._by_block[block]
+        old_of: dict[int, tuple[Segment, int, tuple[int, ...]]] = {}
+        for seg in old_segments:
+            for slot in seg.slots:
+                old_of[id(slot)] = (seg, slot.offset, slot.stride)
+        groups: dict[tuple[torch.device, torch.dtype], list[Slot]] = {}
+        for seg in old_segments:
+            for slot in seg.slots:
+                param = slot.current()
+                if param is None:
+                    raise RuntimeMergeError(
+                        f"the live UNet no longer has parameter {slot.name!r}; close this merger and create a new one"
+                    )
+                if tuple(param.shape) != slot.shape:
+                    raise ArchitectureMismatchError(
+                        f"the host changed the shape of {slot.name!r} from {slot.shape} to {tuple(param.shape)}; "
+                        "close this merger and create a new one for the new model"
+                    )
+                groups.setdefault((param.device, param.dtype), []).append(slot)
+        new_segments = []
+        for (device, dtype), members in groups.items():
+            reusable = _reusable(old_segments, members, compute_dtype_for(dtype))
+            for slot in members:
+                slot.stride = dense_stride(slot.current())  # type: ignore[arg-type]
+            numel = assign_offsets(members)
+            if reusable is not None and all(old_of[id(s)][1:] == (s.offset, s.stride) for s in members):
+                seg = Segment(block, members, numel, reusable.live, reusable.a, reusable.b, reusable.original, reusable.identical)
+            else:
+                seg = self._regather(block, members, numel, old_of, compute_dtype_for(dtype), dtype)
+            self._adopt(seg, device, dtype)
+            new_segments.append(seg)
+        self._segments = [s for s in self._segments if s.block != block] + new_segments
+        self._by_block[block] = new_segments
+        self._max_numel = max(seg.numel for seg in self._segments)
+
+    @staticmethod
+    def _regather(
+        block: str,
+        members: list[Slot],
+        numel: int,
+        old_of: Mapping[int, tuple[Segment, int, tuple[int, ...]]],
+        cdtype: torch.dtype,
+        live_dtype: torch.dtype,
+    ) -> Segment:
+        """Copy A/B/original elements from the old segments into stores of a new layout."""
+        first = old_of[id(members[0])][0]
+        a = empty_store(numel, cdtype, first.a.device)
+        b = empty_store(numel, cdtype, first.b.device)
+        needs_original = any(old_of[id(s)][0].original is not None for s in members)
+        original = empty_store(numel, live_dtype, CPU) if needs_original else None
+        for slot in members:
+            old_seg, old_offset, old_stride = old_of[id(slot)]
+
+            def old_view(flat: torch.Tensor) -> torch.Tensor:
+                return strided_view(flat, old_offset, slot.shape, old_stride)
+
+            slot.view(a).copy_(old_view(old_seg.a))
+            slot.view(b).copy_(old_view(old_seg.b))
+            if original is not None:
+                source = old_seg.original if old_seg.original is not None else old_seg.a
+                slot.view(original).copy_(old_view(source))
+        placeholder = torch.empty(0, dtype=live_dtype)  # replaced by _adopt
+        return Segment(block, members, numel, placeholder, a, b, original, identical=bitwise_equal(a, b))
+
+    def _resnapshot(self) -> None:
+        """The live values become the original weights (and A, when A is the live model)."""
+        for seg in self._segments:
+            if self._a_is_live:
+                seg.a.copy_(seg.live)
+                seg.original = None
+                seg.identical = bitwise_equal(seg.a, seg.b)
+            elif bitwise_equal(seg.a.to(device=seg.live.device, dtype=seg.live.dtype), seg.live):
+                seg.original = None
+            else:
+                seg.original = empty_store(seg.numel, seg.live.dtype, CPU)
+                seg.original.copy_(seg.live)
+        if self._a_is_live and all(seg.identical for seg in self._segments):
+            raise IdenticalModelsError(
+                "the host loaded weights identical to model B into the live model, which is model A: "
+                "every merge weight would give the same model; stop the search and pick a different model B"
+            )
+        self._state = {blk: self._restored_state(blk) for blk in self.blocks}
+        self._current = None
+
+    # ------------------------------------------------------------------ closing
+
+    def _unview(self) -> None:
+        """Give every parameter still viewing a merger buffer its own storage (no shared-storage surprises)."""
+        for seg in self._segments:
+            for slot in seg.slots:
+                param = slot.current()
+                if param is not None and param is slot.param and param.data_ptr() == slot.ptr:
+                    param.data = param.data.clone(memory_format=torch.preserve_format)
+
+    def _release_buffers(self) -> None:
+        self._segments = []
+        self._by_block = {blk: [] for blk in getattr(self, "blocks", ())}
+        self._staging.clear()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _collect_slots(unet: nn.Module, key_map: Mapping[str, str] | None) -> list[Slot]:
+    """Every parameter of ``unet`` with its module, attribute and checkpoint key."""
+    slots: list[Slot] = []
+    seen: set[int] = set()
+    for module_name, module in unet.named_modules():
+        for attr, param in module._parameters.items():  # noqa: SLF001
+            if param is None or id(param) in seen:
+                continue
+            seen.add(id(param))
+            name = f"{module_name}.{attr}" if module_name else attr
+            key = key_map.get(name, name) if key_map is not None else name
+            slots.append(
+                Slot(name, key, "", module_name, module, attr, tuple(param.shape), dense_stride(param), param.numel(), param=param)
+            )
+    if not slots:
+        raise RuntimeMergeError("the live UNet module has no parameters")
+    keys = {s.key for s in slots}
+    if "input_blocks.0.0.weight" not in keys:
+        sample = ", ".join(s.key for s in slots[:3])
+        raise ArchitectureMismatchError(
+            f"the live module's parameters are not named like a checkpoint's UNet keys (first: {sample}); "
+            "pass the UNet module itself (A1111: sd_model.model.diffusion_model) or a key_map from parameter "
+            "names to UNet keys such as input_blocks.0.0.weight"
+        )
+    if key_map is not None and len(keys) != len(slots):
+        raise ArchitectureMismatchError("key_map maps two live parameters to the same UNet key")
+    return slots
+
+
+def _main_device(slots: list[Slot]) -> torch.device:
+    """The device holding most of the live UNet's bytes."""
+    by_device: dict[torch.device, int] = {}
+    for slot in slots:
+        param = slot.param
+        assert param is not None
+        by_device[param.device] = by_device.get(param.device, 0) + slot.numel * param.element_size()
+    return max(by_device, key=by_device.__getitem__)
+
+
+def _store_devices(mode: str, device: torch.device) -> tuple[torch.device, torch.device]:
+    """Where A and B live for ``mode`` when the model runs on ``device``."""
+    if device.type == "cpu" or mode == "cpu":
+        return CPU, CPU
+    if mode == "stream":
+        return device, CPU
+    return device, device
+
+
+def _block_touched(segments: list[Segment]) -> bool:
+    return any(_slot_change(slot) is not None for seg in segments for slot in seg.slots)
+
+
+def _synchronize(devices: set[torch.device]) -> None:
+    for device in devices:
+        torch.cuda.synchronize(device)
+
+
+def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> int:
+    """``dst.copy_(src)``, asynchronous when it can be; bytes read + written."""
+    dst.copy_(src, non_blocking=dst.device.type == "cuda")
+    return dst.numel() * (dst.element_size() + src.element_size())
+
+
+def _slot_change(slot: Slot) -> str | None:
+    """How the host changed a slot's parameter since the last check: replaced, moved, written, or None."""
+    param = slot.module._parameters.get(slot.attr)  # noqa: SLF001
+    if param is not slot.param:
+        return "replaced"
+    if param.data_ptr() != slot.ptr:
+        return "moved"
+    if _version_of(param) != slot.version:
+        return "written"
+    return None
+
+
+def _version_of(param: torch.Tensor) -> int:
+    """PyTorch's in-place write counter, or -1 for a parameter made in inference mode (it has none)."""
+    try:
+        return param._version
+    except RuntimeError:
+        return -1
+
+
+def _slot_matches(slot: Slot, param: torch.Tensor, store: torch.Tensor) -> bool:
+    """Whether ``param`` holds bit for bit the store's values converted to its dtype."""
+    return bitwise_equal(param.detach(), slot.view(store).to(device=param.device, dtype=param.dtype))
+
+
+def _reusable(old_segments: list[Segment], members: list[Slot], cdtype: torch.dtype) -> Segment | None:
+    """The old segment whose stores can serve ``members`` unchanged (same slots in order, same compute dtype)."""
+    for seg in old_segments:
+        if len(seg.slots) == len(members) and all(x is y for x, y in zip(seg.slots, members)) and seg.a.dtype == cdtype:
+            return seg
+    return None
