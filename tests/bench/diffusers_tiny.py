@@ -78,7 +78,31 @@ def print_quality(gen: DiffusersGenerator, payload: Payload) -> None:
     zero = {block: 0.0 for block in BLOCKS}
     effects = {block: distance(line[0], render(Recipe({**zero, block: 1.0}))) for block in BLOCKS}
     print("one block set to B:", ", ".join(f"{block} {value:.1f}" for block, value in effects.items()))
+    print_search_signal(gen, payload)
     gen.restore()
+
+
+def print_search_signal(gen: DiffusersGenerator, payload: Payload, recipes: int = 20) -> None:
+    """What the demo's search sees: SSIM to references rendered from a hidden recipe, against recipe distance."""
+    from scipy.stats import spearmanr
+
+    from lib_mbw.scorers.reference import ReferenceScorer
+
+    rng = np.random.default_rng(1)
+    payloads = [dataclasses.replace(payload, name=f"p{i}", prompt=text, seed=10 + i)
+                for i, text in enumerate(("a red cat on a sofa", "a mountain lake", "portrait of a woman"))]
+    hidden = {block: float(rng.choice(np.linspace(0.0, 1.0, 21))) for block in BLOCKS}
+    gen.apply(Recipe(hidden))
+    scorer = ReferenceScorer({(p.name, 0): gen.generate(p)[0].image for p in payloads}, metric="ssim")
+    distances, scores = [], []
+    for _ in range(recipes):
+        step = rng.uniform()
+        recipe = {b: float(np.clip(hidden[b] + step * (rng.uniform() - hidden[b]), 0.0, 1.0)) for b in BLOCKS}
+        gen.apply(Recipe(recipe))
+        scores.append(float(np.mean(scorer.score([image for p in payloads for image in gen.generate(p)]))))
+        distances.append(float(np.mean([abs(recipe[b] - hidden[b]) for b in BLOCKS])))
+    rho = spearmanr(distances, scores).statistic
+    print(f"SSIM to references of a hidden recipe vs mean |recipe - hidden| over {recipes} recipes: Spearman {rho:.2f}")
 
 
 def main() -> int:
