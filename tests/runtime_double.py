@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from lib_mbw.blocks import block_of_unet_key
-from lib_mbw.checkpoint import Checkpoint, open_checkpoint
+from lib_mbw.checkpoint import open_checkpoint
 from lib_mbw.errors import MBWError
 from lib_mbw.recipe import Recipe
 
@@ -30,7 +30,6 @@ class ApplyStats:
 
 class DoubleRuntimeMerger:
     def __init__(self, live: torch.nn.Module, model_a, model_b, *, mode: str = "auto", key_map=None) -> None:
-        """``key_map``: live parameter name -> checkpoint UNet key (identity when None)."""
         if model_a is not None:
             raise NotImplementedError("the double only supports model_a=None (live weights are A)")
         self.live = live
@@ -39,15 +38,9 @@ class DoubleRuntimeMerger:
         self.resyncs = 0
         self._bind()
         self.a = {n: p.detach().clone() for n, p in self.params.items()}
-        self.key_of = dict(key_map) if key_map is not None else {n: n for n in self.params}
-        ckpt = model_b if isinstance(model_b, Checkpoint) else open_checkpoint(Path(model_b))
-        with ckpt:
+        with open_checkpoint(Path(model_b)) as ckpt:
             prefix = ckpt.arch.unet_prefix
-            name_of = {key: name for name, key in self.key_of.items()}
-            self.b = {}
-            for k in ckpt.unet_keys():
-                name = name_of.get(k[len(prefix):], k[len(prefix):])
-                self.b[name] = ckpt.get(k, dtype=self.a[name].dtype if name in self.a else None)
+            self.b = {k[len(prefix):]: ckpt.get(k, dtype=self.a[k[len(prefix):]].dtype) for k in ckpt.unet_keys()}
         if set(self.a) != set(self.b):
             raise MBWError("model B's UNet keys differ from the live model's")
         if all(torch.equal(self.a[k], self.b[k]) for k in self.a):
@@ -71,7 +64,7 @@ class DoubleRuntimeMerger:
         start = time.perf_counter()
         with self.lock, torch.no_grad():
             for name, param in self.params.items():
-                w = recipe.weight(block_of_unet_key(self.key_of[name]))
+                w = recipe.weight(block_of_unet_key(name))
                 param.data.copy_(torch.lerp(self.a[name], self.b[name], w))
             self.current = recipe
         return ApplyStats(time.perf_counter() - start, len(recipe.weights))
