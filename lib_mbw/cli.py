@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 from . import __version__
 from .errors import MBWError
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "lib_mbw.demo",
     "lib_mbw.recipe_cli",
     "lib_mbw.merge.cli",
     "lib_mbw.search.cli",
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # clip-anytorch (imported by image-reward) warns about pkg_resources on every start; it is pinned and harmless.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

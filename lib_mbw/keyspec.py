@@ -358,25 +358,37 @@ SDXL_REFINER = CheckpointConfig(
 
 REAL_CONFIGS: dict[str, CheckpointConfig] = {"sd1": SD1, "sd2": SD2, "sdxl": SDXL}
 
+#: Channels per SDXL time id (size, crop, target size) in tiny models; the real models use 256.
+TINY_TIME_ID_CHANNELS = 8
+
 
 def tiny_config(arch: str, *, in_channels: int = 4) -> CheckpointConfig:
     """A small checkpoint with the real key names and block structure of ``arch``.
 
     Channel counts are multiples of 32 because ldm's GroupNorm uses 32 groups.
+    The sizes also fit together as in the real models, so the tiny checkpoints
+    run as diffusers pipelines: CLIP-L towers are 32 wide and OpenCLIP towers 64
+    (different widths, as in SDXL, where diffusers tells the two towers apart
+    by width), the UNet's context is the concatenated text width, and SDXL's
+    ``label_emb`` input is the pooled text projection (64) plus six time ids
+    embedded in 8 channels each (112, as 1280 + 6 * 256 = 2816 in the real one).
     """
     real = REAL_CONFIGS[arch]
+    texts = tuple(
+        (prefix, replace(text, width=width, layers=2, projection_dim=width if text.projection_dim else None))
+        for prefix, text in real.text_encoders
+        for width in [32 if text.kind == "clip" else 64]
+    )
+    context_dim = sum(text.width for _, text in texts)
+    pooled_dim = texts[-1][1].projection_dim or 0
     unet = replace(
         real.unet,
         model_channels=32,
         transformer_depth=tuple(min(d, 1) for d in real.unet.transformer_depth),
         transformer_depth_middle=1,
-        context_dim=32 if arch == "sd1" else 64,
+        context_dim=context_dim,
         in_channels=in_channels,
-        adm_in_channels=64 if real.unet.adm_in_channels else None,
+        adm_in_channels=pooled_dim + 6 * TINY_TIME_ID_CHANNELS if real.unet.adm_in_channels else None,
     )
     vae = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
-    texts = tuple(
-        (prefix, replace(text, width=32, layers=2, projection_dim=32 if text.projection_dim else None))
-        for prefix, text in real.text_encoders
-    )
     return CheckpointConfig(f"tiny-{arch}", unet, vae, texts, real.extra_keys)

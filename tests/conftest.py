@@ -32,3 +32,30 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tupl
         cfg = tiny_config(arch)
         out[arch] = (write_checkpoint(root / f"{arch}-a.safetensors", cfg, seed=1), write_checkpoint(root / f"{arch}-b.safetensors", cfg, seed=2))
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny offline demo models (``lib_mbw.demo_models``), built once per session."""
+    import torch
+
+    from lib_mbw.demo_models import ensure_demo_models
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # see single_cpu_thread
+    try:
+        return ensure_demo_models(tmp_path_factory.mktemp("demo") / "demo", seed=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def single_cpu_thread():
+    """Torch on one CPU thread for the module: tiny models run no faster on more, and on a busy
+    2-core machine two OpenMP threads made them 10-20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
