@@ -182,6 +182,8 @@ def test_standalone_host_lists_safetensors_and_diffusers_folders(tmp_path: Path)
     (tmp_path / "pipe" / "unet").mkdir(parents=True)
     (tmp_path / "pipe" / "model_index.json").write_text("{}")
     (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    (tmp_path / "config-only" / "unet").mkdir(parents=True)  # like the demo's config folder: no weights, no model
+    (tmp_path / "config-only" / "model_index.json").write_text("{}")
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "C.safetensors").write_bytes(b"x")
     host = StandaloneHost(tmp_path)
@@ -208,7 +210,7 @@ def test_standalone_host_makes_generators_by_spec(tmp_path: Path) -> None:
 def test_ui_command_help_has_examples() -> None:
     result = subprocess.run([sys.executable, "-m", "lib_mbw", "ui", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "python -m lib_mbw ui --models" in result.stdout and "--generator-option" in result.stdout
+    assert "python -m lib_mbw ui --models" in result.stdout and "--generator-option" in result.stdout and "ui --demo" in result.stdout
     quiet = subprocess.run([sys.executable, "-c", "import sys, lib_mbw.cli as c; c.build_parser(); import lib_mbw.ui.form, lib_mbw.ui.controller; "
                             "print('gradio' in sys.modules)"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert quiet.stdout.strip() == "False", "the CLI and the UI's plain modules must not import gradio"

@@ -3,13 +3,18 @@
 ``python tests/ui_driver.py`` (run from the repository root, with the main
 venv for gradio 3.41 or ``.venv-gradio4`` for gradio 4.40):
 
-1. writes two tiny checkpoints and two payloads into a temporary folder;
-2. starts ``python -m lib_mbw ui`` on a free 127.0.0.1 port with the test
-   doubles of ``tests.ui_backend`` as generator and scorer;
-3. with ``gradio_client``: shows that bad settings are refused with a message
+1. starts ``python -m lib_mbw ui --demo`` on a free 127.0.0.1 port: the
+   demo's tiny offline SD1 models rendered by the diffusers generator, its
+   payloads and reference images (SSIM scorer), in a temporary folder;
+2. with ``gradio_client``: shows that bad settings are refused with a message
    next to the field, runs a short search and follows it through the
-   streaming ``watch`` endpoint until it ends, exports the best recipe;
-4. checks the run folder on disk and prints one JSON line with what it saw.
+   streaming ``watch`` endpoint until it ends, exports the best recipe, runs
+   a search scored by ratings sent through the rating panel's endpoint, and
+   pauses, resumes and stops a long search while a viewer streams it;
+3. checks the run folders on disk and prints one JSON line with what it saw.
+
+The optimizer is the seeded random search of ``tests.loop_backend`` (fast
+and deterministic); everything else is what a user runs.
 
 It exits non-zero (with the reason) when anything is wrong, and always stops
 the server. ``tests/test_ui_app.py`` runs it in a subprocess for each gradio.
@@ -39,7 +44,8 @@ MAX_EVALUATIONS = 6
 #: Positions in the watch endpoint's outputs (app._live_values without the rating panel, a layout block the API leaves out)
 RATING_ID = 4
 RATING_SLIDERS = 16
-PAYLOAD = {"prompt": "a {red|blue} house", "steps": 2, "width": 64, "height": 64, "seed": 5, "batch_size": 2}
+MODEL_A, MODEL_B = "tiny-sd1-a.safetensors", "tiny-sd1-b.safetensors"
+PAYLOADS = ("castle", "city", "fox")
 
 
 def free_port() -> int:
@@ -48,31 +54,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def prepare(root: Path) -> None:
-    from lib_mbw.keyspec import tiny_config
-    from lib_mbw.synthetic import write_checkpoint
-
-    (root / "models").mkdir()
-    config = tiny_config("sd1")
-    write_checkpoint(root / "models" / "A.safetensors", config, seed=1)
-    write_checkpoint(root / "models" / "B.safetensors", config, seed=2)
-    (root / "payloads" / "wildcards").mkdir(parents=True)
-    for name, shift in (("house", 0), ("street", 1)):
-        (root / "payloads" / f"{name}.json").write_text(json.dumps({**PAYLOAD, "seed": PAYLOAD["seed"] + shift}))
-
-
-def start_server(root: Path, port: int, delay: float) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable, "-m", "lib_mbw", "ui", "--port", str(port), "--models", str(root / "models"),
-        "--payloads", str(root / "payloads"), "--history-dir", str(root / "history"),
-        "--generator", "tests.ui_backend:make_generator", "--generator-option", f"delay={delay}",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False"}
+def start_server(root: Path, port: int, *extra: str, python: str = sys.executable) -> subprocess.Popen[bytes]:
+    """``python -m lib_mbw ui --demo`` with its files in ``root/demo``; output in ``root/server.log``."""
+    command = [python, "-m", "lib_mbw", "ui", "--port", str(port), "--demo", "--demo-dir", str(root / "demo"), *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False", "AUTO_MBW_DATA": str(root / "data")}
     log = open(root / "server.log", "wb")
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_for(port: int, server: subprocess.Popen[bytes], root: Path, timeout: float = 180.0) -> None:
+def wait_for(port: int, server: subprocess.Popen[bytes], root: Path, timeout: float = 300.0) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
@@ -88,12 +78,15 @@ def wait_for(port: int, server: subprocess.Popen[bytes], root: Path, timeout: fl
     raise SystemExit(f"the server did not answer within {timeout:.0f} s")
 
 
+ROOT_OF_RUN = Path(".")  # set by main(): the temporary folder of this run
+
+
 def form_values(**changes: Any) -> list[Any]:
     """The search form's values as raw API data (tables as {headers, data}, no uploads)."""
     form = FormValues(
-        model_a="A.safetensors", model_b="B.safetensors", strategy="tests.loop_backend:make_optimizer",
-        scorer="tests.ui_backend:make_scorer", max_evaluations=MAX_EVALUATIONS, patience=0, rescore_top=1,
-        init_random=2, run_name="driver",
+        model_a=MODEL_A, model_b=MODEL_B, strategy="tests.loop_backend:make_optimizer", scorer="reference",
+        scorer_options=json.dumps({"folder": str(ROOT_OF_RUN / "demo" / "references-0"), "metric": "ssim"}),
+        max_evaluations=MAX_EVALUATIONS, patience=0, rescore_top=1, init_random=2, run_name="driver",
     )
     for key, value in changes.items():
         setattr(form, key, value)
@@ -142,12 +135,13 @@ def drive(port: int, root: Path) -> dict[str, Any]:
     error_count = len(SECTIONS)  # the search button answers one message per form section, then a summary
 
     # bad settings: refused with messages next to the fields, nothing starts
-    bad = client.predict(*form_values(model_b="A.safetensors", max_evaluations=0), api_name="/auto_mbw_search")
+    bad = client.predict(*form_values(model_b=MODEL_A, max_evaluations=0), api_name="/auto_mbw_search")
     messages = list(bad)
     check("same checkpoint" in messages[0], f"model error next to the models, got {messages[0]!r}")
     check("max evaluations" in messages[2] and "whole number" in messages[2], f"evaluations error in the optimizer section, got {messages[2]!r}")
     check(messages[error_count].startswith("⚠"), f"summary says to fix the settings, got {messages[error_count]!r}")
-    check(not (root / "history").exists() or not any((root / "history").iterdir()), "no run folder for refused settings")
+    history = root / "demo" / "history"
+    check(not history.exists() or not any(history.iterdir()), "no run folder for refused settings")
 
     # a short search, followed through the streaming endpoint
     started = time.monotonic()
@@ -167,7 +161,7 @@ def drive(port: int, root: Path) -> dict[str, Any]:
     check(f"evaluation {MAX_EVALUATIONS} / {MAX_EVALUATIONS}" in str(status), f"status counts evaluations, got {status!r}")
     check(frames >= 2, f"the live view streamed several frames, got {frames}")
 
-    runs = [p for p in (root / "history").iterdir() if p.is_dir()]
+    runs = [p for p in history.iterdir() if p.is_dir()]
     check(len(runs) == 1, f"one run folder, got {runs}")
     run = runs[0]
     lines = (run / "history.csv").read_text().splitlines()
@@ -180,8 +174,8 @@ def drive(port: int, root: Path) -> dict[str, Any]:
     check(any((run / "exports").glob("*.canonical.txt")), "export file written next to the run")
 
     # human rating: the images wait in the rating panel until ratings come through the Submit button's endpoint
-    rated = client.predict(*form_values(scorer="tests.ui_backend:make_rating_scorer", payload_names=["house"], max_evaluations=1,
-                                        rescore_top=0, run_name="rated"), api_name="/auto_mbw_search")
+    rated = client.predict(*form_values(scorer="tests.ui_backend:make_rating_scorer", scorer_options="", payload_names=["castle"],
+                                        max_evaluations=1, rescore_top=0, run_name="rated"), api_name="/auto_mbw_search")
     check(list(rated)[error_count] == "starting the search", f"rating search started, got {list(rated)}")
     rater = client.submit(api_name="/auto_mbw_watch")
     rating_id = 0
@@ -191,13 +185,13 @@ def drive(port: int, root: Path) -> dict[str, Any]:
         rating_id = int(ids[-1]) if ids else 0
         time.sleep(0.2)
     check(rating_id > 0, f"the rating panel opened with a request id; last outputs: {[str(o[:6])[:600] for o in rater.outputs()[-2:]]}")
-    answer = client.predict(rating_id, "4, 5", *([1] * RATING_SLIDERS), api_name="/auto_mbw_rate")
-    check("ratings sent: 4, 5" in str(answer[0]), f"ratings accepted, got {answer!r}")
+    answer = client.predict(rating_id, "", *([7] + [1] * (RATING_SLIDERS - 1)), api_name="/auto_mbw_rate")
+    check("ratings sent: 7" in str(answer[0]), f"the slider's rating accepted, got {answer!r}")
     final = last_output(rater, 120)
-    check("Finished" in str(plain(final[0])) and "score 4.5" in str(plain(final[0])), f"the rated run scored the mean rating, got {final[0]!r}")
+    check("Finished" in str(plain(final[0])) and "score 7" in str(plain(final[0])), f"the rated run scored the rating, got {final[0]!r}")
 
     # a long search, stopped from the Stop button's endpoint while a viewer streams it
-    result = client.predict(*form_values(max_evaluations=500, run_name="long", generator_options='{"delay": 0.05}'), api_name="/auto_mbw_search")
+    result = client.predict(*form_values(max_evaluations=500, run_name="long"), api_name="/auto_mbw_search")
     check(list(result)[error_count] == "starting the search", f"second search started, got {list(result)}")
     watcher = client.submit(api_name="/auto_mbw_watch")
 
@@ -223,7 +217,7 @@ def drive(port: int, root: Path) -> dict[str, Any]:
     check("stopping" in press("stop"), "stop answered")
     final = last_output(watcher, 120)
     check("Finished" in str(plain(final[0])) and "restored" in str(plain(final[0])), f"stopped run says the model was restored, got {final[0]!r}")
-    long_runs = [p for p in (root / "history").iterdir() if p.is_dir() and "long" in p.name]
+    long_runs = [p for p in history.iterdir() if p.is_dir() and "long" in p.name]
     stopped_rows = (long_runs[0] / "history.csv").read_text().splitlines()
     check(3 <= len(stopped_rows) < 100, f"the long search stopped early, history has {len(stopped_rows) - 1} rows; button answers took {answers} s")
     return {"gradio": gradio.__version__, "frames": frames, "seconds": round(seconds, 2), "rows": len(lines) - 1, "run": run.name,
@@ -232,15 +226,14 @@ def drive(port: int, root: Path) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--delay", type=float, default=0.05, help="seconds the test generator sleeps per image")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="auto-mbw-ui-"))
+    global ROOT_OF_RUN
+    root = ROOT_OF_RUN = Path(tempfile.mkdtemp(prefix="auto-mbw-ui-"))
     server = None
     try:
-        prepare(root)
         port = free_port()
-        server = start_server(root, port, args.delay)
+        server = start_server(root, port)
         wait_for(port, server, root)
         summary = drive(port, root)
         print(json.dumps(summary))

@@ -1,8 +1,8 @@
 """The standalone host: checkpoints from a folder, a generator from the registry, no WebUI.
 
 ``python -m lib_mbw ui`` runs the UI on this host. Model titles are the paths
-of the ``.safetensors`` files (and diffusers folders, which hold a
-``model_index.json``) relative to the models folder, e.g. ``anime/A.safetensors``;
+of the ``.safetensors`` files (and diffusers folders: a ``model_index.json``
+and UNet weights) relative to the models folder, e.g. ``anime/A.safetensors``;
 pickle checkpoints are not listed (see the security rule in DESIGN.md).
 Generators are made by name through the generator registry
 (``lib_mbw.generators.registry``, "diffusers" by default) or from a
@@ -67,7 +67,7 @@ class StandaloneHost:
             if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
                 if not _inside_diffusers_folder(path, root):
                     titles.add(relative.as_posix())
-            elif path.is_dir() and (path / "model_index.json").is_file():
+            elif path.is_dir() and _is_diffusers_model(path):
                 titles.add(relative.as_posix())
         return sorted(titles, key=str.lower)
 
@@ -103,10 +103,15 @@ class StandaloneHost:
         """Nothing to refresh: ``list_models`` reads the folder on every call."""
 
 
+def _is_diffusers_model(folder: Path) -> bool:
+    """A diffusers folder with UNet weights (a config-only folder, like the demo's, is no model)."""
+    return (folder / "model_index.json").is_file() and any((folder / "unet").glob("diffusion_pytorch_model*.safetensors"))
+
+
 def _inside_diffusers_folder(path: Path, root: Path) -> bool:
     """True for weight files inside a diffusers folder (listed as the folder, not as files)."""
     relative = path.relative_to(root)
-    return any((root / folder / "model_index.json").is_file() for folder in relative.parents if folder != Path("."))
+    return any(_is_diffusers_model(root / folder) for folder in relative.parents if folder != Path("."))
 
 
 __all__ = ["MODEL_SUFFIXES", "ModelNotFoundError", "StandaloneHost"]

@@ -81,7 +81,8 @@ def start_from_form(host: Any, controller: SearchController, form: FormValues) -
     if models.mismatch:
         return FormResult(None, {"model_b": models.text.lstrip("⚠ ")})
     family = models.family
-    result = settings_from_form(form, host.paths, model_path=host.model_path, generator=generator_name(host), family=family)
+    result = settings_from_form(form, host.paths, model_path=host.model_path, generator=generator_name(host),
+                                generator_options=getattr(host, "generator_options", None), family=family)
     if result.ok:
         assert result.settings is not None and form.model_a and form.model_b
         try:

@@ -10,6 +10,9 @@ EXAMPLES = """examples:
   # models from ./models, payloads from ./payloads, runs in ./csv/history; open http://127.0.0.1:7861
   python -m lib_mbw ui
 
+  # try it on tiny offline demo models (nothing downloaded): press Search, watch it find a hidden recipe
+  python -m lib_mbw ui --demo
+
   # another models folder and port, reachable from the local network
   python -m lib_mbw ui --models /data/sd-models --host 0.0.0.0 --port 7870
 
@@ -43,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--generator", default="diffusers", help="generator name or package.module:factory")
     parser.add_argument("--generator-option", action="append", metavar="K=V", help="option for the generator (repeat)")
     parser.add_argument("--config", help="fill the search form from this settings file (JSON or TOML, as for 'search --config')")
+    parser.add_argument("--demo", action="store_true",
+                        help="use the demo's tiny offline models, payloads and references (built on first use) instead of "
+                             "--models/--payloads/--history-dir/--generator; the form is set to find the demo's hidden recipe")
+    parser.add_argument("--demo-dir", help="folder for the demo's files (default: data/demo-ui, or $AUTO_MBW_DATA/demo-ui)")
     parser.set_defaults(func=run_ui)
 
 
@@ -85,8 +92,17 @@ def run_ui(args: argparse.Namespace) -> int:
     from . import compat
     from .app import build_ui, controller_for
 
-    host = make_host(args)
-    defaults = form_defaults(args.config, host) if args.config else None
+    defaults = None
+    if args.demo:
+        from .demo import prepare_demo
+
+        print("preparing the demo models, payloads and references (first time: a few seconds)", file=sys.stderr)
+        demo = prepare_demo(args.demo_dir)
+        host, defaults = demo.host, demo.defaults
+    else:
+        host = make_host(args)
+    if args.config:
+        defaults = form_defaults(args.config, host)
     blocks = build_ui(host, defaults)
     compat.enable_queue(blocks)
     if not host.list_models():

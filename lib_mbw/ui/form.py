@@ -387,14 +387,16 @@ def settings_from_form(
     *,
     model_path: Callable[[str], Path],
     generator: str,
+    generator_options: Mapping[str, Any] | None = None,
     family: str | None = None,
 ) -> FormResult:
     """Validate the form and build the ``SearchSettings`` of a new search.
 
     ``model_path`` turns a model title into its file (the host's
     ``model_path``); settings record files, so a run's manifest knows the
-    exact models. ``generator`` is the name recorded for the generator
-    (the host makes the generators). ``family`` (detected from model A) lets
+    exact models. ``generator`` and ``generator_options`` are what the host
+    makes its generators with (recorded, so the run can be resumed without
+    the UI; the form's options go on top). ``family`` (detected from model A) lets
     the block grid reject blocks the architecture lacks.
     """
     p = _Problems()
@@ -471,6 +473,7 @@ def settings_from_form(
     after = p.optional_integer("abandon_after", form.abandon_after, 1, what=" (blank = half of the payloads)")
     rescore_top = p.integer("rescore_top", form.rescore_top, 0, what=" (0 = no re-scoring)")
     max_failures = p.integer("max_failures", form.max_failures, 1)
+    host_generator_options = generator_options
     generator_options = p.json_object("generator_options", form.generator_options)
 
     dtype = p.choice("dtype", form.dtype, list(DTYPES))
@@ -522,7 +525,7 @@ def settings_from_form(
         "tally": {"method": tally, "trim": trim, "positive": positive},
         "rescore_top": rescore_top,
         "max_failures": max_failures,
-        "generator": {"name": generator, "options": generator_options},
+        "generator": {"name": generator, "options": {**dict(host_generator_options or {}), **generator_options}},
         "scorer": {"name": scorer, "options": scorer_options},
         "history_dir": str(paths.history),
         "output": {
