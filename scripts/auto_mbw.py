@@ -9,8 +9,6 @@ callbacks; module-level registration below therefore runs once per load.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -39,26 +37,10 @@ def on_ui_settings() -> None:
         shared.opts.add_option(spec.key, info)
 
 
-def _placeholder_tab():
-    """TODO(lead): the tab shown until lib_mbw.ui.build_ui lands; delete this function then."""
-    import gradio as gr
-
-    with gr.Blocks(analytics_enabled=False) as blocks:
-        gr.Markdown(
-            "## auto-MBW\nThe search interface is not part of this build yet. "
-            "The `/auto-mbw/v1` API routes are active; `python -m lib_mbw --help` lists the command line tools."
-        )
-        status = gr.JSON(label="Status")
-        gr.Button("Refresh status").click(fn=host.api_status, inputs=[], outputs=[status])
-    return blocks
-
-
 def on_ui_tabs():
-    build_ui = None
-    if importlib.util.find_spec("lib_mbw.ui") is not None:
-        build_ui = getattr(importlib.import_module("lib_mbw.ui"), "build_ui", None)
-    blocks = build_ui(host) if build_ui is not None else _placeholder_tab()
-    return [(blocks, TAB_TITLE, TAB_ID)]
+    from lib_mbw.ui import build_ui
+
+    return [(build_ui(host), TAB_TITLE, TAB_ID)]
 
 
 def on_app_started(demo, app) -> None:

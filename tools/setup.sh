@@ -41,7 +41,7 @@ if [ "$with_tests" = 1 ]; then
   # gradio 4 overlay: its own gradio/fastapi/pydantic, the rest from .venv through a .pth file.
   overlay=.venv-gradio4
   overlay_stamp="$overlay/.auto-mbw-requirements"
-  overlay_want=$(cat requirements-gradio4.txt constraints.txt | sha256sum | cut -d' ' -f1)
+  overlay_want=$(cat requirements-gradio4.txt constraints-gradio4.txt | sha256sum | cut -d' ' -f1)
   main_site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   if [ ! -x "$overlay/bin/python" ]; then
     echo "auto-MBW setup: creating $overlay (gradio 4 test venv)" >&2
@@ -53,7 +53,7 @@ if [ "$with_tests" = 1 ]; then
     rm -f "$overlay_site/zz_main_venv.pth"
     echo "auto-MBW setup: installing requirements-gradio4.txt into $overlay" >&2
     "$overlay/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-gradio4.txt \
-      -c <(grep -E "^(numpy|pillow|torch|torchvision)==" constraints.txt) 2> >(grep -v "^WARNING: Location" >&2)
+      -c constraints-gradio4.txt 2> >(grep -v "^WARNING: Location" >&2)
     echo "$overlay_want" > "$overlay_stamp"
   fi
   echo "$(cd "$main_site" && pwd)" > "$overlay_site/zz_main_venv.pth"
