@@ -53,6 +53,7 @@ class DemoSettings:
     seed: int = 0
     strategy: str = "default"
     output: Path | None = None  # default: <data root>/demo-run (models in <data root>/demo)
+    models: Path | None = None  # demo models folder; default: <output>/models, or <data root>/demo
     random_samples: int = 12
     steps: int = 4
     size: int = 64
@@ -148,7 +149,8 @@ def run_demo(settings: DemoSettings) -> DemoReport:
 
     started = time.perf_counter()
     root = Path(settings.output) if settings.output else default_demo_folder().parent / "demo-run"
-    models = ensure_demo_models(root / "models" if settings.output else None, seed=settings.seed)
+    models_dir = settings.models or (root / "models" if settings.output else None)
+    models = ensure_demo_models(models_dir, seed=settings.seed)
     _say(settings, f"demo models: {models.model_a.name}, {models.model_b.name} in {models.folder}")
     payload_dir = write_demo_payloads(root / f"payloads-{settings.seed}", settings)
     (root / "merged").mkdir(parents=True, exist_ok=True)
@@ -251,6 +253,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the models, the hidden recipe and the search")
     parser.add_argument("--strategy", default=defaults.strategy, help="optimizer strategy (see `search --list-strategies`)")
     parser.add_argument("--output", type=Path, default=None, help="folder for models, payloads, references, history and the merged model (default: data/demo-run)")
+    parser.add_argument("--models", type=Path, default=None, help="folder of the demo models (built there if missing; default: data/demo)")
     parser.add_argument("--random-samples", type=int, default=defaults.random_samples, help="random recipes scored for the baseline")
     parser.add_argument("--no-merge", action="store_true", help="skip writing the merged model at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -263,6 +266,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         strategy=args.strategy,
         output=args.output,
+        models=args.models,
         random_samples=args.random_samples,
         merge=not args.no_merge,
         quiet=args.quiet,
