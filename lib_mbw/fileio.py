@@ -13,8 +13,12 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import OutputExistsError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 
@@ -24,6 +28,17 @@ def safe_name(text: str, default: str = "unnamed", max_length: int = 80) -> str:
     cleaned = _UNSAFE.sub("_", text.strip()).strip(" ._")
     cleaned = re.sub(r"_+", "_", cleaned)[:max_length].strip(" ._")
     return cleaned or default
+
+
+def png_bytes(image: "Image.Image") -> bytes:
+    """A PIL image encoded as PNG (lossless), for ``write_atomic``; float/16-bit images become 8-bit grey."""
+    import io
+
+    if image.mode not in ("RGB", "RGBA", "L"):
+        image = image.convert("L") if image.mode in ("F", "I", "I;16") else image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def fsync_dir(folder: Path) -> None:

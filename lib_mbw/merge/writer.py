@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..checkpoint import TORCH_TO_SAFETENSORS
+from ..fileio import fsync_dir
 from ..errors import OutputExistsError, OutputWriteError
 from .hashes import HashingSink, ModelHashes
 
@@ -206,7 +207,7 @@ class SafetensorsWriter:
             self.abort()
             raise OutputWriteError(_write_error(self.path, exc)) from None
         self._tmp = None
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return WrittenFile(self.path, self._sink.size, self._sink.result())
 
     def abort(self) -> None:
@@ -258,19 +259,6 @@ def _move_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
         os.rename(tmp, path)  # file systems without hard links
         return
     tmp.unlink()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_error(path: Path, exc: OSError) -> str:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Protocol, Sequence
 
 from ..errors import EvaluationFailed, ScorerError
+from ..fileio import png_bytes, write_atomic
 from ..generators.base import GeneratedImage
 from .base import Scorer
 from .checks import check_images, check_scores, image_label
@@ -219,12 +219,4 @@ class ConsoleRater:
         while target.exists():
             copy += 1
             target = self.folder / f"{stem}-{copy}.png"
-        handle, temp = tempfile.mkstemp(dir=self.folder, suffix=".png.tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                item.image.save(stream, format="PNG")
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_atomic(target, png_bytes(item.image), overwrite=False, durable=False)

@@ -31,8 +31,6 @@ ratios agree (within 1 %); otherwise the scorer refuses it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence, Union
@@ -40,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence, Union
 from PIL import Image
 
 from ..errors import OutputExistsError, ScorerError
+from ..fileio import png_bytes, write_atomic
 from ..generators.base import GeneratedImage
 from .checks import check_images, check_scores, image_label
 
@@ -97,16 +96,7 @@ def save_references(folder: str | Path, images: Sequence[GeneratedImage], overwr
         target = folder / item.payload.name / f"{item.index}.png"
         if target.exists() and not overwrite:
             raise OutputExistsError(f"reference {target} exists; delete it or pass overwrite=True")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=target.parent, suffix=".png.tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                item.image.save(stream, format="PNG")
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        paths.append(target)
+        paths.append(write_atomic(target, png_bytes(item.image), overwrite=overwrite))
     return paths
 
 

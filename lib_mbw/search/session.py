@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import __version__
 from ..blocks import present_blocks
 from ..errors import MBWError
-from ..fileio import safe_name, write_atomic
+from ..fileio import png_bytes, safe_name, write_atomic
 from ..generators.base import GeneratedImage, Generator
 from ..payloads import Payload, load_payloads, payload_from_record, prepare_payloads
 from ..recipe import Recipe
@@ -423,19 +423,11 @@ def _render_images(session: SearchSession, recipe: Recipe) -> list[GeneratedImag
 
 
 def _save_images(folder: Path, images: Sequence[GeneratedImage]) -> list[Path]:
-    import io
-
-    paths = []
     folder.mkdir(parents=True, exist_ok=True)
-    for image in images:
-        picture = image.image
-        if picture.mode not in ("RGB", "RGBA", "L"):
-            picture = picture.convert("L") if picture.mode in ("F", "I", "I;16") else picture.convert("RGB")
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        name = safe_name(f"{image.payload.key}-{image.index}-seed{image.seed}") + ".png"
-        paths.append(write_atomic(folder / name, buffer.getvalue()))
-    return paths
+    return [
+        write_atomic(folder / (safe_name(f"{image.payload.key}-{image.index}-seed{image.seed}") + ".png"), png_bytes(image.image))
+        for image in images
+    ]
 
 
 def _merge_model(session: SearchSession, recipe: Recipe, out: Path) -> Path:

@@ -209,8 +209,8 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
                             watch_button = gr.Button("↻ Reconnect live view", size="sm", elem_id="mbw-watch")
                         action_message = gr.Markdown("", elem_id="mbw-action-message")
                         live = _Live()
-                        status = live.add(gr.Markdown("**Idle**", elem_id="mbw-status"))
-                        unet = live.add(gr.HTML(unet_html(None, None), elem_id="mbw-unet"))
+                        live.add(gr.Markdown("**Idle**", elem_id="mbw-status"))
+                        live.add(gr.HTML(unet_html(None, None), elem_id="mbw-unet"))
                         with gr.Column(visible=False, elem_id="mbw-rating") as rating_panel:
                             rating_info = gr.Markdown("")
                             rating_gallery = compat.gallery("Images to rate", columns=4, elem_id="mbw-rating-gallery")
@@ -232,11 +232,11 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
                         for slider in sliders:
                             live.add(slider)
                         with gr.Row():
-                            latest = live.add(compat.gallery("Latest evaluation", columns=5, height=200, elem_id="mbw-latest"))
-                            best = live.add(compat.gallery("Best so far", columns=5, height=200, elem_id="mbw-best"))
-                        convergence = live.add(gr.HTML(convergence_svg([]), elem_id="mbw-convergence"))
-                        history = live.add(compat.dataframe(headers=HISTORY_HEADERS, datatype=["number", "str", "str", "number", "str", "number", "str"],
-                                                            label="Evaluations (newest first)", elem_id="mbw-history", height=320))
+                            live.add(compat.gallery("Latest evaluation", columns=5, height=200, elem_id="mbw-latest"))
+                            live.add(compat.gallery("Best so far", columns=5, height=200, elem_id="mbw-best"))
+                        live.add(gr.HTML(convergence_svg([]), elem_id="mbw-convergence"))
+                        live.add(compat.dataframe(headers=HISTORY_HEADERS, datatype=["number", "str", "str", "number", "str", "number", "str"],
+                                                  label="Evaluations (newest first)", elem_id="mbw-history", height=320))
                         with gr.Accordion("Best recipe: export or merge", open=False):
                             with gr.Row():
                                 export_format = compat.dropdown("Format", list(EXPORT_FORMATS), "text", elem_id="mbw-export-format")
