@@ -33,7 +33,14 @@ run "python -m lib_mbw COMMAND --help" for the options and examples of a command
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps example blocks as written and shows defaults."""
+    """Keeps example blocks as written and shows defaults (unless unset, or the help already states one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or unset or (isinstance(action.default, list) and not action.default):
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,7 +41,7 @@ LEVELS = 21
 EXAMPLES = """examples:
   python -m lib_mbw demo                          # ~150 evaluations, about 1-3 minutes on 2 CPU cores
   python -m lib_mbw demo --evaluations 60 --seed 3
-  python -m lib_mbw demo --strategy optuna-cmaes  # any strategy of `python -m lib_mbw search --list-strategies`
+  python -m lib_mbw demo --strategy CmaEsOptimizer  # any strategy of `python -m lib_mbw search --list-strategies`
   python -m lib_mbw demo --output /tmp/mbw-demo   # models, payloads, references and runs go there"""
 
 
