@@ -1,0 +1,1 @@
+"""Search: space, optimizer facade, loop, history (crash-safe), early stop and resume."""
