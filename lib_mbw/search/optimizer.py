@@ -186,6 +186,12 @@ class Optimizer:
         self.pending: dict[Point, list[Any]] = {}
         self.n_asked = 0
         self._rng = np.random.default_rng([self.seed, 27])
+        self._gp_ard_from = 1  # ARD length scales from this many scores on (0: never)
+        self._gp_pool = 0.0  # partial pooling of ARD length scales (0: independent)
+        self._gp_hyper: Any = None
+        self._gp_fits = 0
+        self._gp: Any = None
+        self._gp_n = -1
         self._init_counts = {"random": init.random, "grid": init.grid, "vertex": init.vertex, "recipes": len(init.recipes)}
         self._queue: deque[Point] = deque(self._initial_design(init))
         self._setup_engine(**options)
@@ -378,20 +384,36 @@ class Optimizer:
                 center = self.space.random_points(self._rng, 1)[0]
         return out
 
-    def _model_means(self, points: list[Point]) -> tuple[np.ndarray, str] | None:
-        """Posterior means at ``points`` and a phrase saying which model; None if no model fits."""
-        if len(self.cache) < MIN_MODEL_POINTS:
+    def _score_model(self, min_points: int = MIN_MODEL_POINTS) -> Any:
+        """A Gaussian process fitted to every score so far, or None with fewer than ``min_points`` recipes.
+
+        Kept between calls: refitted only when scores arrived, warm-started from
+        the last fit, and every 10th fit also from fixed starting points.
+        """
+        n = self.cache.n_observations
+        if len(self.cache) < min_points:
             return None
+        if self._gp is not None and self._gp_n == n:
+            return self._gp
         from .strategies.gp import GaussianProcess
 
         x = self.space.unit([p for p, _ in self.cache.order])
         y = np.array([s for _, s in self.cache.order])
-        try:
-            gp = GaussianProcess(self.space.ndim).fit(x, y, max_iter=100, restart=True)
-        except (RuntimeError, ValueError):
+        restart = self._gp_fits % 10 == 0
+        ard = bool(self._gp_ard_from) and n >= self._gp_ard_from
+        gp = GaussianProcess(self.space.ndim, hyper=self._gp_hyper, ard=ard, pool=self._gp_pool)
+        gp.fit(x, y, max_iter=80 if restart else 30, restart=restart)
+        gp.downweight_outliers()
+        self._gp_hyper, self._gp_fits, self._gp, self._gp_n = gp.hyper, self._gp_fits + 1, gp, n
+        return gp
+
+    def _model_means(self, points: list[Point]) -> tuple[np.ndarray, str] | None:
+        """Posterior means at ``points`` and a phrase saying which model; None if no model fits."""
+        gp = self._score_model()
+        if gp is None:
             return None
         mean, _ = gp.predict(self.space.unit(points))
-        return mean, f"highest mean of a Gaussian process fitted to all {len(y)} scores"
+        return mean, f"highest mean of a Gaussian process fitted to all {self.cache.n_observations} scores"
 
     def _ranked(self) -> list[tuple[Point, float | None, str]]:
         """Scored points, best first, with their model mean (None when ranked by mean score)."""
@@ -518,7 +540,7 @@ def register_strategy(info: StrategyInfo) -> None:
 
 
 def _load_builtin_strategies() -> None:
-    from .strategies import gfo, optuna_samplers, trust_region  # noqa: F401  (they register themselves)
+    from .strategies import gfo, optuna_samplers, surrogate_cma, trust_region  # noqa: F401  (they register themselves)
 
 
 def strategy_names() -> list[str]:

@@ -27,6 +27,8 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.optimize
+import torch
 from scipy.special import erfcx, log_ndtr
 
 from ..optimizer import Optimizer, OptimizerError, StrategyInfo, register_strategy
@@ -52,6 +54,18 @@ def log_expected_improvement(mean: np.ndarray, std: np.ndarray, best: float) -> 
     return out + np.log(std)
 
 
+def log_expected_improvement_tensor(mean: torch.Tensor, std: torch.Tensor, best: float) -> torch.Tensor:
+    """``log_expected_improvement`` in torch, differentiable."""
+    std = std.clamp_min(1e-12)
+    z = (mean - best) / std
+    zu = z.clamp_min(-1.0)
+    upper = torch.log(torch.exp(-0.5 * zu**2 - _LOG_SQRT_2PI) + zu * torch.exp(torch.special.log_ndtr(zu)))
+    zl = z.clamp_max(-1.0)
+    ratio = 1.0 + zl * math.sqrt(math.pi / 2) * torch.special.erfcx(-zl / math.sqrt(2))
+    lower = -0.5 * zl**2 - _LOG_SQRT_2PI + torch.log(ratio.clamp_min(1e-300))
+    return torch.where(z > -1.0, upper, lower) + torch.log(std)
+
+
 class TrustRegionGP(Optimizer):
     """GP + log-EI over perturbations of the best recipes; see the module docstring."""
 
@@ -59,10 +73,14 @@ class TrustRegionGP(Optimizer):
 
     def _setup_engine(
         self,
-        local_candidates: int = 1024,
-        random_candidates: int = 512,
-        refine: int = 6,
+        local_candidates: int = 768,
+        random_candidates: int = 256,
+        refine: int = 3,
         full_refit_every: int = 10,
+        acquisition: str = "ei",
+        ard: int = 1,
+        quadratic: int = 0,
+        continuous: int = 1,
         **options: Any,
     ) -> None:
         if options:
@@ -71,14 +89,19 @@ class TrustRegionGP(Optimizer):
                 "it accepts local_candidates, random_candidates, refine, full_refit_every"
             )
         for key, value in (("local_candidates", local_candidates), ("random_candidates", random_candidates)):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or value < 0:
                 raise OptimizerError(f"{self.name}: {key} must be a whole number >= 1, got {value!r}")
         self.local_candidates = local_candidates
         self.random_candidates = random_candidates
         self.refine = int(refine)
         self.full_refit_every = max(1, int(full_refit_every))
+        self.acquisition = acquisition
+        self.ard = ard
+        self.quadratic = bool(quadratic)
+        self.continuous = int(continuous)
         self._hyper: GPHyper | None = None
         self._fits = 0
+        self._fitted_at = 0
         self._model: GaussianProcess | None = None
         self._model_n = -1
         self._step_rng = np.random.default_rng([self.seed, 1])
@@ -89,16 +112,27 @@ class TrustRegionGP(Optimizer):
         return self.space.unit(points), np.array([s for _, s in self.cache.order])
 
     def _fitted(self) -> GaussianProcess:
-        """The GP conditioned on every score so far (refitted only when new scores arrived)."""
+        """The GP conditioned on every score so far.
+
+        Hyperparameters are refitted when enough new scores arrived (every
+        score up to 60, then every 3rd, then every 5th from 150), warm-started
+        from the last fit; every ``full_refit_every``-th fit also starts from
+        a few fixed starting points and keeps the best fit.
+        """
         n = self.cache.n_observations
         if self._model is not None and self._model_n == n:
             return self._model
         x, y = self._data()
-        restart = self._hyper is None or self._fits % self.full_refit_every == 0
-        gp = GaussianProcess(self.space.ndim, hyper=self._hyper)
-        gp.fit(x, y, max_iter=200 if restart else 25, restart=restart)
-        self._hyper = gp.hyper
-        self._fits += 1
+        interval = 1 if n < 60 else 3 if n < 150 else 5
+        gp = GaussianProcess(self.space.ndim, hyper=self._hyper, ard=bool(self.ard) and n >= self.ard, quadratic=self.quadratic)
+        if self._hyper is None or n - self._fitted_at >= interval:
+            restart = self._fits % self.full_refit_every == 0
+            gp.fit(x, y, max_iter=80 if restart else 30, restart=restart)
+            self._hyper = gp.hyper
+            self._fits += 1
+            self._fitted_at = n
+        else:
+            gp.set_data(x, y)
         self._model, self._model_n = gp, n
         return gp
 
@@ -129,7 +163,7 @@ class TrustRegionGP(Optimizer):
             if extra:
                 fx = self.space.unit(extra)
                 fy, _ = gp.predict(fx)
-                model = GaussianProcess(self.space.ndim, hyper=gp.hyper).set_data(np.vstack([x, fx]), np.concatenate([y, fy]))
+                model = GaussianProcess(self.space.ndim, hyper=gp.hyper, quadratic=gp.quadratic).set_data(np.vstack([x, fx]), np.concatenate([y, fy]))
             point = self._best_candidate(model, centers, best_mean, set(chosen))
             if point is None:
                 break
@@ -146,6 +180,13 @@ class TrustRegionGP(Optimizer):
             return None
         cands = cands[keep]
         score = self._acquisition(model, cands, best_mean)
+        if self.continuous:
+            starts = cands[np.argsort(-score)[: self.refine + 2]]
+            found = self._optimize_continuous(model, self.space.unit(np.vstack([starts, centers[:1]])), best_mean)
+            found = np.array([p for p in found if not self._is_known(tuple(int(v) for v in p)) and tuple(int(v) for v in p) not in taken])
+            if len(found):
+                cands = np.vstack([cands, found])
+                score = np.concatenate([score, self._acquisition(model, found, best_mean)])
         top = np.argsort(-score)[: self.refine]
         best_point, best_score = tuple(int(v) for v in cands[top[0]]), float(score[top[0]])
         for i in top:
@@ -156,7 +197,33 @@ class TrustRegionGP(Optimizer):
 
     def _acquisition(self, model: GaussianProcess, points: np.ndarray, best_mean: float) -> np.ndarray:
         mean, var = model.predict(self.space.unit(points))
+        if self.acquisition.startswith("ucb"):
+            return mean + float(self.acquisition[3:] or 1.0) * np.sqrt(var)
         return log_expected_improvement(mean, np.sqrt(var), best_mean)
+
+    def _acquisition_tensor(self, model: GaussianProcess, x: torch.Tensor, best_mean: float) -> torch.Tensor:
+        mean, var = model.predict_tensor(x)
+        if self.acquisition.startswith("ucb"):
+            return mean + float(self.acquisition[3:] or 1.0) * torch.sqrt(var)
+        return log_expected_improvement_tensor(mean, torch.sqrt(var), best_mean)
+
+    def _optimize_continuous(self, model: GaussianProcess, starts: np.ndarray, best_mean: float) -> np.ndarray:
+        """Maximise the acquisition over the continuous cube from ``starts`` (unit coordinates), then snap to the grid."""
+        k, d = starts.shape
+
+        def objective(v: np.ndarray) -> tuple[float, np.ndarray]:
+            x = torch.tensor(v.reshape(k, d), dtype=torch.float64, requires_grad=True)
+            loss = -self._acquisition_tensor(model, x, best_mean).sum()
+            loss.backward()
+            grad = x.grad.numpy().reshape(-1)
+            if not math.isfinite(loss.item()) or not np.all(np.isfinite(grad)):
+                return 1e10, np.zeros_like(v)
+            return float(loss.item()), grad
+
+        result = scipy.optimize.minimize(
+            objective, starts.reshape(-1), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * (k * d), options={"maxiter": self.continuous * 40}
+        )
+        return self.space.from_unit(result.x.reshape(k, d))
 
     def _candidates(self, model: GaussianProcess, centers: np.ndarray) -> np.ndarray:
         rng = self._step_rng
@@ -184,20 +251,17 @@ class TrustRegionGP(Optimizer):
         return np.unique(np.vstack([local, uniform]), axis=0)
 
     def _coordinate_ascent(
-        self, model: GaussianProcess, point: np.ndarray, value: float, best_mean: float, taken: set[Point], rounds: int = 2
+        self, model: GaussianProcess, point: np.ndarray, value: float, best_mean: float, taken: set[Point], rounds: int = 3
     ) -> tuple[Point, float]:
-        """Improve ``point`` one block at a time over that block's levels (acquisition only, no evaluations)."""
+        """Improve ``point`` by moving one block at a time by a few levels (acquisition only, no evaluations)."""
         d, levels = self.space.ndim, self.space.levels
-        options = _level_options(levels)
+        moves = _level_moves(levels)
         best_point, best_value = tuple(int(v) for v in point), value
         for _ in range(rounds):
-            rows = []
-            for j in range(d):
-                values = np.unique(np.clip(np.concatenate([options, point[j] + np.array([-2, -1, 1, 2])]), 0, levels - 1))
-                block = np.repeat(point[None, :], len(values), axis=0)
-                block[:, j] = values
-                rows.append(block)
-            trial = np.vstack(rows)
+            trial = np.repeat(point[None, :], d * len(moves), axis=0)
+            rows = np.arange(len(trial))
+            trial[rows, rows // len(moves)] += np.tile(moves, d)
+            trial = np.unique(np.clip(trial, 0, levels - 1), axis=0)
             score = self._acquisition(model, trial, best_mean)
             improved = False
             for i in np.argsort(-score):
@@ -223,11 +287,13 @@ def _center_weights(k: int) -> np.ndarray:
     return w / w.sum()
 
 
-def _level_options(levels: int) -> np.ndarray:
-    """Levels tried per block during refinement: all of them up to 41, else 21 spread evenly."""
-    if levels <= 41:
-        return np.arange(levels)
-    return np.unique(np.rint(np.linspace(0, levels - 1, 21)).astype(np.int64))
+def _level_moves(levels: int) -> np.ndarray:
+    """Level steps tried per block during refinement: 1, 2, 4, ... up to about a quarter of the range, both ways."""
+    steps = [1]
+    while steps[-1] * 2 <= max(1, (levels - 1) // 4):
+        steps.append(steps[-1] * 2)
+    steps_arr = np.array(steps)
+    return np.concatenate([steps_arr, -steps_arr])
 
 
 register_strategy(
