@@ -1,0 +1,174 @@
+"""CMA-ES assisted by a Gaussian process: the default strategy.
+
+CMA-ES (the ``cmaes`` package; Hansen's covariance matrix adaptation) keeps a
+search distribution N(m, sigma^2 C) over the unit cube of block weights and
+moves it toward better recipes; it copes with interacting blocks (it learns
+their correlations), with blocks that do not matter and with noise. The GP
+of ``strategies.gp`` makes each evaluation count more:
+
+* screening: each generation, CMA-ES samples ``oversample`` x lambda
+  candidates; the GP ranks them (expected improvement) and keeps the best
+  lambda as the generation; only the best ``screen`` of those are evaluated
+  (all of them while the GP has fewer than ``model_after`` scores);
+* fitness: CMA-ES is told the GP's posterior mean of every member of the
+  generation (not the raw noisy scores), so one lucky score does not drag the
+  distribution, and unevaluated members still count;
+* the returned recipe is the evaluated one with the highest posterior mean
+  (the facade's robust choice).
+
+Each generation starts with one GP fit (warm-started; tens of milliseconds at
+270 scores), so a suggestion costs far less than 0.5 s at step 270.
+CMA-ES samples continuous weights; each is snapped to the grid for
+evaluation, and CMA-ES is told the continuous sample (as optuna does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..optimizer import Optimizer, OptimizerError, StrategyInfo, register_strategy
+from ..space import Point
+from .trust_region import log_expected_improvement
+
+
+class SurrogateCMA(Optimizer):
+    """CMA-ES whose generations are screened and scored by a GP; see the module docstring."""
+
+    name = "SurrogateCMA"
+
+    def _setup_engine(
+        self,
+        sigma0: float = 1.0 / 6.0,
+        start: str = "center",
+        population: int = 0,
+        oversample: int = 4,
+        screen: int = 3,
+        model_after: int = 20,
+        fitness: str = "model",
+        ard: int = 0,
+        pool: float = 0.0,
+        **options: Any,
+    ) -> None:
+        if options:
+            raise OptimizerError(
+                f"{self.name} has no option {', '.join(sorted(options))}; it accepts sigma0, start, population, "
+                "oversample, screen, model_after, fitness, ard"
+            )
+        if not 0.0 < float(sigma0) <= 1.0:
+            raise OptimizerError(f"{self.name}: sigma0 must be in (0, 1] (a fraction of each block's range), got {sigma0!r}")
+        if start not in ("center", "best"):
+            raise OptimizerError(f"{self.name}: start must be 'center' or 'best', got {start!r}")
+        if fitness not in ("model", "observed"):
+            raise OptimizerError(f"{self.name}: fitness must be 'model' or 'observed', got {fitness!r}")
+        self.sigma0 = float(sigma0)
+        self.start = start
+        self.population = int(population)
+        self.oversample = max(1, int(oversample))
+        self.screen = max(1, int(screen))
+        self.model_after = int(model_after)
+        self.fitness = fitness
+        self._gp_ard_from = int(ard)
+        self._gp_pool = float(pool)
+        self._cma: Any = None
+        self._restarts = 0
+        self._generation: list[tuple[np.ndarray, Point]] = []
+        self._to_evaluate: list[Point] = []
+        self._rng = np.random.default_rng([self.seed, 3])
+
+    # ----- CMA-ES -----------------------------------------------------------------------------------
+    def _new_cma(self) -> Any:
+        from cmaes import CMA
+
+        d = self.space.ndim
+        mean = np.full(d, 0.5)
+        if self.start == "best" or self._restarts:
+            ranked = self._ranked()
+            if ranked:
+                mean = self.space.unit([ranked[0][0]])[0]
+        population = self.population or None
+        if population is not None and self._restarts:
+            population *= 2**self._restarts
+        return CMA(
+            mean=np.clip(mean, 1e-6, 1 - 1e-6),
+            sigma=self.sigma0,
+            bounds=np.tile([0.0, 1.0], (d, 1)),
+            seed=int(self._rng.integers(2**31 - 1)),
+            population_size=population,
+        )
+
+    def _start_generation(self) -> None:
+        if self._cma is None:
+            self._cma = self._new_cma()
+        lam = self._cma.population_size
+        gp = self._score_model(min_points=3) if len(self.cache) >= self.model_after else None
+        samples = np.array([self._cma.ask() for _ in range(lam * (self.oversample if gp is not None else 1))])
+        points = self.space.from_unit(samples)
+        if gp is None:
+            order = np.arange(lam)
+            evaluate = lam
+        else:
+            mean, var = gp.predict(self.space.unit(points))
+            best = float(np.max(gp.predict(self.space.unit(self.cache.points()))[0]))
+            score = log_expected_improvement(mean, np.sqrt(var), best)
+            order = np.argsort(-score)[:lam]
+            evaluate = self.screen
+        self._generation = [(samples[i], tuple(int(v) for v in points[i])) for i in order]
+        queue: list[Point] = []
+        for _, point in self._generation:
+            if len(queue) >= evaluate:
+                break
+            if point not in queue and not self._is_known(point):
+                queue.append(point)
+        self._to_evaluate = queue
+
+    def _finish_generation(self) -> None:
+        """Tell CMA-ES the generation's fitness (GP mean, or the observed mean score) and restart it if it stalled."""
+        gp = self._score_model(min_points=3)
+        points = [p for _, p in self._generation]
+        if self.fitness == "model" and gp is not None:
+            values, _ = gp.predict(self.space.unit(points))
+        else:
+            fallback = np.mean([s for _, s in self.cache.order]) if self.cache.order else 0.0
+            values = np.array([self.cache.mean(p) if p in self.cache else fallback for p in points])
+        self._cma.tell([(x, -float(v)) for (x, _), v in zip(self._generation, values)])
+        self._generation = []
+        if self._cma.should_stop():
+            self._restarts += 1
+            self._cma = None
+
+    def _engine_ask(self, n: int) -> list[tuple[Point, Any]]:
+        out: list[tuple[Point, Any]] = []
+        guard = 0
+        while len(out) < n and guard < 50:
+            guard += 1
+            if not self._to_evaluate:
+                if self._generation:
+                    self._finish_generation()
+                self._start_generation()
+                continue
+            point = self._to_evaluate.pop(0)
+            if not self._is_known(point) and all(point != p for p, _ in out):
+                out.append((point, None))
+        return out
+
+    def _engine_describe(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"cma_restarts": self._restarts}
+        if self._cma is not None:
+            data["cma_sigma"] = round(float(self._cma._sigma), 5)
+            data["cma_generation"] = int(self._cma.generation)
+        return data
+
+
+register_strategy(
+    StrategyInfo(
+        name=SurrogateCMA.name,
+        description=(
+            "the default: CMA-ES (cmaes) whose candidates a Gaussian process screens and scores, so few evaluations "
+            "move it far; returns the recipe with the best posterior mean. Best on the benchmark, < 0.5 s per suggestion"
+        ),
+        engine="cmaes + auto-mbw Gaussian process (torch)",
+        factory=SurrogateCMA,
+    )
+)

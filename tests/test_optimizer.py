@@ -1,0 +1,227 @@
+"""The optimizer facade: ask/tell over every engine, de-duplication, failures, batches, exact resume, robust choice."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zlib
+
+import numpy as np
+import pytest
+
+from lib_mbw.recipe import Recipe
+from lib_mbw.search.optimizer import (
+    DEFAULT_PATIENCE,
+    DEFAULT_STRATEGY,
+    SEED_STRATEGY,
+    STATE_MAGIC,
+    STRATEGIES,
+    InitSettings,
+    Optimizer,
+    OptimizerError,
+    OptimizerStateError,
+    load_state,
+    make_optimizer,
+    resolve_strategy,
+)
+from lib_mbw.search.space import SearchSpace
+
+#: Strategies quick enough to run a few dozen steps in a unit test.
+FAST = ["RandomSearch", "HillClimbing", "TPEOptimizer", "CmaEsOptimizer", "RandomOptimizer", DEFAULT_STRATEGY]
+CENTER = np.array([0.3, 0.7, 0.5, 0.2, 0.9, 0.4] * 5)[:27]
+
+
+def score_of(recipe: Recipe, space: SearchSpace, rng: np.random.Generator | None = None) -> float:
+    x = np.array([recipe.weights[b] for b in space.blocks])
+    value = -float(np.sum((x - CENTER[: len(x)]) ** 2))
+    return value + (0.02 * rng.normal() if rng is not None else 0.0)
+
+
+def drive(opt: Optimizer, steps: int, seed: int = 0, batch: int = 1) -> list[Recipe]:
+    rng = np.random.default_rng(seed)
+    asked: list[Recipe] = []
+    for _ in range(steps):
+        for recipe in opt.ask(batch):
+            asked.append(recipe)
+            opt.tell(recipe, score_of(recipe, opt.space, rng))
+    return asked
+
+
+def test_catalog_names_engines_and_the_seed_choice():
+    for name in ("BayesianOptimizer", "TreeStructuredParzenEstimators", "HillClimbing", "RandomSearch"):
+        assert STRATEGIES[name].engine == "gradient-free-optimizers"
+        assert STRATEGIES[name].hyperactive == f"hyperactive.opt.gfo.{name}"
+    for name in ("GPOptimizer", "TPEOptimizer", "CmaEsOptimizer", "RandomOptimizer"):
+        assert STRATEGIES[name].engine.startswith("optuna")
+        assert STRATEGIES[name].hyperactive == f"hyperactive.opt.optuna.{name}"
+    assert STRATEGIES[SEED_STRATEGY].seed_compatible
+    assert [n for n, info in STRATEGIES.items() if info.seed_compatible] == [SEED_STRATEGY]
+    assert DEFAULT_STRATEGY in STRATEGIES and DEFAULT_STRATEGY != SEED_STRATEGY
+    assert isinstance(DEFAULT_PATIENCE, int) and DEFAULT_PATIENCE > 27
+
+
+def test_strategy_names_resolve_with_aliases_and_unknown_names_list_the_choices():
+    assert resolve_strategy("default").name == DEFAULT_STRATEGY
+    assert resolve_strategy("seed").name == SEED_STRATEGY
+    assert resolve_strategy("gfo.hillclimbing").name == "HillClimbing"
+    assert resolve_strategy("hyperactive.opt.optuna.TPEOptimizer").name == "TPEOptimizer"
+    with pytest.raises(OptimizerError, match="unknown optimizer strategy 'bogus'.*CmaEsOptimizer"):
+        make_optimizer("bogus", SearchSpace(), seed=0)
+
+
+def test_unknown_strategy_options_are_refused():
+    with pytest.raises(OptimizerError, match="no option"):
+        make_optimizer("HillClimbing", SearchSpace(), seed=0, bogus=1)
+    with pytest.raises(OptimizerError, match="no option"):
+        make_optimizer(DEFAULT_STRATEGY, SearchSpace(), seed=0, bogus=1)
+
+
+@pytest.mark.parametrize("strategy", FAST)
+def test_never_suggests_a_recipe_twice_and_batches_are_distinct(strategy):
+    space = SearchSpace(levels=5)
+    opt = make_optimizer(strategy, space, seed=3, init=InitSettings(random=6))
+    asked = drive(opt, 12, batch=1) + drive(opt, 4, batch=3)
+    points = [space.point_of(r) for r in asked]
+    assert len(points) == 24 and len(set(points)) == 24
+    assert all(space.contains(r) for r in asked)
+    assert opt.cache.n_observations == 24
+
+
+@pytest.mark.parametrize("strategy", FAST)
+def test_resumed_state_continues_exactly_like_the_uninterrupted_run(strategy):
+    space = SearchSpace()
+    straight = make_optimizer(strategy, space, seed=11, init=InitSettings(random=5))
+    first = drive(straight, 8, seed=1)
+    resumed = Optimizer.from_state(straight.get_state())
+    assert drive(straight, 6, seed=2, batch=2) == drive(resumed, 6, seed=2, batch=2)
+    assert straight.recommend().recipe == resumed.recommend().recipe
+    again = make_optimizer(strategy, space, seed=11, init=InitSettings(random=5))
+    assert drive(again, 8, seed=1) == first  # same seed, same search
+
+
+def test_asynchronous_workers_gfo_rebuilds_and_nothing_is_suggested_twice():
+    space = SearchSpace(levels=7)
+    opt = make_optimizer("HillClimbing", space, seed=0, init=InitSettings(random=3))
+    rng = np.random.default_rng(0)
+    seen = []
+    out = opt.ask(3)
+    seen += out
+    for _ in range(10):  # one result comes back, one new suggestion goes out, two stay in flight
+        done = out.pop(0)
+        opt.tell(done, score_of(done, space, rng))
+        new = opt.ask(1)
+        seen += new
+        out += new
+    assert len({space.point_of(r) for r in seen}) == len(seen)
+    assert len(opt.pending) == 3
+
+
+def test_outside_recipes_warm_start_rescore_and_cache():
+    space = SearchSpace()
+    warm = [(Recipe.uniform(0.5), -1.0), (Recipe.uniform(0.52), -2.0)]  # 0.52 snaps onto 0.5: one recipe, two scores
+    opt = make_optimizer(DEFAULT_STRATEGY, space, seed=0, init=InitSettings(random=2), warm_start=warm)
+    assert opt.cached_score(Recipe.uniform(0.5)) == -1.5
+    assert opt.cache.scores(space.point_of(Recipe.uniform(0.5))) == [-1.0, -2.0]
+    assert opt.cached_score(Recipe.uniform(0.25)) is None
+    assert all(space.point_of(r) != space.point_of(Recipe.uniform(0.5)) for r in opt.ask(2))
+
+
+def test_initial_design_order_recipes_grid_vertex_random():
+    space = SearchSpace()
+    favourite = Recipe.uniform(0.3)
+    opt = make_optimizer("RandomSearch", space, seed=0, init=InitSettings(random=2, grid=2, vertex=2, recipes=(favourite,)))
+    first = opt.ask(7)
+    assert first[0] == favourite
+    assert first[1] == Recipe.uniform(0.5) and first[2] == Recipe.uniform(0.25)
+    assert first[3] == Recipe.uniform(0.0) and first[4] == Recipe.uniform(1.0)
+    assert opt.describe()["init"] == {"random": 2, "grid": 2, "vertex": 2, "recipes": 1}
+
+
+def test_failed_recipes_are_never_suggested_again_and_a_full_space_says_so():
+    space = SearchSpace(levels=2, frozen={b: 0.5 for b in SearchSpace().names[2:]})
+    assert space.size == 4
+    opt = make_optimizer("RandomSearch", space, seed=0, init=InitSettings(random=0))
+    first = opt.ask(1)[0]
+    opt.tell_failed(first)
+    rest = []
+    for _ in range(3):
+        recipe = opt.ask(1)[0]
+        rest.append(recipe)
+        opt.tell(recipe, 1.0)
+    assert first not in rest and len(set(rest)) == 3
+    with pytest.raises(OptimizerError, match="fewer than 1 are left"):
+        opt.ask(1)
+
+
+def test_bad_scores_and_counts_are_refused():
+    opt = make_optimizer("RandomSearch", SearchSpace(), seed=0)
+    recipe = opt.ask(1)[0]
+    with pytest.raises(OptimizerError, match="tell_failed"):
+        opt.tell(recipe, float("nan"))
+    with pytest.raises(OptimizerError, match="must be a number"):
+        opt.tell(recipe, "high")
+    with pytest.raises(OptimizerError, match="n >= 1"):
+        opt.ask(0)
+    with pytest.raises(OptimizerError, match="nothing to recommend"):
+        opt.recommend()
+
+
+def test_recommend_is_robust_to_one_lucky_score():
+    space = SearchSpace(frozen={b: 0.5 for b in SearchSpace().names[2:]})  # two blocks searched
+    opt = make_optimizer("RandomSearch", space, seed=0, init=InitSettings(random=40))
+    rng = np.random.default_rng(5)
+    recipes = opt.ask(40)
+    lucky = min(recipes, key=lambda r: score_of(r, space))  # the worst recipe gets a wildly lucky score
+    for recipe in recipes:
+        opt.tell(recipe, 10.0 if recipe == lucky else score_of(recipe, space, rng))
+    choice = opt.recommend()
+    assert choice.recipe != lucky
+    assert "Gaussian process" in choice.reason and "single best score" in choice.reason
+    assert score_of(choice.recipe, space) > score_of(lucky, space)
+    assert opt.rank_for_rescoring(3)[0] == choice.recipe and len(opt.rank_for_rescoring(3)) == 3
+
+
+def test_describe_is_json_for_the_manifest():
+    opt = make_optimizer(DEFAULT_STRATEGY, SearchSpace(family="sdxl"), seed=4)
+    drive(opt, 12)
+    data = json.loads(json.dumps(opt.describe()))
+    assert data["strategy"] == DEFAULT_STRATEGY and data["seed"] == 4 and data["space"]["family"] == "sdxl"
+    assert data["scored"] == 12
+
+
+def test_gfo_bayesian_optimizer_survives_fine_grids_with_a_note():
+    opt = make_optimizer("BayesianOptimizer", SearchSpace(levels=101), seed=0, init=InitSettings(random=4))
+    asked = drive(opt, 6)
+    assert len(set(asked)) == 6
+    assert "21 of the 101 levels" in opt.describe()["note"]
+
+
+def test_default_handles_1001_levels():
+    space = SearchSpace(levels=1001)
+    opt = make_optimizer(DEFAULT_STRATEGY, space, seed=0)
+    asked = drive(opt, 40)
+    assert len({space.point_of(r) for r in asked}) == 40
+    assert any(0 < (r.weight("M00") * 1000) % 50 for r in asked)  # uses levels between the 21-level grid
+
+
+def test_state_loading_refuses_garbage_other_versions_and_foreign_code():
+    with pytest.raises(OptimizerStateError, match="not an auto-MBW optimizer state"):
+        load_state(b"hello")
+    state = make_optimizer("RandomSearch", SearchSpace(), seed=0).get_state()
+    magic, header, body = state.split(b"\n", 2)
+    old = json.loads(header)
+    old["packages"]["numpy"] = "0.1"
+    with pytest.raises(OptimizerStateError, match="numpy 0.1"):
+        load_state(magic + b"\n" + json.dumps(old).encode() + b"\n" + body)
+    with pytest.raises(OptimizerStateError, match="truncated or corrupt|cannot be read"):
+        load_state(magic + b"\n" + header + b"\n" + body[:20])
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("echo pwned",))
+
+    evil = zlib.compress(pickle.dumps(Evil()))
+    with pytest.raises(OptimizerStateError, match="posix.system|os.system|nt.system"):
+        load_state(STATE_MAGIC + b"\n" + header + b"\n" + evil)
