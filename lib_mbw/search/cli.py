@@ -40,6 +40,9 @@ EXAMPLES = """examples:
   python -m lib_mbw search -a A.safetensors -b B.safetensors --generator http \\
       --worker url=http://127.0.0.1:7860 --worker url=http://192.168.1.20:7860
 
+  # the optimizer strategies (the default, the seed's GFO BayesianOptimizer, optuna's samplers, ...)
+  python -m lib_mbw search --list-strategies
+
   # resume a run that was stopped or killed, allowing more evaluations
   python -m lib_mbw search --resume csv/history/20240101-120000-search-1a2b3c --max-evals 400
 
@@ -111,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, help="seed of the optimizer and of payload seeds of -1 (default: 0)")
     g.add_argument("--history-dir", help="where run folders are created (default: csv/history)")
     g.add_argument("--print-settings", action="store_true", help="print the effective settings as JSON and exit")
+    g.add_argument("--list-strategies", action="store_true", help="list the optimizer strategies and exit")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g = parser.add_argument_group("models")
     g.add_argument("-a", "--model-a", help="model A (weight 0), a .safetensors file or a name the generator knows")
@@ -289,7 +293,23 @@ class ProgressPrinter:
             self.bar = None
 
 
+def strategy_table() -> str:
+    """One line per optimizer strategy: name, engine, description; the default and the seed's marked."""
+    from .optimizer import DEFAULT_STRATEGY, SEED_STRATEGY, STRATEGIES, strategy_names
+
+    strategy_names()  # registers the built-in strategies
+    width = max(len(name) for name in STRATEGIES)
+    lines = []
+    for name, info in STRATEGIES.items():
+        mark = " (default)" if name == DEFAULT_STRATEGY else " (seed's choice)" if name == SEED_STRATEGY else ""
+        lines.append(f"{name:<{width}}  [{info.engine}]{mark}\n{'':<{width}}  {info.description}")
+    return "\n".join(lines) + "\n\nAliases: 'default', 'seed'. Your own: --strategy package.module:factory."
+
+
 def run_search(args: argparse.Namespace) -> int:
+    if args.list_strategies:
+        print(strategy_table())
+        return 0
     from ..recipe import to_positional
     from .session import find_run, resume_search, start_search
     from .settings import SearchSettings, from_mapping, merge_mappings, read_settings_file

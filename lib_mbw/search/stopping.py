@@ -18,12 +18,8 @@ import enum
 from dataclasses import dataclass
 
 from ..errors import MBWError
+from .optimizer import DEFAULT_PATIENCE  # the optimizer benchmark's recommendation (docs/optimizer.md)
 
-#: Evaluations without improvement before early stop.
-#: TODO(lead): replace with ``lib_mbw.search.optimizer.DEFAULT_PATIENCE`` when the optimizer branch lands
-#: (its benchmark measures what each patience saves and loses); 54 = twice the seed's 27, which the
-#: measurements in DEPENDENCIES.md show ends noisy searches after only 30-70 evaluations.
-DEFAULT_PATIENCE = 54
 
 #: The seed tool's search length.
 DEFAULT_MAX_EVALUATIONS = 270
