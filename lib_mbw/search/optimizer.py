@@ -27,8 +27,9 @@ What the facade owns, for every strategy alike (``Optimizer``):
   ``recommend``), not by the luckiest single score.
 
 Engines (see ``STRATEGIES``): gradient-free-optimizers' ask/tell classes and
-optuna's samplers under the names Hyperactive 5 gives them, and the default
-strategy (``strategies.trust_region``). ``DEFAULT_PATIENCE`` is the early-stop
+optuna's samplers under the names Hyperactive 5 gives them, and auto-MBW's
+own: the default ``SurrogateCMA`` (``strategies.surrogate_cma``) and
+``TrustRegionGP`` (``strategies.trust_region``). ``DEFAULT_PATIENCE`` is the early-stop
 patience the optimizer benchmark supports (docs/optimizer.md).
 """
 
@@ -51,7 +52,7 @@ from ..recipe import Recipe
 from .space import Point, SearchSpace
 
 #: Strategy used when the user picks none: the winner of tests/bench/optimizer.py.
-DEFAULT_STRATEGY = "TrustRegionGP"
+DEFAULT_STRATEGY = "SurrogateCMA"
 #: The seed's choice (auto-MBW-rt): kept selectable and used as the benchmark baseline.
 SEED_STRATEGY = "BayesianOptimizer"
 #: Evaluations without a new best score before a search stops early (docs/optimizer.md "Early stop").

@@ -1,4 +1,4 @@
-"""The default strategy: a Gaussian process whose acquisition is searched cheaply around the best recipes.
+"""TrustRegionGP: a Gaussian process whose acquisition is searched cheaply around the best recipes.
 
 One step:
 
@@ -300,8 +300,8 @@ register_strategy(
     StrategyInfo(
         name=TrustRegionGP.name,
         description=(
-            "the default: a Gaussian process with per-block length scales; suggestions maximise expected "
-            "improvement over perturbations of the best recipes. Best on the benchmark, < 0.5 s per suggestion"
+            "a Gaussian process with per-block length scales; suggestions maximise expected improvement over "
+            "perturbations of the best recipes (TuRBO-like). Behind the default on the benchmark's sparse objective"
         ),
         engine="auto-mbw (torch Gaussian process)",
         factory=TrustRegionGP,
