@@ -24,12 +24,16 @@ mean that the robust final choice would pick.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any, Callable, TypeVar
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.optimize
 import torch
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _SQRT5 = math.sqrt(5.0)
 _JITTER = 1e-8
@@ -63,6 +67,24 @@ def start_points(dim: int) -> list[GPHyper]:
         GPHyper(np.zeros(dim), log_outputscale=0.0, log_noise=math.log(0.1)),
         GPHyper(np.full(dim, mu - 1.5), log_outputscale=0.5, log_noise=math.log(0.3)),
     ]
+
+
+def single_threaded(func: _F) -> _F:
+    """Run ``func`` with one torch thread: GP matrices are small, and with every core busy (two
+    benchmark jobs, a WebUI) torch's thread pool made fits 4x slower than one thread (measured)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return func(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _kernel(x1: torch.Tensor, x2: torch.Tensor, ls: torch.Tensor, os_: torch.Tensor, qs: torch.Tensor | None) -> torch.Tensor:
@@ -160,6 +182,7 @@ class GaussianProcess:
             prior = prior + (v[n_ls + 3] + 1.0) ** 2 / 2.0  # quadratic scale ~ LogNormal(-1, 1)
         return nll + prior
 
+    @single_threaded
     def fit(self, x: np.ndarray, y: np.ndarray, max_iter: int = 60, restart: bool = False) -> float:
         """Learn hyperparameters (MAP) and condition on the data; returns the negative log posterior reached.
 
@@ -203,6 +226,7 @@ class GaussianProcess:
             return float(result.fun), self._unpack(result.x)
         return math.inf, None
 
+    @single_threaded
     def set_data(self, x: np.ndarray, y: np.ndarray) -> "GaussianProcess":
         """Condition on new data with the current hyperparameters (no refit)."""
         xt, yt = self._set_data(x, y)
@@ -245,6 +269,7 @@ class GaussianProcess:
         """Standard deviation of the observation noise the model believes in, in score units."""
         return math.sqrt(math.exp(self.hyper.log_noise) + _MIN_NOISE) * self._y_std
 
+    @single_threaded
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Latent mean and variance at ``x`` (n, dim), in score units."""
         with torch.no_grad():
@@ -264,6 +289,7 @@ class GaussianProcess:
         var = (prior_var - (v * v).sum(0)).clamp_min(1e-12)
         return mean * self._y_std + self._y_mean, var * self._y_std**2
 
+    @single_threaded
     def downweight_outliers(self, threshold: float = 4.0, extra: float = 1e4) -> int:
         """Condition again with ``extra`` noise variance on scores whose leave-one-out residual exceeds ``threshold``.
 

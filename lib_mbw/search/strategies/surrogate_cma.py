@@ -54,7 +54,7 @@ class SurrogateCMA(Optimizer):
         if options:
             raise OptimizerError(
                 f"{self.name} has no option {', '.join(sorted(options))}; it accepts sigma0, start, population, "
-                "oversample, screen, model_after, fitness, ard"
+                "oversample, screen, model_after, fitness, ard, pool"
             )
         if not 0.0 < float(sigma0) <= 1.0:
             raise OptimizerError(f"{self.name}: sigma0 must be in (0, 1] (a fraction of each block's range), got {sigma0!r}")
