@@ -22,6 +22,7 @@ from lib_mbw.search.optimizer import (
     OptimizerStateError,
     load_state,
     make_optimizer,
+    model_subset,
     resolve_strategy,
 )
 from lib_mbw.search.space import SearchSpace
@@ -225,3 +226,21 @@ def test_state_loading_refuses_garbage_other_versions_and_foreign_code():
     evil = zlib.compress(pickle.dumps(Evil()))
     with pytest.raises(OptimizerStateError, match="posix.system|os.system|nt.system"):
         load_state(STATE_MAGIC + b"\n" + header + b"\n" + evil)
+
+
+def test_long_searches_fit_the_model_to_the_best_and_the_most_recent_scores():
+    scores = [float(i % 7) for i in range(10)]
+    assert model_subset(scores, 20).tolist() == list(range(10))
+    assert model_subset(scores, 4).tolist() == [5, 6, 8, 9]  # the two best (5.0, 6.0), then the most recent
+
+
+def test_recommend_after_many_scores_uses_a_bounded_model():
+    space = SearchSpace(levels=1001)
+    opt = make_optimizer("RandomSearch", space, seed=0, init=InitSettings(random=0))
+    rng = np.random.default_rng(1)
+    for recipe in opt.ask(400):
+        opt.tell(recipe, score_of(recipe, space, rng))
+    best = opt.recommend().recipe
+    assert opt._score_model()._x.shape[0] == 300  # fitted to MAX_MODEL_POINTS scores, not 400
+    ranked = sorted(opt.cache.points(), key=lambda p: -opt.cache.mean(p))
+    assert space.point_of(best) in ranked[:30]

@@ -62,6 +62,8 @@ DEFAULT_PATIENCE = 81
 MAX_ENGINE_RETRIES = 8
 #: Fewest scored recipes before the robust choice fits a model (fewer: mean observed score).
 MIN_MODEL_POINTS = 8
+#: Most scores a Gaussian process is fitted to (a fit costs n^3): beyond, the best half and the most recent.
+MAX_MODEL_POINTS = 300
 
 STATE_MAGIC = b"AUTO-MBW-OPTIMIZER-STATE"
 STATE_VERSION = 1
@@ -389,7 +391,8 @@ class Optimizer:
         """A Gaussian process fitted to every score so far, or None with fewer than ``min_points`` recipes.
 
         Kept between calls: refitted only when scores arrived, warm-started from
-        the last fit, and every 10th fit also from fixed starting points.
+        the last fit, and every 10th fit also from fixed starting points. Past
+        ``MAX_MODEL_POINTS`` scores it is fitted to ``model_subset``.
         """
         n = self.cache.n_observations
         if len(self.cache) < min_points:
@@ -398,8 +401,9 @@ class Optimizer:
             return self._gp
         from .strategies.gp import GaussianProcess
 
-        x = self.space.unit([p for p, _ in self.cache.order])
-        y = np.array([s for _, s in self.cache.order])
+        keep = model_subset([s for _, s in self.cache.order], MAX_MODEL_POINTS)
+        x = self.space.unit([self.cache.order[i][0] for i in keep])
+        y = np.array([self.cache.order[i][1] for i in keep])
         restart = self._gp_fits % 10 == 0
         ard = bool(self._gp_ard_from) and n >= self._gp_ard_from
         gp = GaussianProcess(self.space.ndim, hyper=self._gp_hyper, ard=ard, pool=self._gp_pool)
@@ -429,6 +433,19 @@ class Optimizer:
         means, how = model
         order = np.argsort(-means, kind="stable")
         return [(points[i], float(means[i]), how) for i in order]
+
+
+def model_subset(scores: Sequence[float], limit: int) -> np.ndarray:
+    """Indices of the scores a model is fitted to: all up to ``limit``, else the best half and the most recent."""
+    n = len(scores)
+    if n <= limit:
+        return np.arange(n)
+    chosen = set(np.argsort(-np.asarray(scores, dtype=float), kind="stable")[: limit // 2].tolist())
+    for index in range(n - 1, -1, -1):
+        if len(chosen) >= limit:
+            break
+        chosen.add(index)
+    return np.array(sorted(chosen))
 
 
 def _all_points(space: SearchSpace) -> Iterable[Point]:

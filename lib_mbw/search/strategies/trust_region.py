@@ -31,7 +31,7 @@ import scipy.optimize
 import torch
 from scipy.special import erfcx, log_ndtr
 
-from ..optimizer import Optimizer, OptimizerError, StrategyInfo, register_strategy
+from ..optimizer import MAX_MODEL_POINTS, Optimizer, OptimizerError, StrategyInfo, model_subset, register_strategy
 from ..space import Point
 from .gp import GaussianProcess, GPHyper
 
@@ -108,8 +108,9 @@ class TrustRegionGP(Optimizer):
 
     # ----- model ------------------------------------------------------------------------------------
     def _data(self) -> tuple[np.ndarray, np.ndarray]:
-        points = [p for p, _ in self.cache.order]
-        return self.space.unit(points), np.array([s for _, s in self.cache.order])
+        keep = model_subset([s for _, s in self.cache.order], MAX_MODEL_POINTS)
+        points = [self.cache.order[i][0] for i in keep]
+        return self.space.unit(points), np.array([self.cache.order[i][1] for i in keep])
 
     def _fitted(self) -> GaussianProcess:
         """The GP conditioned on every score so far.
