@@ -56,7 +56,7 @@ DEFAULT_STRATEGY = "SurrogateCMA"
 #: The seed's choice (auto-MBW-rt): kept selectable and used as the benchmark baseline.
 SEED_STRATEGY = "BayesianOptimizer"
 #: Evaluations without a new best score before a search stops early (docs/optimizer.md "Early stop").
-DEFAULT_PATIENCE = 81
+DEFAULT_PATIENCE = 54
 
 #: How often the facade asks an engine again when it proposes known recipes, before it falls back.
 MAX_ENGINE_RETRIES = 8
