@@ -295,9 +295,7 @@ class ProgressPrinter:
 
 def strategy_table() -> str:
     """One line per optimizer strategy: name, engine, description; the default and the seed's marked."""
-    from .optimizer import DEFAULT_STRATEGY, SEED_STRATEGY, STRATEGIES, strategy_names
-
-    strategy_names()  # registers the built-in strategies
+    from .optimizer import DEFAULT_STRATEGY, SEED_STRATEGY, STRATEGIES
     width = max(len(name) for name in STRATEGIES)
     lines = []
     for name, info in STRATEGIES.items():
