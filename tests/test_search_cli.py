@@ -330,3 +330,14 @@ def test_settings_files_with_errors_name_the_file(workdir: Path, capsys: pytest.
     assert "typed.json: stop.max_evaluations must be an integer, got 'many'" in capsys.readouterr().err
     assert main(["search", "--config", "missing.toml", *BACKEND]) == 2
     assert "missing.toml: settings file not found" in capsys.readouterr().err
+
+
+def test_list_strategies_marks_the_default_and_the_seeds_choice(capsys):
+    from lib_mbw.search.optimizer import DEFAULT_STRATEGY, SEED_STRATEGY
+
+    assert main(["search", "--list-strategies"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert any(line.startswith(DEFAULT_STRATEGY) and "(default)" in line for line in lines)
+    assert any(line.startswith(SEED_STRATEGY) and "(seed's choice)" in line for line in lines)
+    assert "TPEOptimizer" in out and "CmaEsOptimizer" in out

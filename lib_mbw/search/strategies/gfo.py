@@ -176,7 +176,7 @@ _define(
     "BayesianOptimizer",
     True,
     "the seed's choice (auto-MBW-rt): GFO's Gaussian-process optimizer over a fixed random candidate set. "
-    "Slow (about 1 s per suggestion by step 270) and below random search on the benchmark; kept for comparison",
+    "Slow (3–14 s per suggestion by step 270 on 2 CPU cores) and below random search on the benchmark; kept for comparison",
     seed_compatible=True,
 )
 _define(
