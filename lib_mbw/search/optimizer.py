@@ -191,6 +191,7 @@ class Optimizer:
         self._rng = np.random.default_rng([self.seed, 27])
         self._gp_ard_from = 1  # ARD length scales from this many scores on (0: never)
         self._gp_pool = 0.0  # partial pooling of ARD length scales (0: independent)
+        self._gp_additive = False  # add a kernel that sums one-dimensional effects (see strategies.gp)
         self._gp_hyper: Any = None
         self._gp_fits = 0
         self._gp: Any = None
@@ -406,7 +407,8 @@ class Optimizer:
         y = np.array([self.cache.order[i][1] for i in keep])
         restart = self._gp_fits % 10 == 0
         ard = bool(self._gp_ard_from) and n >= self._gp_ard_from
-        gp = GaussianProcess(self.space.ndim, hyper=self._gp_hyper, ard=ard, pool=self._gp_pool)
+        additive = getattr(self, "_gp_additive", False)
+        gp = GaussianProcess(self.space.ndim, hyper=self._gp_hyper, ard=ard, pool=self._gp_pool, additive=additive)
         gp.fit(x, y, max_iter=80 if restart else 30, restart=restart)
         gp.downweight_outliers()
         self._gp_hyper, self._gp_fits, self._gp, self._gp_n = gp.hyper, self._gp_fits + 1, gp, n
