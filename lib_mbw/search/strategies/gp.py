@@ -111,6 +111,7 @@ def _kernel(
     os_: torch.Tensor,
     qs: torch.Tensor | None,
     aw: torch.Tensor | None = None,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     a = x1 / ls
     b = x2 / ls
@@ -122,7 +123,7 @@ def _kernel(
         u1, u2 = (x1 - 0.5) * scale, (x2 - 0.5) * scale
         k = k + qs * (1.0 + u1 @ u2.T) ** 2
     if aw is not None:
-        f1, f2 = _features(x1), _features(x2)
+        f1, f2 = features if features is not None else (_features(x1), _features(x2))
         k = k + (f1 * aw[None, :, None]).flatten(1) @ f2.flatten(1).T
     return k
 
@@ -200,13 +201,15 @@ class GaussianProcess:
         bounds = [(-4.0, 4.0)] * n + [(-4.0, 4.0), (math.log(1e-5), math.log(2.0)), (-3.0, 3.0)]
         return bounds + ([(-6.0, 3.0)] if self.quadratic else []) + ([(-10.0, 2.0)] * self.dim if self.additive else [])
 
-    def _neg_log_posterior(self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _neg_log_posterior(
+        self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, fx: torch.Tensor | None = None
+    ) -> torch.Tensor:
         n_ls = self.dim if self.ard else 1
         log_ls, log_os, log_noise, mean = v[:n_ls], v[n_ls], v[n_ls + 1], v[n_ls + 2]
         qs = torch.exp(v[n_ls + 3]) if self.quadratic else None
         aw = torch.exp(v[-self.dim :]) if self.additive else None
         n = x.shape[0]
-        k = _kernel(x, x, torch.exp(log_ls), torch.exp(log_os), qs, aw)
+        k = _kernel(x, x, torch.exp(log_ls), torch.exp(log_os), qs, aw, None if fx is None else (fx, fx))
         k = k + (torch.exp(log_noise) + _MIN_NOISE + _JITTER) * torch.eye(n, dtype=x.dtype)
         chol = torch.linalg.cholesky(k)
         resid = (y - mean)[:, None]
@@ -252,11 +255,12 @@ class GaussianProcess:
     def _optimize(self, start: np.ndarray, xt: torch.Tensor, yt: torch.Tensor, max_iter: int) -> tuple[float, GPHyper | None]:
         bounds = self._bounds()
         start = np.clip(start, [b[0] for b in bounds], [b[1] for b in bounds])
+        fx = _features(xt) if self.additive else None
 
         def objective(v: np.ndarray) -> tuple[float, np.ndarray]:
             vt = torch.tensor(v, dtype=torch.float64, requires_grad=True)
             try:
-                loss = self._neg_log_posterior(vt, xt, yt)
+                loss = self._neg_log_posterior(vt, xt, yt, fx)
                 loss.backward()
             except torch.linalg.LinAlgError:  # numerically singular: steer the search away
                 return 1e10, np.zeros_like(v)
