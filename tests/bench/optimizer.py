@@ -18,6 +18,8 @@ tests/bench/results/optimizer_baselines.json under a hash of the objective and
 runner code (docstrings and comments excluded) and the package versions; a change
 recomputes them. Baselines run straight on their libraries, not through auto-MBW.
 Runs go in parallel processes (--jobs, default 2), one thread each.
+--cached-baselines runs no baseline and uses the seeds each one has cached
+(the tables give the number of seeds per row).
 
 Last line:
 optimizer evals_ratio=<default/seed, worst objective> peer_ratio=<default/best peer, worst objective> step_s=<x>
@@ -165,12 +167,14 @@ def summarize(
     lines: list[str] = []
     summary: dict[str, Any] = {"objectives": {}}
     curves: dict[tuple[str, str], np.ndarray] = {}
+    have: dict[tuple[str, str], list[int]] = {}  # seeds with a run (all, unless --cached-baselines left some out)
     for objective in objectives:
         for label in labels:
-            runs = [results[job_id(label, objective, s, evals)] for s in seeds]
-            curves[(label, objective)] = gap_curves(runs, objective, seeds)
+            have[(label, objective)] = [s for s in seeds if job_id(label, objective, s, evals) in results]
+            runs = [results[job_id(label, objective, s, evals)] for s in have[(label, objective)]]
+            curves[(label, objective)] = gap_curves(runs, objective, have[(label, objective)])
     checkpoints = [c for c in CHECKPOINTS if c <= evals]
-    header = "| strategy | objective | " + " | ".join(f"gap@{c}" for c in checkpoints)
+    header = "| strategy | objective | seeds | " + " | ".join(f"gap@{c}" for c in checkpoints)
     header += " | evals to seed@270 | evals to best peer@270 | best-observed gap@270 | suggest s @270 |"
     lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
     worst_seed, worst_peer, worst_step = 0.0, 0.0, 0.0
@@ -180,12 +184,12 @@ def summarize(
         peer_target = max(float(median[p][-1]) for p in PEERS)
         per_objective: dict[str, Any] = {"seed_target": seed_target, "peer_target": peer_target, "strategies": {}}
         for label in labels:
-            runs = [results[job_id(label, objective, s, evals)] for s in seeds]
-            best_obs = np.median(gap_curves(runs, objective, seeds, "best_observed"), axis=0)
+            runs = [results[job_id(label, objective, s, evals)] for s in have[(label, objective)]]
+            best_obs = np.median(gap_curves(runs, objective, have[(label, objective)], "best_observed"), axis=0)
             k_seed, k_peer = reach(median[label], seed_target), reach(median[label], peer_target)
             step = float(np.median([np.mean(r["ask_s"][max(0, evals - 10) :]) for r in runs]))
             cells = [f"{median[label][c - 1]:.3f}" for c in checkpoints]
-            row = f"| {LABELS.get(label, label)} | {objective} | " + " | ".join(cells)
+            row = f"| {LABELS.get(label, label)} | {objective} | {len(runs)} | " + " | ".join(cells)
             row += f" | {k_seed or '>' + str(evals)} | {k_peer or '>' + str(evals)} | {best_obs[-1]:.3f} | {step:.3f} |"
             lines.append(row)
             per_objective["strategies"][label] = {
@@ -193,6 +197,7 @@ def summarize(
                 "evals_to_seed": k_seed,
                 "evals_to_peer": k_peer,
                 "best_observed_gap": round(float(best_obs[-1]), 4),
+                "seeds": len(runs),
                 "step_s": round(step, 4),
             }
             if label == default:
@@ -207,8 +212,8 @@ def summarize(
     early: dict[str, Any] = {}
     for label in labels:
         for objective in objectives:
-            runs = [results[job_id(label, objective, s, evals)] for s in seeds]
-            gaps = gap_curves(runs, objective, seeds)
+            runs = [results[job_id(label, objective, s, evals)] for s in have[(label, objective)]]
+            gaps = gap_curves(runs, objective, have[(label, objective)])
             cells = []
             for patience in PATIENCES:
                 stops = [stop_point(r["observed"], patience) for r in runs]
@@ -269,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", default="", help="more facade strategies to compare, comma separated")
     parser.add_argument("--no-write", action="store_true", help="do not write results and the plot")
     parser.add_argument("--only-baselines", action="store_true", help="fill the baseline cache and stop")
+    parser.add_argument(
+        "--cached-baselines",
+        action="store_true",
+        help="run no baseline: each baseline uses the seeds it has in the cache (the tables say how many)",
+    )
     args = parser.parse_args(argv)
 
     objectives = args.objectives.split(",")
@@ -292,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry = cache.get(jid)
                 if label in BASELINES and entry and entry.get("key") == keys[label]:
                     results[jid] = entry["result"]
+                elif label in BASELINES and args.cached_baselines:
+                    continue
                 else:
                     jobs.append((label, objective, seed, evals))
     print(f"optimizer bench: {len(objectives)} objectives x {len(seeds)} seeds x {evals} evaluations, "
