@@ -244,3 +244,10 @@ def test_recommend_after_many_scores_uses_a_bounded_model():
     assert opt._score_model()._x.shape[0] == 300  # fitted to MAX_MODEL_POINTS scores, not 400
     ranked = sorted(opt.cache.points(), key=lambda p: -opt.cache.mean(p))
     assert space.point_of(best) in ranked[:30]
+
+
+def test_default_strategy_refuses_an_additive_option_that_is_not_a_boolean():
+    with pytest.raises(OptimizerError, match="additive must be true or false, got 'False'"):
+        make_optimizer(DEFAULT_STRATEGY, SearchSpace(), seed=0, additive="False")
+    plain = make_optimizer(DEFAULT_STRATEGY, SearchSpace(), seed=0, additive=False)
+    assert plain._gp_additive is False

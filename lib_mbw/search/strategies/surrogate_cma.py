@@ -69,6 +69,8 @@ class SurrogateCMA(Optimizer):
             raise OptimizerError(f"{self.name}: sigma0 must be in (0, 1] (a fraction of each block's range), got {sigma0!r}")
         if start not in ("center", "best"):
             raise OptimizerError(f"{self.name}: start must be 'center' or 'best', got {start!r}")
+        if not isinstance(additive, (bool, int)):
+            raise OptimizerError(f"{self.name}: additive must be true or false, got {additive!r}")
         if fitness not in ("model", "observed"):
             raise OptimizerError(f"{self.name}: fitness must be 'model' or 'observed', got {fitness!r}")
         self.sigma0 = float(sigma0)
