@@ -334,12 +334,13 @@ class GaussianProcess:
             raise RuntimeError("GaussianProcess.predict before fit/set_data")
         xs = xs.reshape(-1, self.dim)
         ls, os_, qs, aw = self._tensors()
-        ks = _kernel(xs, self._x, ls, os_, qs, aw)
+        fs = _features(xs) if aw is not None else None
+        ks = _kernel(xs, self._x, ls, os_, qs, aw, None if fs is None else (fs, _features(self._x)))
         mean = self.hyper.mean + (ks @ self._alpha)[:, 0]
         v = torch.linalg.solve_triangular(self._chol, ks.T, upper=False)
         prior_var = os_ if qs is None else os_ + qs * (1.0 + (((xs - 0.5) * (2.0 / math.sqrt(self.dim))) ** 2).sum(-1)) ** 2
         if aw is not None:
-            prior_var = prior_var + ((_features(xs) ** 2).sum(-1) * aw).sum(-1)
+            prior_var = prior_var + ((fs**2).sum(-1) * aw).sum(-1)
         var = (prior_var - (v * v).sum(0)).clamp_min(1e-12)
         return mean * self._y_std + self._y_mean, var * self._y_std**2
 
