@@ -121,14 +121,17 @@ def write_demo_payloads(folder: Path, settings: DemoSettings) -> Path:
     return folder
 
 
+def render_payloads(generator: Any, payloads: Sequence[Any]) -> list[list[Any]]:
+    """The images of each payload, rendered as the search loop renders them (batched where the generator can)."""
+    if len(payloads) > 1 and callable(getattr(generator, "generate_many", None)):
+        return list(generator.generate_many(payloads))
+    return [list(generator.generate(payload)) for payload in payloads]
+
+
 def _evaluate(generator: Any, scorer: Any, payloads: Sequence[Any], recipe: Recipe) -> float:
     """The arithmetic mean over payloads of the mean image score (the search's default tally)."""
     generator.apply(recipe)
-    means = []
-    for payload in payloads:
-        images = generator.generate(payload)
-        scores = scorer.score(images)
-        means.append(statistics.fmean(scores))
+    means = [statistics.fmean(scorer.score(images)) for images in render_payloads(generator, payloads)]
     return statistics.fmean(means)
 
 
@@ -160,7 +163,7 @@ def run_demo(settings: DemoSettings) -> DemoReport:
     generator = DiffusersGenerator(models.model_a, models.model_b, options=options)
     try:
         generator.apply(hidden)
-        references = [image for payload in payloads for image in generator.generate(payload)]
+        references = [image for images in render_payloads(generator, payloads) for image in images]
         ref_dir = root / f"references-{settings.seed}"
         save_references(ref_dir, references, overwrite=True)
         scorer = ReferenceScorer({(img.payload.name, img.index): img.image for img in references}, metric="ssim")

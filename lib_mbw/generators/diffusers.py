@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -271,6 +271,71 @@ def diffusers_unet_checkpoint(folder: str | Path, key_map: Mapping[str, str]) ->
     return state_dict_checkpoint({LDM_UNET_PREFIX + key_map[name]: state[name] for name in key_map}, name=str(folder))
 
 
+# --- batching ---
+
+#: Payload fields that must be equal for payloads to share one pipeline call.
+BatchKey = tuple[int, int, int, str, str, float, int, bool]
+
+
+def batch_key(payload: Payload) -> BatchKey:
+    """What a pipeline call fixes for all its images: size, steps, sampler, schedule, CFG, CLIP skip, negative or not.
+
+    Whether a negative prompt is given is part of the key because SDXL
+    pipelines use zero embeddings for a missing negative prompt and encode an
+    empty one otherwise; a call with some empty negative prompts would change
+    those images.
+    """
+    return (payload.width, payload.height, payload.steps, payload.sampler, payload.scheduler,
+            float(payload.cfg_scale), payload.clip_skip, bool(payload.negative_prompt))
+
+
+def plan_batches(payloads: Sequence[Payload], max_images: int) -> list[list[int]]:
+    """Indices of the payloads rendered together, in first-seen order of their ``batch_key``.
+
+    A call holds at most ``max_images`` images (``max_images`` < 1: no limit);
+    a payload with more images than that is a call of its own, as it would be
+    alone.
+    """
+    limit = max_images if max_images >= 1 else sum(p.batch_size for p in payloads) or 1
+    open_calls: dict[BatchKey, list[int]] = {}
+    sizes: dict[BatchKey, int] = {}
+    calls: list[list[int]] = []
+    for index, payload in enumerate(payloads):
+        key = batch_key(payload)
+        current = open_calls.get(key)
+        if current is not None and sizes[key] + payload.batch_size <= limit:
+            current.append(index)
+            sizes[key] += payload.batch_size
+            continue
+        open_calls[key] = [index]
+        sizes[key] = payload.batch_size
+        calls.append(open_calls[key])
+    return calls
+
+
+def _prompt_arguments(payloads: Sequence[Payload]) -> dict[str, Any]:
+    """The pipeline's prompt arguments for payloads of one call, images in payload order.
+
+    One payload, or payloads of one batch size: one prompt per payload and
+    ``num_images_per_prompt`` (diffusers repeats each prompt's embeddings for
+    its images, so a single payload is called exactly as before batching).
+    Mixed batch sizes: one prompt per image.
+    """
+    sizes = {p.batch_size for p in payloads}
+    if len(sizes) == 1:
+        prompts = [p.prompt for p in payloads]
+        negatives = [p.negative_prompt for p in payloads]
+        per_prompt = sizes.pop()
+    else:
+        prompts = [p.prompt for p in payloads for _ in range(p.batch_size)]
+        negatives = [p.negative_prompt for p in payloads for _ in range(p.batch_size)]
+        per_prompt = 1
+    with_negative = any(negatives)
+    if len(payloads) == 1:
+        return dict(prompt=prompts[0], negative_prompt=negatives[0] or None, num_images_per_prompt=per_prompt)
+    return dict(prompt=prompts, negative_prompt=negatives if with_negative else None, num_images_per_prompt=per_prompt)
+
+
 # --- the generator ---
 
 
@@ -285,6 +350,8 @@ class DiffusersOptions:
     ``merge_mode``: placement mode handed to the runtime merger.
     ``cpu_threads``: set torch's CPU thread count (process-wide) when given;
     tiny models render fastest with 1 on a busy machine.
+    ``max_batch``: most images ``generate_many`` renders in one pipeline call
+    (payloads that share their call settings); 1 renders payload by payload.
     """
 
     config_dir: str | Path | None = None
@@ -294,6 +361,7 @@ class DiffusersOptions:
     merge_mode: str = "auto"
     cpu_threads: int | None = None
     allow_pickle: bool = False
+    max_batch: int = 8
 
 
 MergerFactory = Callable[..., Any]
@@ -435,25 +503,61 @@ class DiffusersGenerator:
 
     def generate(self, payload: Payload, progress: ProgressCallback | None = None) -> list[GeneratedImage]:
         """Render ``payload``: ``batch_size`` images, image i from seed ``payload.seed + i`` (WebUI convention)."""
+        return self._render([payload], progress)[0]
+
+    def generate_many(self, payloads: Sequence[Payload], progress: ProgressCallback | None = None) -> list[list[GeneratedImage]]:
+        """Render several payloads in as few pipeline calls as possible; the images of each payload, in order.
+
+        Payloads that share size, steps, sampler, schedule, CFG scale, CLIP
+        skip and whether they have a negative prompt go into one call (at most
+        ``options.max_batch`` images; a larger payload goes alone). Every image
+        keeps its own CPU generator seeded ``payload.seed + i``, so an image is
+        the one ``generate`` renders, up to floating-point differences of the
+        batch size (see docs/diffusers.md, "Batching"). ``progress(done,
+        total)`` counts the sampling steps of all calls together.
+        """
+        payloads = list(payloads)
+        for payload in payloads:
+            self._check_payload(payload, f"payload {payload.name!r}")
+        groups = plan_batches(payloads, self.options.max_batch)
+        total = sum(payloads[group[0]].steps for group in groups)
+        results: list[list[GeneratedImage]] = [[] for _ in payloads]
+        done = 0
+        for group in groups:
+            group_progress = None
+            if progress is not None:
+                offset = done
+
+                def group_progress(step: int, steps: int, offset: int = offset) -> None:
+                    progress(offset + step, total)
+
+            for index, images in zip(group, self._render([payloads[i] for i in group], group_progress)):
+                results[index] = images
+            done += payloads[group[0]].steps
+        return results
+
+    def _render(self, payloads: Sequence[Payload], progress: ProgressCallback | None) -> list[list[GeneratedImage]]:
+        """One pipeline call for ``payloads`` (same ``batch_key``); the images of each payload."""
         pipe = self.pipe
-        source = f"payload {payload.name!r}"
-        self._check_payload(payload, source)
-        seed = payload.seed if payload.seed >= 0 else random.randrange(2**32)
-        seeds = [seed + i for i in range(payload.batch_size)]
-        pipe.scheduler = self._scheduler(payload, source)
+        first = payloads[0]
+        source = f"payload {first.name!r}" if len(payloads) == 1 else "payloads " + ", ".join(repr(p.name) for p in payloads)
+        seeds: list[list[int]] = []
+        for payload in payloads:
+            self._check_payload(payload, f"payload {payload.name!r}")
+            seed = payload.seed if payload.seed >= 0 else random.randrange(2**32)
+            seeds.append([seed + i for i in range(payload.batch_size)])
+        pipe.scheduler = self._scheduler(first, source)
         call: dict[str, Any] = dict(
-            prompt=payload.prompt,
-            negative_prompt=payload.negative_prompt or None,
-            num_inference_steps=payload.steps,
-            guidance_scale=payload.cfg_scale,
-            width=payload.width,
-            height=payload.height,
-            num_images_per_prompt=payload.batch_size,
-            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            num_inference_steps=first.steps,
+            guidance_scale=first.cfg_scale,
+            width=first.width,
+            height=first.height,
+            generator=[torch.Generator("cpu").manual_seed(s) for group in seeds for s in group],
             output_type="pil",
         )
-        if payload.clip_skip > 1:
-            call["clip_skip"] = payload.clip_skip - 1
+        call.update(_prompt_arguments(payloads))
+        if first.clip_skip > 1:
+            call["clip_skip"] = first.clip_skip - 1
         call["callback_on_step_end"] = self._step_callback(progress)
         self._interrupt.clear()
         lock = self._merger.generating() if self._merger is not None else contextlib.nullcontext()
@@ -465,22 +569,26 @@ class DiffusersGenerator:
         params = {
             "backend": self.name,
             "model": self.model_a.name,
-            "sampler": payload.sampler,
-            "scheduler": payload.scheduler,
-            "steps": payload.steps,
-            "cfg_scale": payload.cfg_scale,
-            "width": payload.width,
-            "height": payload.height,
-            "clip_skip": payload.clip_skip,
+            "sampler": first.sampler,
+            "scheduler": first.scheduler,
+            "steps": first.steps,
+            "cfg_scale": first.cfg_scale,
+            "width": first.width,
+            "height": first.height,
+            "clip_skip": first.clip_skip,
             "device": str(self.loaded.device),
             "dtype": str(self.loaded.dtype).replace("torch.", ""),
         }
         current = getattr(self._merger, "current", None)
         if current is not None:
             params["recipe"] = current.to_dict() if hasattr(current, "to_dict") else current
+        images = iter(output.images)
         return [
-            GeneratedImage(image, payload, payload.prompt, payload.negative_prompt, s, i, {**params, "seed": s})
-            for i, (image, s) in enumerate(zip(output.images, seeds))
+            [
+                GeneratedImage(next(images), payload, payload.prompt, payload.negative_prompt, s, i, {**params, "seed": s})
+                for i, s in enumerate(payload_seeds)
+            ]
+            for payload, payload_seeds in zip(payloads, seeds)
         ]
 
     def _step_callback(self, progress: ProgressCallback | None) -> Callable[..., dict[str, Any]]:
@@ -539,11 +647,11 @@ def options_from(values: Mapping[str, Any]) -> DiffusersOptions:
     for name, value in values.items():
         if value is None or value == "":
             continue
-        if name == "cpu_threads":
+        if name in ("cpu_threads", "max_batch"):
             try:
                 parsed[name] = int(value)
             except (TypeError, ValueError):
-                raise GeneratorError(f"diffusers option cpu_threads: expected a whole number, got {value!r}") from None
+                raise GeneratorError(f"diffusers option {name}: expected a whole number, got {value!r}") from None
         elif name == "allow_pickle":
             parsed[name] = _parse_bool(name, value)
         else:

@@ -5,6 +5,7 @@ study = SearchRun, sampler = optimizer, storage = history). One evaluation of
 a recipe is::
 
     generator.apply(recipe) -> generator.generate(payload) for each payload
+    (or generator.generate_many(payloads) where a generator batches them)
     -> scorer.score(images) -> mean per payload -> tally -> run score
     -> optimizer.tell(recipe, objective) -> history row (fsync'd) -> state -> stop checks
 
@@ -586,11 +587,15 @@ class SearchRun:
             done_payloads = 0
             for number, chunk in enumerate(chunks):
                 chunk_images: list[GeneratedImage] = []
-                for payload in chunk:
+                batched = len(chunk) > 1 and callable(getattr(generator, "generate_many", None))
+                for group in [chunk] if batched else [[p] for p in chunk]:
                     if self._stop_requested:
                         evaluation.status = "aborted"
                         return evaluation
-                    chunk_images.extend(self._generate(generator, payload, launch_index, worker_name, timings))
+                    if batched:
+                        chunk_images.extend(self._generate_many(generator, group, launch_index, worker_name, timings))
+                    else:
+                        chunk_images.extend(self._generate(generator, group[0], launch_index, worker_name, timings))
                 started = self._clock()
                 scores = list(self.scorer.score(chunk_images))
                 timings.score_s += self._clock() - started
@@ -638,6 +643,25 @@ class SearchRun:
         timings.generate_s += self._clock() - started
         if len(images) != payload.batch_size:
             raise EvaluationFailed(f"generator returned {len(images)} images for payload {payload.key}, expected {payload.batch_size}")
+        return images
+
+    def _generate_many(self, generator: Any, payloads: Sequence[Payload], index: int, worker: str, timings: Timings) -> list[GeneratedImage]:
+        """Payloads rendered in one go by a generator that batches them (``generate_many``); their images in order."""
+        label = "+".join(p.key for p in payloads)
+
+        def progress(step: int, steps: int) -> None:
+            self.emit(GenerationProgress(index, label, step, steps, worker))
+
+        started = self._clock()
+        per_payload = list(generator.generate_many(payloads, progress=progress))
+        timings.generate_s += self._clock() - started
+        if len(per_payload) != len(payloads):
+            raise EvaluationFailed(f"generator returned images for {len(per_payload)} payloads, expected {len(payloads)}")
+        images: list[GeneratedImage] = []
+        for payload, payload_images in zip(payloads, per_payload):
+            if len(payload_images) != payload.batch_size:
+                raise EvaluationFailed(f"generator returned {len(payload_images)} images for payload {payload.key}, expected {payload.batch_size}")
+            images.extend(payload_images)
         return images
 
     def _abandon_reason(self, image_scores: dict[str, list[float]], done: int, total: int) -> str:
