@@ -209,21 +209,27 @@ class Trace:
     elapsed: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     split: list[dict[str, float]] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
-    def add(self, elapsed: float, score: float, split: dict[str, float]) -> None:
+    def add(self, elapsed: float, score: float, split: dict[str, float], cpu: float | None = None) -> None:
+        """One evaluation: wall seconds and process CPU seconds (all threads) since the search started."""
         self.elapsed.append(elapsed)
         self.scores.append(score)
         self.split.append(split)
+        self.cpu.append(elapsed if cpu is None else cpu)
+
+    def clock(self, name: str) -> list[float]:
+        return self.cpu if name == "cpu" else self.elapsed
 
     @property
     def best(self) -> list[float]:
         return list(np.maximum.accumulate(self.scores)) if self.scores else []
 
-    def reach(self, target: float) -> tuple[int, float] | None:
-        """(evaluations, seconds) at which the best score first reaches ``target``."""
+    def reach(self, target: float, clock: str = "wall") -> tuple[int, float] | None:
+        """(evaluations, seconds on ``clock``: wall or cpu) at which the best score first reaches ``target``."""
         for k, value in enumerate(self.best):
             if value >= target - 1e-12:
-                return k + 1, self.elapsed[k]
+                return k + 1, self.clock(clock)[k]
         return None
 
 
@@ -416,6 +422,7 @@ def run_ours(setup: Setup, hidden: Recipe, evals: int, seed: int) -> Trace:
         timed = TimedOptimizer(session.run.optimizer)
         session.run.optimizer = timed
         started = time.perf_counter()
+        cpu_started = time.process_time()
         last = started
 
         def on_event(event: Any) -> None:
@@ -428,7 +435,7 @@ def run_ours(setup: Setup, hidden: Recipe, evals: int, seed: int) -> Trace:
             wall = now - last
             split = {"merge": t.merge_s, "generate": t.generate_s, "score": t.score_s, "optimizer": optimizer_s}
             split["io"] = max(0.0, wall - sum(split.values()))
-            trace.add(now - started, float(event.score), split)
+            trace.add(now - started, float(event.score), split, time.process_time() - cpu_started)
             last = now
 
         session.run.add_listener(on_event)
@@ -531,6 +538,7 @@ def run_baseline(name: str, setup: Setup, hidden: Recipe, evals: int, seed: int)
     server = RenderServer(generator)
     http = requests.Session()
     folder = Path(tempfile.mkdtemp(prefix=f"ttq-{name}-", dir=setup.work))
+    proposals: Iterator[Any] | None = None
     try:
         seed_merge = SeedMerge(generator, setup) if name == "seed" else None
         peer_merge = PeerMerge(generator, setup, folder) if name == "peer" else None
@@ -540,6 +548,7 @@ def run_baseline(name: str, setup: Setup, hidden: Recipe, evals: int, seed: int)
         proposals = gfo_proposals(setup.blocks, seed) if name == "seed" else bayes_opt_proposals(setup.blocks, seed)
         log_path = folder / "history.csv"
         started = time.perf_counter()
+        cpu_started = time.process_time()
         for _ in range(evals):
             watch = Stopwatch()
             with watch("optimizer"):
@@ -567,11 +576,10 @@ def run_baseline(name: str, setup: Setup, hidden: Recipe, evals: int, seed: int)
                     csv.writer(handle).writerow([*point.values(), score, time.time()])
             with watch("optimizer"):
                 tell(score)
-            trace.add(time.perf_counter() - started, score, watch.split)
+            trace.add(time.perf_counter() - started, score, watch.split, time.process_time() - cpu_started)
     finally:
-        proposals_close = locals().get("proposals")
-        if proposals_close is not None:
-            proposals_close.close()
+        if proposals is not None:
+            proposals.close()
         server.close()
         http.close()
         generator.close()
@@ -595,6 +603,67 @@ def random_baseline(setup: Setup, hidden: Recipe, count: int, seed: int) -> tupl
     return hidden_score, statistics.fmean(scores)
 
 
+def batching_speedup(setup: Setup, repeats: int = 7) -> tuple[float, float, int, int]:
+    """Median seconds to render the payloads one by one and batched (interleaved, same generator); pixels that differ, and by how much at most."""
+    generator = setup.generator(merged=True)
+    try:
+        generator.apply(hidden_recipe(setup.blocks, 0))
+        single_s, batched_s = [], []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            single = render_all(generator, setup.payloads, batched=False)
+            single_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            batched = render_all(generator, setup.payloads, batched=True)
+            batched_s.append(time.perf_counter() - started)
+        diffs = [np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16)) for a, b in zip(single, batched)]
+    finally:
+        generator.close()
+    differ = sum(int(d.any(axis=-1).sum()) for d in diffs)
+    return statistics.median(single_s), statistics.median(batched_s), differ, max(int(d.max()) for d in diffs)
+
+
+def fidelity_probe(setup: Setup, count: int, seed: int = 0) -> dict[str, Any]:
+    """How well cheap renders rank candidates: Spearman correlation of low- and full-fidelity scores, and the cost ratio.
+
+    Cheap renders (half the steps; a third of the payloads) are scored
+    against references rendered the same cheap way, as a multi-fidelity
+    search would have to do. This decides whether screening can pay: the
+    cheap score must rank candidates like the full one, at a fraction of the
+    time.
+    """
+    from scipy.stats import spearmanr
+
+    variants = {
+        "full": setup.payloads,
+        "half steps": [dataclasses.replace(p, steps=max(1, p.steps // 2)) for p in setup.payloads],
+        "first payload": setup.payloads[:1],
+    }
+    hidden = hidden_recipe(setup.blocks, seed)
+    recipes = random_recipes(setup.blocks, seed + 100, count)
+    generator = setup.generator(merged=True)
+    out: dict[str, Any] = {}
+    try:
+        scores: dict[str, list[float]] = {}
+        for name, payloads in variants.items():
+            generator.apply(hidden)
+            scorer = warmed_scorer(render_all(generator, payloads, batched=True))
+            values, started = [], time.perf_counter()
+            for recipe in recipes:
+                generator.apply(recipe)
+                values.append(mean_score(scorer, render_all(generator, payloads, batched=True)))
+            scores[name] = values
+            out[name] = {"seconds_per_eval": (time.perf_counter() - started) / count}
+        for name in variants:
+            out[name]["spearman"] = float(spearmanr(scores["full"], scores[name]).statistic)
+            top = set(np.argsort(scores["full"])[-max(1, count // 5):])
+            kept = set(np.argsort(scores[name])[-max(1, count // 2):])
+            out[name]["top_fifth_kept_by_best_half"] = len(top & kept) / len(top)
+    finally:
+        generator.close()
+    return out
+
+
 # ----------------------------------------------------------------------------- summary
 
 
@@ -612,11 +681,11 @@ class HiddenResult:
         return (score - self.random_mean) / (self.hidden_score - self.random_mean)
 
 
-def ratio_to(result: HiddenResult, baseline: str) -> float:
+def ratio_to(result: HiddenResult, baseline: str, clock: str = "wall") -> float:
     """Seconds ours needs to reach ``baseline``'s final best score / ``baseline``'s total seconds (inf: never)."""
     base = result.traces[baseline]
-    hit = result.traces["ours"].reach(base.best[-1])
-    return math.inf if hit is None else hit[1] / base.elapsed[-1]
+    hit = result.traces["ours"].reach(base.best[-1], clock)
+    return math.inf if hit is None else hit[1] / base.clock(clock)[-1]
 
 
 def overhead(traces: Sequence[Trace]) -> float:
@@ -653,18 +722,20 @@ def summarize(results: Sequence[HiddenResult], evals: int) -> dict[str, Any]:
             row[f"reached_{q}"] = sum(h is not None for h in hits)
         row["final_gap"] = statistics.median(r.gap(r.traces[name].best[-1]) for r in results)
         row["total_s"] = statistics.median(t.elapsed[-1] for t in traces)
+        row["total_cpu_s"] = statistics.median(t.cpu[-1] for t in traces)
         count = sum(len(t.split) for t in traces)
         row["split"] = {k: sum(s[k] for t in traces for s in t.split) / count for k in SPLIT}
         row["per_eval_s"] = sum(row["split"].values())
         rows[name] = row
     return {
         "evaluations": evals,
-        "hidden": [{"seed": r.seed, "hidden_score": r.hidden_score, "random_mean": r.random_mean,
-                    "seed_ratio": ratio_to(r, "seed"), "peer_ratio": ratio_to(r, "peer"),
-                    "traces": {n: {"elapsed": t.elapsed, "scores": t.scores, "split": t.split} for n, t in r.traces.items()}} for r in results],
+        "hidden": [{**hidden_record(r), "seed_ratio": ratio_to(r, "seed"), "peer_ratio": ratio_to(r, "peer"),
+                    "seed_ratio_cpu": ratio_to(r, "seed", "cpu"), "peer_ratio_cpu": ratio_to(r, "peer", "cpu")} for r in results],
         "pipelines": rows,
         "seed_ratio": statistics.median(ratio_to(r, "seed") for r in results),
         "peer_ratio": statistics.median(ratio_to(r, "peer") for r in results),
+        "seed_ratio_cpu": statistics.median(ratio_to(r, "seed", "cpu") for r in results),
+        "peer_ratio_cpu": statistics.median(ratio_to(r, "peer", "cpu") for r in results),
         "overhead": overhead([r.traces["ours"] for r in results]),
     }
 
@@ -693,7 +764,11 @@ def print_summary(summary: dict[str, Any], n_hidden: int) -> None:
     print("\nPer hidden recipe: ours' seconds to the baseline's final quality / the baseline's total seconds")
     for item in summary["hidden"]:
         print(f"  hidden {item['seed']}: hidden score {item['hidden_score']:.4f}, random mean {item['random_mean']:.4f}, "
-              f"seed_ratio {fmt(item['seed_ratio'], 3)}, peer_ratio {fmt(item['peer_ratio'], 3)}")
+              f"seed_ratio {fmt(item['seed_ratio'], 3)}, peer_ratio {fmt(item['peer_ratio'], 3)} "
+              f"(CPU time: {fmt(item['seed_ratio_cpu'], 3)}, {fmt(item['peer_ratio_cpu'], 3)})")
+    print(f"  median on process CPU time (what an idle machine would take): seed_ratio {fmt(summary['seed_ratio_cpu'], 3)}, "
+          f"peer_ratio {fmt(summary['peer_ratio_cpu'], 3)}; total CPU s: "
+          + ", ".join(f"{n} {rows[n]['total_cpu_s']:.1f}" for n in PIPELINES))
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -745,6 +820,30 @@ def run_all(setup: Setup, hidden_seeds: Sequence[int], evals: int, random_sample
     return results
 
 
+def hidden_record(result: HiddenResult) -> dict[str, Any]:
+    return {"seed": result.seed, "hidden_score": result.hidden_score, "random_mean": result.random_mean,
+            "traces": {n: {"elapsed": t.elapsed, "cpu": t.cpu, "scores": t.scores, "split": t.split} for n, t in result.traces.items()}}
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=lambda v: None if math.isinf(v) else v))
+
+
+def join_results(results: Sequence[HiddenResult]) -> list[HiddenResult]:
+    """One result per hidden recipe, with the traces of runs that each ran some of the pipelines."""
+    joined: dict[int, HiddenResult] = {}
+    for result in results:
+        if result.seed in joined:
+            joined[result.seed].traces.update(result.traces)
+        else:
+            joined[result.seed] = result
+    missing = [(seed, sorted(set(PIPELINES) - set(r.traces))) for seed, r in joined.items() if set(r.traces) != set(PIPELINES)]
+    if missing:
+        raise SystemExit(f"--combine: hidden recipes without every pipeline: {missing}")
+    return list(joined.values())
+
+
 def load_results(path: Path) -> list[HiddenResult]:
     """The hidden-recipe results a ``--json`` file holds (for ``--combine``)."""
     data = json.loads(path.read_text())
@@ -753,8 +852,8 @@ def load_results(path: Path) -> list[HiddenResult]:
         traces = {}
         for name, raw in item["traces"].items():
             trace = Trace(name, item["seed"])
-            for elapsed, score, split in zip(raw["elapsed"], raw["scores"], raw["split"]):
-                trace.add(elapsed, score, split)
+            for elapsed, score, split, cpu in zip(raw["elapsed"], raw["scores"], raw["split"], raw.get("cpu", raw["elapsed"])):
+                trace.add(elapsed, score, split, cpu)
             traces[name] = trace
         results.append(HiddenResult(item["seed"], item["hidden_score"], item["random_mean"], traces))
     return results
@@ -781,7 +880,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--random-samples", type=int, default=None, help="random recipes for the gap's zero (default 12; --quick 6)")
     parser.add_argument("--hidden-seeds", type=int, nargs="+", default=None, help="which hidden recipes (default 0..hidden-1)")
-    parser.add_argument("--combine", type=Path, nargs="+", default=None, help="summarize the --json files of earlier runs together")
+    parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES,
+                        help="run only these (for runs split over processes; --combine joins them)")
+    parser.add_argument("--combine", type=Path, nargs="+", default=None,
+                        help="summarize the --json files of earlier runs together (traces of one hidden recipe are joined)")
+    parser.add_argument("--fidelity-probe", type=int, default=0, metavar="N",
+                        help="only measure how cheap renders rank N random recipes against full ones, then exit")
     parser.add_argument("--json", type=Path, default=None, help="write the summary (with every trace) here")
     parser.add_argument("--plot", type=Path, default=None, help="write the time-to-quality plot here")
     args = parser.parse_args(argv)
@@ -789,8 +893,15 @@ def main(argv: list[str] | None = None) -> int:
     hidden = args.hidden or (2 if args.quick else 3)
     samples = args.random_samples or (6 if args.quick else 12)
     torch.set_num_threads(1)
+    if args.fidelity_probe:
+        with tempfile.TemporaryDirectory(prefix="ttq-") as tmp:
+            probe = fidelity_probe(demo_setup(Path(tmp), args.payloads, args.steps, 64), args.fidelity_probe)
+        for name, row in probe.items():
+            print(f"{name}: {row['seconds_per_eval']:.3f} s per evaluation, Spearman with full {row['spearman']:.3f}, "
+                  f"full-fidelity top fifth kept in the cheap best half {row['top_fifth_kept_by_best_half']:.2f}")
+        return 0
     if args.combine:
-        results = [result for path in args.combine for result in load_results(path)]
+        results = join_results([result for path in args.combine for result in load_results(path)])
         evals = min(len(t.scores) for r in results for t in r.traces.values())
     else:
         seeds = args.hidden_seeds or list(range(hidden))
@@ -798,12 +909,19 @@ def main(argv: list[str] | None = None) -> int:
             setup = demo_setup(Path(tmp), args.payloads, args.steps, 64)
             print(f"{len(setup.payloads)} payloads x 1 image, 64x64, {args.steps} steps, Euler, cfg 7; {evals} evaluations per "
                   f"pipeline; hidden recipes {seeds}; torch {torch.__version__}, 1 thread", flush=True)
-            results = run_all(setup, seeds, evals, samples, say=lambda text: print(text, flush=True))
+            single_s, batched_s, differ, most = batching_speedup(setup)
+            print(f"batching: {len(setup.payloads)} payloads one by one {single_s:.3f} s, in one call {batched_s:.3f} s "
+                  f"(x{single_s / batched_s:.2f}); {differ} of {len(setup.payloads) * 64 * 64} pixels differ, by {most} grey level(s) at most",
+                  flush=True)
+            results = run_all(setup, seeds, evals, samples, args.pipelines, say=lambda text: print(text, flush=True))
+        if set(args.pipelines) != set(PIPELINES):
+            if args.json:
+                write_json(args.json, {"evaluations": evals, "hidden": [hidden_record(r) for r in results]})
+            return 0
     summary = summarize(results, evals)
     print_summary(summary, len(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=1, default=lambda v: None if math.isinf(v) else v))
+        write_json(args.json, summary)
     if args.plot:
         plot(summary, args.plot)
     print(final_line(summary))
