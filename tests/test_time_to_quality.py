@@ -94,3 +94,17 @@ def test_ratios_compare_ours_time_to_the_baselines_final_quality_with_their_tota
     assert summary["pipelines"]["seed"]["evals_0.5"] == 2 and summary["pipelines"]["seed"]["seconds_0.9"] is None
     line = ttq.final_line(summary)
     assert line == "time_to_quality seed_ratio=0.075 peer_ratio=never fidelity_speedup=1.00 overhead=0.889"
+
+
+def test_runs_split_by_pipeline_are_joined_and_a_missing_baseline_reads_as_unmeasured(tmp_path) -> None:
+    ours = trace("ours", [1, 2, 3, 4], [0.2, 0.6, 0.7, 0.9])
+    seed = trace("seed", [5, 10, 20, 40], [0.1, 0.5, 0.6, 0.7])
+    for name, t in (("ours", ours), ("seed", seed)):
+        ttq.write_json(tmp_path / f"{name}.json", {"evaluations": 4, "hidden": [ttq.hidden_record(ttq.HiddenResult(0, 1.0, 0.0, {name: t}))]})
+    joined = ttq.join_results([r for name in ("ours", "seed") for r in ttq.load_results(tmp_path / f"{name}.json")])
+    assert len(joined) == 1 and set(joined[0].traces) == {"ours", "seed"}
+    summary = ttq.summarize(joined, 4)
+    assert set(summary["pipelines"]) == {"ours", "seed"} and summary["peer_ratio"] is None
+    assert ttq.final_line(summary).startswith("time_to_quality seed_ratio=0.075 peer_ratio=- ")
+    with pytest.raises(SystemExit, match="no run of ours"):
+        ttq.join_results(ttq.load_results(tmp_path / "seed.json"))
