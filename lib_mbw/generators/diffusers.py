@@ -6,7 +6,8 @@ config folder, or diffusers folders through ``from_pretrained``), the map
 between the diffusers UNet's parameter names and the checkpoint's UNet keys
 (computed once, from diffusers' own ldm -> diffusers conversion), and
 rendering payloads with WebUI conventions (sampler names, seed + i per image
-of a batch, CLIP skip). Model B is handed to ``lib_mbw.runtime.RuntimeMerger``
+of a batch, CLIP skip), several payloads in one pipeline call where their
+call settings agree (``generate_many``, ``plan_batches``). Model B is handed to ``lib_mbw.runtime.RuntimeMerger``
 together with the live UNet and that key map; ``apply(recipe)`` merges the
 UNet in place and ``generate`` renders under the merger's lock.
 
