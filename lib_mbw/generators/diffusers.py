@@ -7,8 +7,9 @@ between the diffusers UNet's parameter names and the checkpoint's UNet keys
 (computed once, from diffusers' own ldm -> diffusers conversion), and
 rendering payloads with WebUI conventions (sampler names, seed + i per image
 of a batch, CLIP skip), several payloads in one pipeline call where their
-call settings agree (``generate_many``, ``plan_batches``). Model B is handed to ``lib_mbw.runtime.RuntimeMerger``
-together with the live UNet and that key map; ``apply(recipe)`` merges the
+call settings agree (``generate_many``, ``plan_batches``). Model B is
+handed to ``lib_mbw.runtime.RuntimeMerger`` together with the live UNet and
+that key map; ``apply(recipe)`` merges the
 UNet in place and ``generate`` renders under the merger's lock.
 
 Runs on CUDA (fp16), MPS or the CPU (fp32, the default where nothing else is
