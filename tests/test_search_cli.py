@@ -107,7 +107,7 @@ def test_bad_payloads_are_all_reported_before_anything_runs(workdir: Path, capsy
     (workdir / "payloads" / "e.json").write_text("{")
     assert main(["search", *BACKEND, "-q"]) == 2
     err = capsys.readouterr().err
-    assert "c.json: steps must be an integer ≥ 1, got '20x'" in err and "e.json: invalid JSON" in err
+    assert "c.json: steps must be an integer between 1 and 500" in err and "e.json: invalid JSON" in err
     assert not (workdir / "csv").exists()  # no run folder for a search that never started
     (workdir / "payloads" / "c.json").unlink()
     (workdir / "payloads" / "e.json").unlink()
@@ -229,6 +229,12 @@ class FakeMergeModule:
 def test_merged_model_is_written_through_the_merge_engine(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
+    import lib_mbw.merge.cli  # noqa: F401  (the parser and pre-flight's hashes need the real package's modules)
+    import lib_mbw.merge.hashes  # noqa: F401
+    from tests.merge_models import write_micro
+
+    write_micro(workdir / "A.safetensors", seed=1)
+    write_micro(workdir / "B.safetensors", seed=2)
     fake = FakeMergeModule()
     monkeypatch.setitem(sys.modules, "lib_mbw.merge", fake)
     args = [*BACKEND, "-a", "A.safetensors", "-b", "B.safetensors", "-o", "models", "--dtype", "bf16", "--max-evals", "3", "--rescore-top", "0", "-q"]
@@ -244,7 +250,8 @@ def test_merged_model_is_written_through_the_merge_engine(workdir: Path, monkeyp
     monkeypatch.setitem(sys.modules, "lib_mbw.merge", FakeMergeModule(fail=True))
     assert main(["search", *args]) == 2  # the search result is kept; only the model is missing
     err = capsys.readouterr().err
-    assert "no space left on device" in err and "merge it later with: python -m lib_mbw merge A B --recipe" in err
+    assert "no space left on device" in err
+    assert "merge it later with: python -m lib_mbw merge A.safetensors B.safetensors --recipe csv/history/" in err
 
 
 def test_host_provides_generators_and_holds_its_lock(workdir: Path) -> None:

@@ -265,9 +265,12 @@ def start_search(
     """Prepare a new search (payloads, components, run folder, manifest); nothing is rendered yet.
 
     ``generators``/``scorer`` may be passed ready-made (UI, tests); otherwise
-    they are made from the settings.
+    they are made from the settings. ``preflight`` checks everything it can
+    first: a search that cannot work stops here, before its run folder exists.
     """
-    settings.validate()
+    from .preflight import preflight
+
+    preflight(settings, host=host, generators=generators)
     payload_files = load_payloads(settings.payloads.folder, settings.payloads.names or None)
     payloads = prepare_payloads(payload_files, settings.payloads.wildcards, settings.seed)
     warm = _warm_start(settings)
@@ -460,6 +463,17 @@ def _search_metadata(session: SearchSession) -> str:
     return json.dumps({"run_id": session.run_id, "strategy": session.settings.strategy, "scorer": session.settings.scorer.name})
 
 
+def merge_command(settings: SearchSettings, recipe: Path, out: Path | None) -> str:
+    """The ``merge`` command line that builds the merged model from the written recipe (real paths, quoted)."""
+    import shlex
+
+    parts = ["python", "-m", "lib_mbw", "merge", str(settings.models.a), str(settings.models.b), "--recipe", str(recipe)]
+    if out is not None:
+        parts += ["-o", str(out)]
+    parts += ["--dtype", settings.output.dtype]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def write_outputs(session: SearchSession, outcome: SearchOutcome) -> None:
     """Recipe files, plots, best images, merged model, final manifest; errors are collected, not raised."""
     from ..plots import plot_run
@@ -490,7 +504,7 @@ def write_outputs(session: SearchSession, outcome: SearchOutcome) -> None:
         except Exception as exc:
             message = f"could not write the {name} output: {exc}"
             if name == "model" and "recipe_json" in outputs:
-                message += f"; merge it later with: python -m lib_mbw merge A B --recipe {outputs['recipe_json']}"
+                message += "; merge it later with: " + merge_command(session.settings, outputs["recipe_json"], model_path)
             log.error(message, exc_info=not isinstance(exc, MBWError))
             outcome.errors.append(message)
     manifest = dict(session.manifest)

@@ -234,9 +234,11 @@ class SearchController:
 
     def start(self, settings: SearchSettings, model_a: str, model_b: str, family: str | None = None) -> None:
         """Start a new search of ``settings`` on the host's models ``model_a``/``model_b`` (titles) in the background."""
+        from ..search.preflight import preflight
         from ..search.session import start_search
 
         def prepare() -> Any:
+            preflight(settings, host=self.host)  # before loading models: a search that cannot work stops here
             generators = self._make_generators(model_a, model_b, settings.generator.options)
             try:
                 scorer = make_ui_scorer(settings.scorer, self.rater)
