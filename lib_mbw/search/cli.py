@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from typing import Any, Callable
 
 from ..blocks import BASE, BLOCKS
+from ..errors import MBWError
 
 EXAMPLES = """examples:
   # search with the diffusers backend and ImageReward, write the merged model to models/
@@ -89,6 +91,8 @@ def _float_pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
                 out[key] = float(value)
             except ValueError:
                 raise SystemExit(f"error: {flag} takes BLOCK=VALUE with a number, got {item!r}") from None
+        if not all(math.isfinite(v) for v in (out[key] if isinstance(out[key], list) else [out[key]])):
+            raise FlagError(f"{flag} takes finite numbers, got {item!r}")
     return out
 
 
@@ -171,6 +175,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_search)
 
 
+class FlagError(MBWError):
+    """A command-line flag has a value no search can use; the message names the flag."""
+
+
+#: Numeric flags: (flag, attribute, lowest, lowest allowed itself?, highest, what the bound means).
+_NUMBER_FLAGS: tuple[tuple[str, str, float | None, bool, float | None, str], ...] = (
+    ("--seed", "seed", 0, True, 2**63 - 1, ""),
+    ("--levels", "levels", 2, True, 1001, " (grid levels per block)"),
+    ("--init-random", "init_random", 0, True, None, ""),
+    ("--init-grid", "init_grid", 0, True, None, ""),
+    ("--init-vertex", "init_vertex", 0, True, None, ""),
+    ("--max-evals", "max_evals", 1, True, None, ""),
+    ("--patience", "patience", 0, True, None, " (0 turns early stop off)"),
+    ("--tol-abs", "tol_abs", 0, True, None, ""),
+    ("--tol-rel", "tol_rel", 0, True, None, ""),
+    ("--max-minutes", "max_minutes", 0, False, None, ""),
+    ("--target-score", "target_score", None, True, None, ""),
+    ("--max-failures", "max_failures", 1, True, None, ""),
+    ("--tally-trim", "tally_trim", 0, True, 0.5, " (fraction cut from each end; below 0.5)"),
+    ("--abandon-margin", "abandon_margin", 0, True, None, " (score units)"),
+    ("--abandon-after", "abandon_after", 1, True, None, " (payloads)"),
+    ("--rescore-top", "rescore_top", 0, True, None, " (0 turns re-scoring off)"),
+)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse a numeric flag that is not finite or out of range, naming the flag (before any file is read)."""
+    for flag, attribute, low, low_ok, high, meaning in _NUMBER_FLAGS:
+        value = getattr(args, attribute, None)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise FlagError(f"{flag} must be a finite number, got {value}")
+        too_low = low is not None and (value < low or (value == low and not low_ok))
+        too_high = high is not None and (value > high or (value == high and attribute == "tally_trim"))
+        if too_low or too_high:
+            if high is None:
+                bound = f"{'≥' if low_ok else '>'} {low:g}"
+            elif low is None:
+                bound = f"≤ {high:g}"
+            else:
+                bound = f"from {low:g} to {high:g}"
+            raise FlagError(f"{flag} must be {bound}{meaning}, got {value:g}")
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Settings given by flags (only the flags that were set), as a nested mapping."""
     out: dict[str, Any] = {}
@@ -208,7 +257,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("recipe_order", args.order)
     put("recipe_fold", args.fold)
     put("stop.max_evaluations", args.max_evals)
-    if args.patience is not None:  # 0 turns early stop off, which is None in the settings
+    if args.patience is not None:  # 0 turns early stop off, which is None in the settings (check_flags refused < 0)
         out.setdefault("stop", {})["patience"] = args.patience if args.patience > 0 else None
     put("stop.tol_abs", args.tol_abs)
     put("stop.tol_rel", args.tol_rel)
@@ -309,9 +358,12 @@ def run_search(args: argparse.Namespace) -> int:
         print(strategy_table())
         return 0
     from ..recipe import to_positional
+    from .history import read_manifest
+    from .preflight import check_output, preflight
     from .session import find_run, resume_search, start_search
     from .settings import SearchSettings, from_mapping, merge_mappings, read_settings_file
 
+    check_flags(args)
     overrides = overrides_from_args(args)
     state = {"failures": False}
     session_ref: dict[str, Any] = {}
@@ -326,13 +378,18 @@ def run_search(args: argparse.Namespace) -> int:
             raise SystemExit("error: --resume takes its settings from the run's manifest; leave out --config")
         folder = find_run(args.resume, overrides.get("history_dir", "csv/history"))
         if args.print_settings:
-            print(json.dumps(merge_mappings(json.loads((folder / "manifest.json").read_text())["settings"], overrides), indent=2))
+            source = f"{folder}/manifest.json"
+            settings = from_mapping(SearchSettings, merge_mappings(read_manifest(folder)["settings"], overrides), source).validate(source)
+            check_output(settings, None, create=False)
+            print(settings.to_json())
             return 0
         session = resume_search(folder, overrides=overrides, listeners=[printer])
     else:
+        source = args.config or "command line"
         base = read_settings_file(args.config) if args.config else {}
-        settings = from_mapping(SearchSettings, merge_mappings(base, overrides), args.config or "command line").validate()
+        settings = from_mapping(SearchSettings, merge_mappings(base, overrides), source).validate(source)
         if args.print_settings:
+            preflight(settings, create=False)  # everything the search would check, nothing created
             print(settings.to_json())
             return 0
         session = start_search(settings, listeners=[printer])

@@ -67,18 +67,46 @@ def preflight(
     *,
     host: Any = None,
     generators: Sequence[Any] | None = None,
+    create: bool = True,
 ) -> list[Payload]:
     """Run every check that can run before a search starts; returns the prepared payloads.
 
     ``host``/``generators``: the UI's host and ready-made generators, asked
-    for ``check_sampler`` where they offer it.
+    for ``check_sampler`` where they offer it. ``create=False`` (``--print-settings``)
+    leaves a missing output folder uncreated.
     """
     settings.validate()
+    check_components(settings, host=host, generators=generators)
     models = check_models(settings, host=host)
     payloads = check_payloads(settings, host=host, generators=generators)
     check_folder(Path(settings.history_dir), "history folder (history_dir)", "--history-dir")
-    check_output(settings, models.get("A"))
+    check_output(settings, models.get("A"), create=create)
     return payloads
+
+
+def check_components(settings: SearchSettings, *, host: Any = None, generators: Sequence[Any] | None = None) -> None:
+    """Registered names of the strategy, scorer and generator exist (``package.module:factory`` specs are loaded later)."""
+    if ":" not in settings.strategy:
+        from .optimizer import resolve_strategy
+
+        try:
+            resolve_strategy(settings.strategy)
+        except MBWError as exc:
+            raise PreflightError(f"strategy (--strategy): {exc}") from None
+    if ":" not in settings.scorer.name:
+        from ..scorers.registry import scorer_entry
+
+        try:
+            scorer_entry(settings.scorer.name)
+        except MBWError as exc:
+            raise PreflightError(f"scorer (--scorer): {exc}") from None
+    if host is None and not generators and ":" not in settings.generator.name:
+        from ..generators.registry import generator_names
+
+        if settings.generator.name not in generator_names():
+            raise PreflightError(
+                f"generator (--generator): unknown generator {settings.generator.name!r}; choose one of {', '.join(generator_names())}"
+            )
 
 
 # --------------------------------------------------------------------------- models
@@ -262,7 +290,7 @@ def estimated_model_bytes(model_a: ModelInfo | None, dtype: str) -> int:
     return int(model_a.float_elements * _DTYPE_BYTES.get(dtype, 2))
 
 
-def check_output(settings: SearchSettings, model_a: ModelInfo | None) -> None:
+def check_output(settings: SearchSettings, model_a: ModelInfo | None, *, create: bool = True) -> None:
     """The merged model's folder is writable and has room; an existing output file needs overwrite."""
     target = merged_model_target(settings)
     if target is None:
@@ -284,5 +312,6 @@ def check_output(settings: SearchSettings, model_a: ModelInfo | None) -> None:
                 f"output folder {folder}: not enough free disk space for the merged model ({free / 2**30:.2f} GiB free, "
                 f"it needs about {need / 2**30:.2f} GiB at {settings.output.dtype}); free some space or choose another folder with -o"
             )
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
 

@@ -15,6 +15,7 @@ search that keeps failing or keeps proposing known recipes also ends.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from ..errors import MBWError
@@ -52,6 +53,10 @@ class StopSettings:
     target_score: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("tol_abs", "tol_rel", "max_minutes", "target_score"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise StopSettingsError(f"stop.{name} must be a finite number, got {value}")
         if self.max_evaluations < 1:
             raise StopSettingsError(f"stop.max_evaluations must be ≥ 1, got {self.max_evaluations}")
         if self.patience is not None and self.patience < 1:
