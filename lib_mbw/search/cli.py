@@ -360,6 +360,7 @@ def run_search(args: argparse.Namespace) -> int:
     from ..recipe import to_positional
     from .history import read_manifest
     from .preflight import check_output, preflight
+    from .runlock import check_run_free
     from .session import find_run, resume_search, start_search
     from .settings import SearchSettings, from_mapping, merge_mappings, read_settings_file
 
@@ -383,6 +384,7 @@ def run_search(args: argparse.Namespace) -> int:
             check_output(settings, None, create=False)
             print(settings.to_json())
             return 0
+        check_run_free(folder)  # refused at once, not after the models are loaded
         session = resume_search(folder, overrides=overrides, listeners=[printer])
     else:
         source = args.config or "command line"

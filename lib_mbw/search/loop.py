@@ -37,6 +37,9 @@ telling it keeps the optimizer from proposing that region again. Abandoned
 candidates never count as an improvement for early stop and are never
 chosen as the best.
 
+While ``run()`` works, it holds the run folder's lock (``runlock``): a
+second process resuming the same folder is refused, naming the holder.
+
 Control from any thread: ``request_stop()``, ``request_pause()``,
 ``resume()``. Stop takes effect between payloads (the evaluation in flight
 is dropped, never recorded half-done). Every exit path calls
@@ -84,6 +87,7 @@ from .events import (
     Timings,
 )
 from .history import HistoryError, HistoryRow, LoopState, RunHistory
+from .runlock import RunLock
 from .settings import AbandonSettings
 from .stopping import StopReason, StopSettings, StopTracker
 
@@ -287,6 +291,7 @@ class SearchRun:
     def run(self) -> SearchResult:
         """Run (or continue) the search to its end; restores every generator's model on every exit path."""
         self._session_start = self._clock()
+        lock = RunLock(self.history.folder).acquire() if self.history is not None else None
         try:
             done_before = self._restore()
             self.emit(
@@ -317,6 +322,8 @@ class SearchRun:
             self._restore_generators()
             if self.history is not None:
                 self.history.close()
+            if lock is not None:
+                lock.release()
 
     def _restore_generators(self) -> None:
         for generator in self.generators:

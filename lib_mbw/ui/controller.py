@@ -252,6 +252,7 @@ class SearchController:
     def resume(self, run_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> None:
         """Continue the run in ``run_dir`` (its manifest has the settings) in the background."""
         from ..search.history import read_manifest
+        from ..search.runlock import check_run_free
         from ..search.session import resume_search
         from .form import settings_from_manifest
 
@@ -260,6 +261,7 @@ class SearchController:
         model_a, model_b = (title_for_path(self.host, p) for p in (settings.models.a or "", settings.models.b or ""))
 
         def prepare() -> Any:
+            check_run_free(run_dir)  # another process searching in this run: refused before loading models
             generators = self._make_generators(model_a, model_b, settings.generator.options)
             try:
                 scorer = make_ui_scorer(settings.scorer, self.rater)
