@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 
+#: Temp files of atomic writes are ``.<name>.mbw-<pid>.<random>.tmp`` (see ``tempfiles`` for their cleanup).
+TEMP_TAG = "mbw-"
+TEMP_SUFFIX = ".tmp"
+
 
 def safe_name(text: str, default: str = "unnamed", max_length: int = 80) -> str:
     """``text`` reduced to a file-name-safe form: letters, digits, ``. _ -`` and spaces; no leading dots."""
@@ -55,6 +59,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` to ``fd``: the one place auto-MBW's files get their bytes (tests inject
+    write errors such as a full disk here)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+
+
+def temp_name(path: Path) -> str:
+    """Prefix of a temp file for ``path``: hidden, with the writer's pid, so leftovers can be traced and removed."""
+    return f".{path.name}.{TEMP_TAG}{os.getpid()}."
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: bool = True, durable: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
 
@@ -69,11 +87,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: 
         raise OutputExistsError(f"{path}: already exists; choose another name or allow overwriting")
     payload = data.encode("utf-8") if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_name(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
+            write_all(handle.fileno(), payload)
             if durable:
                 os.fsync(handle.fileno())
         if not overwrite and path.exists():

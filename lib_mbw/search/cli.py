@@ -7,8 +7,11 @@ workers and outputs). Progress is a tqdm bar with ETA; Ctrl-C stops cleanly
 (the model is restored, outputs of the best so far are written, the run can
 be resumed), a second Ctrl-C aborts at once.
 
-Exit codes: 0 finished, 2 bad input or an output could not be written,
-3 stopped after repeated failures, 130 stopped by Ctrl-C.
+Exit codes: 0 finished, 2 bad input, or the run folder or an output could
+not be written (full disk: the history stays intact, resume once there is
+room), 3 stopped because evaluations kept failing or none succeeded, 130
+stopped by Ctrl-C. Every check that can run before the first evaluation
+runs before the run folder is created (``preflight``).
 """
 
 from __future__ import annotations
@@ -317,12 +320,14 @@ class ProgressPrinter:
         elif isinstance(event, ev.EvaluationFailure):
             self._say(f"evaluation {event.index} failed: {event.reason}")
         elif isinstance(event, ev.Paused):
-            self._say(f"paused: {event.reason}")
             if not event.by_user and self.on_failure_pause is not None:
                 self.on_failure_pause(event.reason)
+            else:
+                self._say(f"paused: {event.reason}")
         elif isinstance(event, ev.Stopped):
             self._close_bar()
-            self._say(f"search stopped ({event.reason.value}): {event.message}")
+            if event.reason.value not in ("failures", "write_error"):  # those end with an error line
+                self._say(f"search stopped ({event.reason.value}): {event.message}")
         elif isinstance(event, ev.FinalRecommendation):
             self._close_bar()
             if event.recipe is None:
@@ -366,12 +371,10 @@ def run_search(args: argparse.Namespace) -> int:
 
     check_flags(args)
     overrides = overrides_from_args(args)
-    state = {"failures": False}
     session_ref: dict[str, Any] = {}
 
     def stop_for_failures(reason: str) -> None:
-        state["failures"] = True
-        session_ref["session"].run.request_stop(f"stopped after repeated failures: {reason}")
+        session_ref["session"].run.stop_after_failures()
 
     printer = ProgressPrinter(quiet=args.quiet, on_failure_pause=stop_for_failures)
     if args.resume:
@@ -409,6 +412,7 @@ def run_search(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
         printer._close_bar()
     result = outcome.result
+    reason = result.stop_reason.value if result.stop_reason is not None else None
     print(f"run folder: {session.run_dir}")
     if result.recipe is not None:
         print(f"best recipe ({result.reason}):")
@@ -416,10 +420,19 @@ def run_search(args: argparse.Namespace) -> int:
         print(f"  canonical: {to_positional(result.recipe, 'canonical')}")
     for name, path in outcome.outputs.items():
         print(f"  {name}: {path}")
+    if reason in ("failures", "write_error"):
+        print(f"error: search stopped ({reason}): {result.stop_message}", file=sys.stderr)
+    elif result.recipe is None:
+        failed = sum(r.status == "failed" for r in result.rows)
+        last = next((r.reason for r in reversed(result.rows) if r.status == "failed"), "")
+        cause = f": {failed} of {result.evaluations} evaluation(s) failed (last: {last})" if failed else ""
+        print(f"error: no evaluation succeeded{cause}; nothing to merge", file=sys.stderr)
     for error in outcome.errors:
         print(f"error: {error}", file=sys.stderr)
-    if state["failures"]:
+    if reason == "write_error":
+        return 2
+    if reason == "failures" or result.recipe is None:
         return 3
-    if result.stop_reason is not None and result.stop_reason.value == "user_abort":
+    if reason == "user_abort":
         return 130
     return 2 if outcome.errors else 0

@@ -44,6 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..blocks import BASE, BLOCKS
 from ..errors import MBWError, RecipeError
+from .. import fileio
 from ..fileio import safe_name, write_atomic
 from ..recipe import ORDERS, Recipe, from_positional, read_recipe, to_positional, to_preset
 
@@ -64,6 +65,20 @@ _TAIL = ("merge_s", "generate_s", "score_s", "total_s", "worker", "reason")
 
 class HistoryError(MBWError):
     """A history, state or manifest file is missing, unreadable or from another kind of run."""
+
+
+class HistoryWriteError(HistoryError):
+    """A file of the run folder could not be written (full disk, read-only, I/O error); the history is intact."""
+
+    def __init__(self, message: str, cause: OSError | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def _reason(exc: OSError) -> str:
+    import errno
+
+    return "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
 
 
 def new_run_id(name: str = "search", now: _dt.datetime | None = None) -> str:
@@ -180,7 +195,7 @@ class RunHistory:
         self.blocks = [c for c in columns if c in BLOCKS]
         self.has_base = BASE in columns
         self.payload_names = [c[len(PAYLOAD_PREFIX) :] for c in columns if c.startswith(PAYLOAD_PREFIX)]
-        self._handle: io.TextIOWrapper | None = None
+        self._handle: int | None = None
         self._rows: list[HistoryRow] = []
 
     # ---- creating and opening
@@ -199,10 +214,16 @@ class RunHistory:
         if path.exists():
             raise HistoryError(f"{path}: a history already exists here; resume it instead of starting a new one")
         folder.mkdir(parents=True, exist_ok=True)
-        with open(path, "x", encoding="utf-8", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerow(columns)
-            handle.flush()
-            os.fsync(handle.fileno())
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(columns)
+        try:
+            with open(path, "xb") as handle:
+                fileio.write_all(handle.fileno(), buffer.getvalue().encode("utf-8"))
+                os.fsync(handle.fileno())
+        except FileExistsError:
+            raise HistoryError(f"{path}: a history already exists here; resume it instead of starting a new one") from None
+        except OSError as exc:
+            raise HistoryWriteError(f"{path}: cannot start the history ({_reason(exc)})", exc) from None
         return history
 
     @classmethod
@@ -235,25 +256,44 @@ class RunHistory:
         return len(self._rows)
 
     def append(self, row: HistoryRow) -> None:
-        """Write one row and make it durable (flush + fsync) before returning."""
+        """Write one row and make it durable (fsync) before returning.
+
+        A write that fails (full disk, I/O error) is cut off again, so the file
+        keeps exactly its earlier rows, and raises HistoryWriteError.
+        """
         if row.status not in STATUSES or row.source not in SOURCES:
             raise HistoryError(f"bad history row status/source {row.status!r}/{row.source!r}")
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow(self._format(row))
-        handle = self._writer()
-        handle.write(buffer.getvalue())
-        handle.flush()
-        os.fsync(handle.fileno())
+        data = buffer.getvalue().encode("utf-8")
+        path = self.folder / HISTORY_FILE
+        try:
+            fd = self._writer()
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            raise HistoryWriteError(f"{path}: cannot write history row {row.index} ({_reason(exc)})", exc) from None
+        try:
+            fileio.write_all(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise HistoryWriteError(
+                f"{path}: cannot write history row {row.index} ({_reason(exc)}); the history keeps its {len(self._rows)} earlier rows",
+                exc,
+            ) from None
         self._rows.append(row)
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
+            os.close(self._handle)
             self._handle = None
 
-    def _writer(self) -> io.TextIOWrapper:
+    def _writer(self) -> int:
         if self._handle is None:
-            self._handle = open(self.folder / HISTORY_FILE, "a", encoding="utf-8", newline="")
+            self._handle = os.open(self.folder / HISTORY_FILE, os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0))
         return self._handle
 
     def _format(self, row: HistoryRow) -> list[str]:
@@ -305,8 +345,12 @@ class RunHistory:
 
     def write_state(self, state: LoopState) -> None:
         """Replace ``state.json`` atomically. Not fsync'd: it costs a disk flush per evaluation and the
-        history rows (which are fsync'd) can rebuild it; a state older than the history is caught up by replay."""
-        write_atomic(self.folder / STATE_FILE, state.to_json(), durable=False)
+        history rows (which are fsync'd) can rebuild it; a state older than the history is caught up by replay.
+        HistoryWriteError if it cannot be written (the previous state stays)."""
+        try:
+            write_atomic(self.folder / STATE_FILE, state.to_json(), durable=False)
+        except OSError as exc:
+            raise HistoryWriteError(f"{self.folder / STATE_FILE}: cannot write the search state ({_reason(exc)})", exc) from None
 
     def read_state(self) -> LoopState | None:
         path = self.folder / STATE_FILE
@@ -352,7 +396,12 @@ def _repair_tail(path: Path) -> None:
 
 
 def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> Path:
-    return write_atomic(Path(folder) / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Replace the manifest atomically; HistoryWriteError (the previous version stays) if it cannot be written."""
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        return write_atomic(path, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    except OSError as exc:
+        raise HistoryWriteError(f"{path}: cannot write the run manifest ({_reason(exc)})", exc) from None
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

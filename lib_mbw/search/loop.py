@@ -86,10 +86,10 @@ from .events import (
     Stopped,
     Timings,
 )
-from .history import HistoryError, HistoryRow, LoopState, RunHistory
+from .history import HistoryError, HistoryRow, HistoryWriteError, LoopState, RunHistory
 from .runlock import RunLock
 from .settings import AbandonSettings
-from .stopping import StopReason, StopSettings, StopTracker
+from .stopping import UNFINISHED, StopReason, StopSettings, StopTracker
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,10 @@ class SearchRun:
         self._emit_lock = threading.RLock()
         self._stop_requested = False
         self._abort_message = "stopped by user"
+        self._forced_stop: tuple[StopReason, str] | None = None  # failures / write error: not a user abort
+        self._write_error: str | None = None
+        self._successes = 0
+        self._last_failure = ""
         self._pause_requested = False
         self._pause_reason = ""
         self._pause_by_user = True
@@ -273,6 +277,31 @@ class SearchRun:
         with self._control:
             self._pause_requested = False
             self._control.notify_all()
+
+    def stop_after_failures(self) -> None:
+        """End the search because evaluations keep failing (stop reason ``failures``, not a user abort)."""
+        self._force_stop(StopReason.FAILURES, self._failure_message(self._last_failure))
+
+    def _force_stop(self, reason: StopReason, message: str) -> None:
+        with self._control:
+            if self._forced_stop is None:
+                self._forced_stop = (reason, message)
+            self._stop_requested = True
+            self._control.notify_all()
+
+    def _failure_message(self, reason: str) -> str:
+        count = f"{self._failures_in_row} evaluation(s) failed in a row (last: {reason})"
+        if self._successes == 0:
+            return (
+                f"{count} and none has succeeded: the models, payloads or settings are likely wrong, and a resume "
+                "cannot change them; fix the cause and start a new search"
+            )
+        return f"{count}; fix the cause, then resume the run"
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the run folder could not be written (the search stopped), or None."""
+        return self._write_error
 
     @property
     def stop_requested(self) -> bool:
@@ -371,7 +400,7 @@ class SearchRun:
                 self._failures_in_row = self._failures_in_row + 1 if row.status == "failed" else 0
         self._initial = self._initial[initial_seen:]
         if self._phase in ("rescore", "select", "done"):
-            can_go_on = self._stop_reason == StopReason.USER_ABORT or self._tracker.check(self._elapsed_before) is None
+            can_go_on = self._stop_reason in UNFINISHED or self._tracker.check(self._elapsed_before) is None
             if can_go_on:
                 self._phase, self._candidates = "search", []
                 self._stop_reason, self._stop_message = None, ""
@@ -412,10 +441,13 @@ class SearchRun:
             self._cache.setdefault(row.recipe, row.score)
         self._tracker.record(objective)
         self._failures_in_row = self._failures_in_row + 1 if row.status == "failed" else 0
+        self._successes += row.status == "ok"
 
     # ------------------------------------------------------------------ search phase
 
     def _stop_check(self) -> tuple[StopReason, str] | None:
+        if self._forced_stop is not None:
+            return self._forced_stop
         if self._stop_requested:
             return StopReason.USER_ABORT, self._abort_message
         return self._tracker.check(self._elapsed())
@@ -451,10 +483,13 @@ class SearchRun:
         with self._control:
             self._pause_requested = True
             self._pause_by_user = False
-            self._pause_reason = (
-                f"{self._failures_in_row} evaluations failed in a row (last: {reason}); "
-                "fix the cause, then resume (or stop: the run can be resumed later)"
-            )
+            if self._successes == 0:
+                self._pause_reason = self._failure_message(reason)
+            else:
+                self._pause_reason = (
+                    f"{self._failures_in_row} evaluations failed in a row (last: {reason}); "
+                    "fix the cause, then resume (or stop: the run can be resumed later)"
+                )
 
     def _propose(self, n: int) -> list[tuple[Recipe, str]]:
         proposals: list[tuple[Recipe, str]] = []
@@ -544,8 +579,8 @@ class SearchRun:
 
     def _end_search(self) -> None:
         if self._stop_reason is None:
-            self._stop_reason, self._stop_message = StopReason.USER_ABORT, self._abort_message
-        skip_rescore = self._stop_reason == StopReason.USER_ABORT or self.settings.rescore_top == 0 or self._best is None
+            self._stop_reason, self._stop_message = self._forced_stop or (StopReason.USER_ABORT, self._abort_message)
+        skip_rescore = self._stop_reason in UNFINISHED or self.settings.rescore_top == 0 or self._best is None
         self._phase = "select" if skip_rescore else "rescore"
         if skip_rescore:
             self._candidates = []
@@ -660,12 +695,28 @@ class SearchRun:
     # ------------------------------------------------------------------ recording
 
     def _append(self, row: HistoryRow) -> None:
-        if self.history is not None:
-            self.history.append(row)
+        self._write(lambda history: history.append(row))
         self._rows.append(row)
 
+    def _write(self, action: Callable[[RunHistory], None]) -> None:
+        """Write to the run folder; after a write error nothing more is written and the search stops.
+
+        The history stays exactly as it was before the failed write (a state
+        written after it would be ahead of the history, so none is).
+        """
+        if self.history is None or self._write_error is not None:
+            return
+        try:
+            action(self.history)
+        except HistoryWriteError as exc:
+            self._write_error = str(exc)
+            self._force_stop(
+                StopReason.WRITE_ERROR,
+                f"{exc}; free some space (or fix the folder), then continue with: python -m lib_mbw search --resume {self.history.folder}",
+            )
+
     def _save_state(self) -> None:
-        if self.history is None:
+        if self.history is None or self._write_error is not None:
             return
         state = LoopState(
             rows=len(self._rows),
@@ -676,7 +727,7 @@ class SearchRun:
             elapsed_s=self._elapsed(),
             candidates=list(self._candidates),
         )
-        self.history.write_state(state)
+        self._write(lambda history: history.write_state(state))
 
     def _record_cached(self, recipe: Recipe, source: str) -> None:
         score = self._cache[recipe]
@@ -727,6 +778,7 @@ class SearchRun:
         )
 
     def _after_failure(self, row: HistoryRow) -> None:
+        self._last_failure = row.reason
         self.emit(EvaluationFailure(row.index, row.recipe, row.reason, self._failures_in_row))  # type: ignore[arg-type]
         if self._failures_in_row >= self.settings.max_failures:
             self._pause_for_failures(row.reason)

@@ -505,7 +505,8 @@ def write_outputs(session: SearchSession, outcome: SearchOutcome) -> None:
             message = f"could not write the {name} output: {exc}"
             if name == "model" and "recipe_json" in outputs:
                 message += "; merge it later with: " + merge_command(session.settings, outputs["recipe_json"], model_path)
-            log.error(message, exc_info=not isinstance(exc, MBWError))
+            if not isinstance(exc, (MBWError, OSError)):  # a bug: keep its traceback; a full disk is one line
+                log.error(message, exc_info=True)
             outcome.errors.append(message)
     manifest = dict(session.manifest)
     manifest["result"] = {
@@ -520,6 +521,9 @@ def write_outputs(session: SearchSession, outcome: SearchOutcome) -> None:
         "outputs": {k: str(v) for k, v in outputs.items()},
         "errors": outcome.errors,
     }
-    write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    try:
+        write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    except OSError as exc:  # a full disk: the history is intact and the manifest keeps its earlier version
+        outcome.errors.append(f"could not record the result in {folder / 'manifest.json'}: {exc.strerror or exc}")
     session.manifest = manifest
     session.run.emit(OutputsWritten({k: str(v) for k, v in outputs.items()}))

@@ -35,6 +35,12 @@ class StopReason(str, enum.Enum):
     TARGET_SCORE = "target_score"
     USER_ABORT = "user_abort"
     EXHAUSTED = "optimizer_exhausted"
+    FAILURES = "failures"  #: evaluations kept failing (``max_failures`` in a row); the message has the cause
+    WRITE_ERROR = "write_error"  #: the run folder could not be written (full disk, ...); the history is intact
+
+
+#: Stops after which a resumed run goes on searching (the search itself was not finished).
+UNFINISHED: tuple[StopReason, ...] = (StopReason.USER_ABORT, StopReason.FAILURES, StopReason.WRITE_ERROR)
 
 
 class StopSettingsError(MBWError):
