@@ -220,8 +220,13 @@ class ScriptedOptimizer(RandomGridOptimizer):
 # ---------------------------------------------------------------- CLI factories (package.module:factory)
 
 
-def make_generator(model_a: str | None = None, model_b: str | None = None, delay: float = 0.0, name: str = "fake", fail: bool = False, **_: Any) -> FakeGenerator:
-    return FakeGenerator(name=name, delay=float(delay), fail_when=(lambda recipe, payload: True) if fail else None)
+def make_generator(model_a: str | None = None, model_b: str | None = None, delay: float = 0.0, name: str = "fake", fail: bool = False,
+                   fail_after: int | None = None, **_: Any) -> FakeGenerator:
+    """``fail``: every render fails; ``fail_after=N``: renders fail once N have succeeded."""
+    generator = FakeGenerator(name=name, delay=float(delay), fail_when=(lambda recipe, payload: True) if fail else None)
+    if fail_after is not None:
+        generator.fail_when = lambda recipe, payload: generator.generated >= int(fail_after)
+    return generator
 
 
 def make_scorer(higher_is_better: bool = True, **_: Any) -> FakeScorer:

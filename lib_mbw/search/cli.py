@@ -425,7 +425,7 @@ def run_search(args: argparse.Namespace) -> int:
     elif result.recipe is None:
         failed = sum(r.status == "failed" for r in result.rows)
         last = next((r.reason for r in reversed(result.rows) if r.status == "failed"), "")
-        cause = f": {failed} of {result.evaluations} evaluation(s) failed (last: {last})" if failed else ""
+        cause = f": {failed} of {result.evaluations} evaluations failed (last: {last})" if failed else ""
         print(f"error: no evaluation succeeded{cause}; nothing to merge", file=sys.stderr)
     for error in outcome.errors:
         print(f"error: {error}", file=sys.stderr)

@@ -290,7 +290,7 @@ class SearchRun:
             self._control.notify_all()
 
     def _failure_message(self, reason: str) -> str:
-        count = f"{self._failures_in_row} evaluation(s) failed in a row (last: {reason})"
+        count = f"{self._failures_in_row} evaluation{'s' if self._failures_in_row != 1 else ''} failed in a row (last: {reason})"
         if self._successes == 0:
             return (
                 f"{count} and none has succeeded: the models, payloads or settings are likely wrong, and a resume "
@@ -665,7 +665,7 @@ class SearchRun:
         except MBWError as exc:
             evaluation.reason = str(exc)
         except Exception as exc:  # a generator/scorer crash is one failed evaluation, not the end of a 2-day search
-            log.warning("evaluation %d on %s failed", launch_index, worker_name, exc_info=True)
+            log.debug("evaluation %d on %s failed", launch_index, worker_name, exc_info=True)  # the reason is in the history row
             evaluation.reason = f"{type(exc).__name__}: {exc}"
         if evaluation.status == "failed":
             evaluation.payload_scores = {n: sum(s) / len(s) for n, s in image_scores.items() if s}
