@@ -115,6 +115,7 @@ class SafetensorsWriter:
         check_output_path(self.path, overwrite)
         header = build_header(self.entries, metadata or {})
         self.size = len(header) + sum(e.nbytes for e in self.entries)
+        fileio.remove_stale_temps(self.path.parent)  # a killed merge's leftover counts against the space check
         self._open_temp()  # before the space check: a read-only folder says so, not "not enough free disk space"
         try:
             self._check_space()

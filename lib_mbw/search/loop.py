@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from ..fileio import remove_stale_temps
 from ..errors import EvaluationFailed, GenerationInterrupted, MBWError, WorkerUnavailableError
 from ..generators.base import GeneratedImage, Generator
 from ..payloads import Payload
@@ -321,6 +322,8 @@ class SearchRun:
         """Run (or continue) the search to its end; restores every generator's model on every exit path."""
         self._session_start = self._clock()
         lock = RunLock(self.history.folder).acquire() if self.history is not None else None
+        if self.history is not None:
+            remove_stale_temps(self.history.folder)  # state/manifest temp files of a killed earlier run
         try:
             done_before = self._restore()
             self.emit(

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import MBWError
+from ..fileio import remove_stale_temps
 from ..payloads import Payload, load_payloads, prepare_payloads
 from .settings import SearchSettings
 
@@ -304,6 +305,8 @@ def check_output(settings: SearchSettings, model_a: ModelInfo | None, *, create:
     if not is_file and target.exists() and not target.is_dir():
         raise PreflightError(f"output {target}: is a file without the .safetensors suffix; give a .safetensors file or a folder with -o")
     check_folder(folder, "output folder", "-o/--output")
+    if create:
+        remove_stale_temps(folder)  # a killed merge's leftover (GBs) would count against the space check
     need = int(estimated_model_bytes(model_a, settings.output.dtype) * SPACE_MARGIN)
     if need:
         free = shutil.disk_usage(_existing_ancestor(folder)).free
