@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..blocks import BASE, BLOCKS
+from ..blocks import BASE, BLOCKS, present_blocks
 from ..errors import MBWError, RecipeError
 from .. import fileio
 from ..fileio import safe_name, write_atomic
@@ -54,6 +54,11 @@ STATE_FILE = "state.json"
 STATE_FORMAT = "auto-mbw-state"
 
 STATUSES: tuple[str, ...] = ("ok", "failed", "abandoned", "cached", "rescore", "selected")
+PHASES: tuple[str, ...] = ("search", "rescore", "select", "done")
+#: Stop reasons a state may record (``stopping.StopReason`` values; not imported: stopping imports the optimizer).
+STOP_REASONS: tuple[str, ...] = (
+    "max_evaluations", "no_improvement", "time_budget", "target_score", "user_abort", "optimizer_exhausted", "failures", "write_error",
+)
 SOURCES: tuple[str, ...] = ("optimizer", "initial", "rescore", "final")
 #: Statuses whose score is a full evaluation of the recipe on the run's payloads.
 SCORED_STATUSES: tuple[str, ...] = ("ok", "cached", "rescore")
@@ -173,6 +178,12 @@ class LoopState:
             data = json.loads(text)
             if data.get("format") != STATE_FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}")
+            if data.get("phase") not in PHASES:
+                raise ValueError(f"phase is {data.get('phase')!r}, not one of {', '.join(PHASES)}")
+            if data.get("stop_reason") is not None and data.get("stop_reason") not in STOP_REASONS:
+                raise ValueError(f"stop_reason is {data.get('stop_reason')!r}")
+            if not isinstance(data.get("rows"), int) or data["rows"] < 0:
+                raise ValueError(f"rows is {data.get('rows')!r}")
             return cls(
                 rows=int(data["rows"]),
                 phase=str(data["phase"]),
@@ -243,7 +254,9 @@ class RunHistory:
         if list(columns[: len(_LEAD)]) != list(_LEAD):
             raise HistoryError(f"{path}: not an auto-MBW history (header starts {columns[:3]})")
         history = cls(folder, list(columns))
+        _check_columns(folder, list(columns))
         history._rows = [history._parse(values, f"{path}:{n + 2}") for n, values in enumerate(reader) if values]
+        _check_indexes(path, history._rows)
         return history
 
     # ---- rows
@@ -323,6 +336,10 @@ class RunHistory:
         if len(values) != len(self.columns):
             raise HistoryError(f"{where}: {len(values)} values for {len(self.columns)} columns; the history is damaged")
         cell = dict(zip(self.columns, values))
+        if not cell["index"].isdigit():
+            raise HistoryError(f"{where}: index must be a whole number, got {cell['index'][:20]!r}; the history is damaged")
+        if cell["status"] not in STATUSES or cell["source"] not in SOURCES:
+            raise HistoryError(f"{where}: unknown status/source {cell['status'][:20]!r}/{cell['source'][:20]!r}; the history is damaged")
         weights = {b: w for b in self.blocks if (w := _parse_number(cell[b], where)) is not None}
         base = _parse_number(cell[BASE], where) if self.has_base else None
         recipe = Recipe(weights, base=base, source=where) if weights else None
@@ -353,16 +370,75 @@ class RunHistory:
             raise HistoryWriteError(f"{self.folder / STATE_FILE}: cannot write the search state ({_reason(exc)})", exc) from None
 
     def read_state(self) -> LoopState | None:
+        """The saved loop state, or None; HistoryError for a state that is damaged or does not belong to this
+        history (ahead of it, or naming candidates no row evaluated): the caller replays the history instead."""
         path = self.folder / STATE_FILE
         if not path.is_file():
             return None
-        return LoopState.from_json(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HistoryError(f"{path}: cannot read the search state ({exc})") from None
+        state = LoopState.from_json(text, str(path))
+        if state.rows > len(self._rows):
+            raise HistoryError(
+                f"{path}: the state covers {state.rows} rows but {HISTORY_FILE} has {len(self._rows)}; "
+                "a state ahead of the history is not trusted"
+            )
+        evaluated = {r.recipe for r in self._rows[: state.rows] if r.recipe is not None}
+        if any(c not in evaluated for c in state.candidates):
+            raise HistoryError(f"{path}: the state names re-score candidates that no history row evaluated; it is not trusted")
+        return state
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
         return write_manifest(self.folder, manifest)
 
     def read_manifest(self) -> dict[str, Any]:
         return read_manifest(self.folder)
+
+
+def _check_columns(folder: Path, columns: list[str]) -> None:
+    """The header is the one the run's manifest recorded (else: the blocks of one architecture, each once)."""
+    path = folder / HISTORY_FILE
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise HistoryError(f"{path}: column(s) {', '.join(duplicated)} appear twice; the history is damaged")
+    expected: list[str] | None = None
+    try:
+        recorded = read_manifest(folder).get("history_columns")
+        expected = [str(c) for c in recorded] if isinstance(recorded, list) else None
+    except HistoryError:
+        expected = None
+    if expected is not None:
+        missing = [c for c in expected if c not in columns]
+        extra = [c for c in columns if c not in expected]
+        if missing or extra or columns != expected:
+            what = "; ".join(
+                part for part in (f"missing {', '.join(missing)}" if missing else "", f"unexpected {', '.join(extra)}" if extra else "") if part
+            ) or "in another order"
+            raise HistoryError(
+                f"{path}: columns differ from the ones the run's manifest recorded ({what}); "
+                "the history was edited or damaged: restore it, or start a new search"
+            )
+        return
+    blocks = {c for c in columns if c in BLOCKS}
+    if blocks and not any(blocks == set(present_blocks(f)) for f in ("sd1", "sd2", "sdxl")):
+        missing = [b for b in BLOCKS if b not in blocks and b in present_blocks("sdxl" if len(blocks) < len(BLOCKS) - 3 else "sd1")]
+        raise HistoryError(
+            f"{path}: the block columns are no architecture's set (missing {', '.join(missing) or '?'}); "
+            "the history was edited or damaged: restore it, or start a new search"
+        )
+
+
+def _check_indexes(path: Path, rows: Sequence[HistoryRow]) -> None:
+    """Rows are numbered 0, 1, 2, ... in file order: a duplicated, removed or moved row is refused."""
+    for position, row in enumerate(rows):
+        if row.index != position:
+            what = "repeats an earlier row" if row.index < position else "skips rows"
+            raise HistoryError(
+                f"{path}:{position + 2}: row index {row.index} {what} (expected {position}); a row was duplicated, removed "
+                "or moved: restore the history, or start a new search"
+            )
 
 
 def read_history_rows(folder: str | os.PathLike[str]) -> list[HistoryRow]:
