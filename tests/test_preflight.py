@@ -217,3 +217,18 @@ def test_ui_search_runs_preflight_before_loading_models(tmp_path: Path, monkeypa
         assert "not a safetensors file" in " ".join(result.errors.values())
     assert made == [], "the models must not be loaded for a search that cannot start"
     assert not (tmp_path / "history").exists() or not any((tmp_path / "history").iterdir())
+
+
+def test_a_host_loads_pickle_checkpoints_itself(tmp_path: Path) -> None:
+    """The WebUI loads .ckpt models with its own loader: pre-flight checks they exist, and never unpickles them."""
+    from lib_mbw.search.preflight import check_models
+    from lib_mbw.search.settings import settings_from_dict
+
+    (tmp_path / "a.ckpt").write_bytes(b"not unpickled here")
+    (tmp_path / "b.ckpt").write_bytes(b"another model")
+    settings = settings_from_dict({"models": {"a": str(tmp_path / "a.ckpt"), "b": str(tmp_path / "b.ckpt")}, "generator": {"name": "a1111"}})
+    infos = check_models(settings, host=object())
+    assert infos["A"].family is None and infos["B"].size == len(b"another model")
+    settings.models.b = str(tmp_path / "gone.ckpt")
+    with pytest.raises(Exception, match=r"^model B: .*gone.ckpt: file not found; check -b/--model-b \(models.b\)$"):
+        check_models(settings, host=object())

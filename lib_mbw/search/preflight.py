@@ -127,8 +127,10 @@ def _allow_pickle(settings: SearchSettings) -> bool:
     return bool(settings.generator.options.get("allow_pickle", False))
 
 
-def _model_info(role: str, spec: str, allow_pickle: bool) -> ModelInfo:
-    from ..checkpoint import open_checkpoint
+def _model_info(role: str, spec: str, allow_pickle: bool, host_loads: bool = False) -> ModelInfo:
+    """Facts of one model file; ``host_loads``: a host (the WebUI) loads it with its own loader, so a pickle
+    checkpoint is only checked to exist and be readable (never unpickled here)."""
+    from ..checkpoint import PICKLE_SUFFIXES, open_checkpoint
 
     flag = "-a/--model-a (models.a)" if role == "A" else "-b/--model-b (models.b)"
     path = Path(spec)
@@ -140,6 +142,8 @@ def _model_info(role: str, spec: str, allow_pickle: bool) -> ModelInfo:
         raise PreflightError(f"model {role}: {path}: is a folder, not a checkpoint; give a .safetensors file with {flag}")
     if not os.access(path, os.R_OK):
         raise PreflightError(f"model {role}: {path}: not readable (permission denied); fix its permissions or copy it")
+    if host_loads and path.suffix.lower() in PICKLE_SUFFIXES:
+        return ModelInfo(role, path, size=path.stat().st_size)
     try:
         with open_checkpoint(path, allow_pickle=allow_pickle) as checkpoint:
             arch = checkpoint.arch
@@ -179,7 +183,7 @@ def check_models(settings: SearchSettings, *, host: Any = None) -> dict[str, Mod
     infos: dict[str, ModelInfo] = {}
     for role, spec in specs.items():
         if spec and (needs_files or Path(spec).exists() or _looks_like_file(spec)):
-            infos[role] = _model_info(role, spec, _allow_pickle(settings))
+            infos[role] = _model_info(role, spec, _allow_pickle(settings), host_loads=host is not None)
     a, b = infos.get("A"), infos.get("B")
     if a is not None and b is not None:
         how = _same_file(a.path, b.path)
