@@ -115,3 +115,24 @@ def test_full_disk_while_writing_the_merged_model(work: Path, monkeypatch: pytes
     )
     assert list((work / "models").iterdir()) == [], "no temp file may be left"
     assert "Traceback" not in err
+
+
+def test_a_read_only_output_folder_is_not_reported_as_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge writer creates its temp file before it checks the space (a read-only mount reports 0 bytes free)."""
+    import torch
+
+    from lib_mbw.errors import OutputWriteError
+    from lib_mbw.merge import writer
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).startswith(str(tmp_path)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(writer.os, "open", read_only)
+    monkeypatch.setattr(writer.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(OutputWriteError) as error:
+        writer.SafetensorsWriter(tmp_path / "m.safetensors", [writer.TensorEntry("t", torch.float32, (4,))])
+    assert str(error.value) == f"{tmp_path / 'm.safetensors'}: cannot create a file in {tmp_path} (Read-only file system)"
