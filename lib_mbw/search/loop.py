@@ -23,7 +23,11 @@ score if it has none).
 
 Failures (a generator error, ``EvaluationFailed`` from the scorer) are
 recorded with their reason and told with ``tell_failed``; ``max_failures``
-in a row pause the run with a message (``resume()`` goes on). A recipe
+in a row pause the run with a message (``resume()`` goes on;
+``stop_after_failures()`` ends it with stop reason ``failures`` instead, as
+the CLI does). A run folder that cannot be written (full disk) ends the
+search with stop reason ``write_error``: nothing more is written, so the
+history stays exactly as it was and the run can be resumed once there is room. A recipe
 evaluated before is not rendered again: its cached score is told again and
 recorded as ``cached``.
 
