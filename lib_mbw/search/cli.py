@@ -116,6 +116,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--print-settings", action="store_true", help="print the effective settings as JSON and exit")
     g.add_argument("--list-strategies", action="store_true", help="list the optimizer strategies and exit")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--plugin", action="append", metavar="PKG.MODULE:FACTORY",
+                   help="enable this plugin (your own generator/scorer/strategy code) named in --config or in the run to resume; "
+                        "files never enable code by themselves (repeat)")
     g = parser.add_argument_group("models")
     g.add_argument("-a", "--model-a", help="model A (weight 0), a .safetensors file or a name the generator knows")
     g.add_argument("-b", "--model-b", help="model B (weight 1)")
@@ -304,6 +307,14 @@ def strategy_table() -> str:
     return "\n".join(lines) + "\n\nAliases: 'default', 'seed'. Your own: --strategy package.module:factory."
 
 
+def enabled_plugins(args: argparse.Namespace) -> frozenset[str]:
+    """Plugins the command line enables: ``--plugin`` and plugins named directly in --generator/--scorer/--strategy."""
+    from .plugins import is_plugin, parse_plugins
+
+    named = [name for name in (args.generator, args.scorer, args.strategy) if name and is_plugin(name)]
+    return parse_plugins([*(args.plugin or ()), *named])
+
+
 def run_search(args: argparse.Namespace) -> int:
     if args.list_strategies:
         print(strategy_table())
@@ -313,6 +324,7 @@ def run_search(args: argparse.Namespace) -> int:
     from .settings import SearchSettings, from_mapping, merge_mappings, read_settings_file
 
     overrides = overrides_from_args(args)
+    plugins = enabled_plugins(args)
     state = {"failures": False}
     session_ref: dict[str, Any] = {}
 
@@ -328,14 +340,14 @@ def run_search(args: argparse.Namespace) -> int:
         if args.print_settings:
             print(json.dumps(merge_mappings(json.loads((folder / "manifest.json").read_text())["settings"], overrides), indent=2))
             return 0
-        session = resume_search(folder, overrides=overrides, listeners=[printer])
+        session = resume_search(folder, overrides=overrides, listeners=[printer], plugins=plugins)
     else:
         base = read_settings_file(args.config) if args.config else {}
         settings = from_mapping(SearchSettings, merge_mappings(base, overrides), args.config or "command line").validate()
         if args.print_settings:
             print(settings.to_json())
             return 0
-        session = start_search(settings, listeners=[printer])
+        session = start_search(settings, listeners=[printer], plugins=plugins)
     session_ref["session"] = session
 
     def on_interrupt(signum: int, frame: Any) -> None:
