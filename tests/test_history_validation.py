@@ -18,6 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 BACKEND = ["--family", "sd1", "--generator", "tests.loop_backend:make_generator", "--scorer", "tests.loop_backend:make_scorer",
            "--strategy", "tests.loop_backend:make_optimizer", "--patience", "0", "--rescore-top", "0", "--seed", "3", "-q"]
 
+#: A resume needs the plugins its manifest names enabled on the command line.
+PLUGINS = [f"--plugin={spec}" for spec in ("tests.loop_backend:make_generator", "tests.loop_backend:make_scorer", "tests.loop_backend:make_optimizer")]
+
 
 @pytest.fixture()
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -56,7 +59,7 @@ def test_a_deleted_block_column_is_refused(work: Path, capsys: pytest.CaptureFix
     at = rows[0].index("IN05")
     write_table(run, [row[:at] + row[at + 1 :] for row in rows])
     capsys.readouterr()
-    assert main(["search", "--resume", str(run), "--max-evals", "5", "-q"]) == 2
+    assert main(["search", "--resume", str(run), "--max-evals", "5", "-q", *PLUGINS]) == 2
     assert capsys.readouterr().err == (
         f"error: {run}/history.csv: columns differ from the ones the run's manifest recorded (missing IN05); "
         "the history was edited or damaged: restore it, or start a new search\n"
@@ -69,7 +72,7 @@ def test_a_duplicated_row_is_refused(work: Path, capsys: pytest.CaptureFixture[s
     rows = table(run)
     write_table(run, rows + [rows[-1]])
     capsys.readouterr()
-    assert main(["search", "--resume", str(run), "--max-evals", "5", "-q"]) == 2
+    assert main(["search", "--resume", str(run), "--max-evals", "5", "-q", *PLUGINS]) == 2
     assert capsys.readouterr().err == (
         f"error: {run}/history.csv:6: row index 3 repeats an earlier row (expected 4); a row was duplicated, removed or moved: "
         "restore the history, or start a new search\n"
@@ -83,8 +86,8 @@ def test_a_state_ahead_of_the_history_does_not_steer_the_resume(work: Path) -> N
     shutil.copytree(short, control)
     (control / "state.json").unlink()  # the reference: resume from the history alone
     shutil.copy(long / "state.json", short / "state.json")  # a state that covers 8 evaluations the history lacks
-    assert main(["search", "--resume", str(control), "--max-evals", "8", "-q"]) == 0
-    assert main(["search", "--resume", str(short), "--max-evals", "8", "-q"]) == 0
+    assert main(["search", "--resume", str(control), "--max-evals", "8", "-q", *PLUGINS]) == 0
+    assert main(["search", "--resume", str(short), "--max-evals", "8", "-q", *PLUGINS]) == 0
     assert comparable(short) == comparable(control)
 
 
@@ -96,7 +99,7 @@ def test_a_refused_state_is_replayed_from_the_history(work: Path, damage: dict, 
     (control / "state.json").unlink()
     state = json.loads((run / "state.json").read_text())
     (run / "state.json").write_text(json.dumps({**state, **damage}))
-    assert main(["search", "--resume", str(control), "--max-evals", "6", "-q"]) == 0
-    assert main(["search", "--resume", str(run), "--max-evals", "6", "-q"]) == 0
+    assert main(["search", "--resume", str(control), "--max-evals", "6", "-q", *PLUGINS]) == 0
+    assert main(["search", "--resume", str(run), "--max-evals", "6", "-q", *PLUGINS]) == 0
     assert comparable(run) == comparable(control)
     assert "not a valid search state file" in caplog.text and "replaying the whole history instead" in caplog.text

@@ -41,6 +41,9 @@ def wait_rows(folder: Path, count: int, timeout: float = 60) -> None:
         time.sleep(0.05)
     raise AssertionError(f"no {count} rows in {folder} after {timeout}s")
 
+#: A resume needs the plugins its manifest names enabled on the command line.
+PLUGINS = [f"--plugin={spec}" for spec in ("tests.loop_backend:make_generator", "tests.loop_backend:make_scorer", "tests.loop_backend:make_optimizer")]
+
 
 @pytest.fixture()
 def workdir(tmp_path: Path) -> Path:
@@ -58,7 +61,7 @@ def test_second_process_is_refused_naming_the_holder(workdir: Path) -> None:
             time.sleep(0.05)
         (run,) = list(history.iterdir())
         wait_rows(run, 2)
-        second = cli(workdir, "--resume", str(run), "--max-evals", "400", "-q")
+        second = cli(workdir, "--resume", str(run), "--max-evals", "400", "-q", *PLUGINS)
         out, err = second.communicate(timeout=120)
         assert second.returncode == 2, err
         lines = err.strip().splitlines()
@@ -85,7 +88,7 @@ def test_a_killed_holder_leaves_no_stale_lock(workdir: Path) -> None:
     first.kill()
     first.communicate(timeout=60)
     done = len(rows(run))
-    second = cli(workdir, "--resume", str(run), "--max-evals", str(done + 2), "-q")
+    second = cli(workdir, "--resume", str(run), "--max-evals", str(done + 2), "-q", *PLUGINS)
     out, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
     indexes = [int(r["index"]) for r in rows(run)]

@@ -24,6 +24,8 @@ BACKEND = [
     "--scorer", "tests.loop_backend:make_scorer",
     "--strategy", "tests.loop_backend:make_optimizer",
 ]
+#: What a resume of a BACKEND run needs: the user enables the plugins the manifest names.
+PLUGINS = [f"--plugin={spec}" for spec in BACKEND[3::2]]
 
 
 @pytest.fixture()
@@ -130,7 +132,7 @@ def test_resume_refuses_to_change_what_is_measured(workdir: Path, capsys: pytest
     (run,) = run_dirs(workdir / "csv" / "history")
     assert main(["search", "--resume", str(run), "--tally", "min", "-q"]) == 2
     assert "cannot change tally when resuming" in capsys.readouterr().err
-    assert main(["search", "--resume", run.name, "--max-evals", "4", "-q"]) == 0  # run-id under csv/history works too
+    assert main(["search", "--resume", run.name, "--max-evals", "4", "-q", *PLUGINS]) == 0  # run-id under csv/history works too
     assert [r["status"] for r in history_rows(run)] == ["ok", "ok", "selected", "ok", "ok", "selected"]
 
 
@@ -173,7 +175,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(workdir: Path) 
     assert 7 <= len(survived) < 25 and all(r["status"] == "ok" for r in survived)  # at most the evaluation in flight was lost
     assert not (run / "best.recipe.json").exists()
 
-    assert main(["search", "--resume", str(run), "-q"]) == 0
+    assert main(["search", "--resume", str(run), "-q", *PLUGINS]) == 0
     resumed = history_rows(run)
     assert main(["search", *_search_args(workdir / "whole")]) == 0
     (whole,) = run_dirs(workdir / "whole")
@@ -293,7 +295,7 @@ def test_host_provides_generators_and_holds_its_lock(workdir: Path) -> None:
 
     host = Host()
     settings = settings_from_dict({"models": {"a": "A", "b": "B", "family": "sd1"}, "generator": {"options": {"steps": 4}}, "stop": {"max_evaluations": 2}, "rescore_top": 0, "strategy": "tests.loop_backend:make_optimizer"})
-    session = start_search(settings, host=host, scorer=FakeScorer())
+    session = start_search(settings, host=host, scorer=FakeScorer(), plugins={"tests.loop_backend:make_optimizer"})
     outcome = session.execute()
     assert host.made == [("A", "B", {"steps": 4})]
     assert host.lock_seen and all(host.lock_seen) and not host.locked
@@ -324,7 +326,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(workdir: Path) -> None:
     assert manifest["result"]["stop_reason"] == "user_abort" and (run / "best.recipe.json").exists()
     done = manifest["result"]["evaluations"]
     assert 3 <= done < 200
-    assert main(["search", "--resume", str(run), "--max-evals", str(done + 2), "-q"]) == 0
+    assert main(["search", "--resume", str(run), "--max-evals", str(done + 2), "-q", *PLUGINS]) == 0
     assert json.loads((run / "manifest.json").read_text())["result"]["evaluations"] == done + 2
 
 

@@ -16,6 +16,9 @@ BACKEND = ["--family", "sd1", "--generator", "tests.loop_backend:make_generator"
            "--strategy", "tests.loop_backend:make_optimizer", "-q"]
 CRASH = "RuntimeError: fake generator crashed on p"
 
+#: A resume needs the plugins its manifest names enabled on the command line.
+PLUGINS = [f"--plugin={spec}" for spec in ("tests.loop_backend:make_generator", "tests.loop_backend:make_scorer", "tests.loop_backend:make_optimizer")]
+
 
 @pytest.fixture()
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -62,4 +65,4 @@ def test_failures_after_successes_can_be_resumed(work: Path, capsys: pytest.Capt
     assert manifest(work)["result"]["stop_reason"] == "failures"
     assert "best recipe (" in captured.out  # the best of the 3 good evaluations is still returned
     (run,) = (work / "csv" / "history").iterdir()
-    assert main(["search", "--resume", str(run), "--generator-option", "fail_after=100", "-q"]) == 0
+    assert main(["search", "--resume", str(run), "--generator-option", "fail_after=100", "-q", *PLUGINS]) == 0

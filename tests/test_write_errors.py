@@ -25,6 +25,9 @@ BACKEND = ["--family", "sd1", "--generator", "tests.loop_backend:make_generator"
            "--strategy", "tests.loop_backend:make_optimizer"]
 ARGS = [*BACKEND, "--max-evals", "4", "--patience", "0", "--rescore-top", "1", "--seed", "3", "-q"]
 
+#: A resume needs the plugins its manifest names enabled on the command line.
+PLUGINS = [f"--plugin={spec}" for spec in ("tests.loop_backend:make_generator", "tests.loop_backend:make_scorer", "tests.loop_backend:make_optimizer")]
+
 
 @pytest.fixture()
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -36,13 +39,16 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+REAL_WRITE_ALL = fileio.write_all
+
+
 class FullDisk:
     """``fileio.write_all`` that works ``allowed`` times, then fails with ENOSPC (the disk stays full)."""
 
     def __init__(self, allowed: int) -> None:
         self.allowed = allowed
         self.calls = 0
-        self.real = fileio.write_all
+        self.real = REAL_WRITE_ALL
 
     def __call__(self, fd: int, data) -> None:
         self.calls += 1
@@ -61,6 +67,7 @@ def test_full_disk_at_every_write_point(work: Path, monkeypatch: pytest.MonkeyPa
     total = counter.calls
     assert total >= 10
     capsys.readouterr()
+    resumed = 0
     for allowed in range(total):
         base = work / f"runs{allowed}"
         monkeypatch.setattr(fileio, "write_all", FullDisk(allowed))
@@ -84,9 +91,11 @@ def test_full_disk_at_every_write_point(work: Path, monkeypatch: pytest.MonkeyPa
                 assert "best recipe (" in captured.out and "canonical: " in captured.out
         # room again: the run resumes and ends as the uninterrupted one did
         monkeypatch.setattr(fileio, "write_all", counter.real)
-        assert main(["search", "--resume", str(run), "-q"]) == 0, capsys.readouterr().err
+        assert main(["search", "--resume", str(run), "-q", *PLUGINS]) == 0, capsys.readouterr().err
         capsys.readouterr()
         assert [(r.index, r.status, r.score) for r in read_history_rows(run)] == expected, f"write {allowed}"
+        resumed += 1
+    assert resumed >= total - 3, "every write after the run's start must have been failed and resumed"
 
 
 def test_full_disk_while_writing_the_merged_model(work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -95,7 +104,7 @@ def test_full_disk_while_writing_the_merged_model(work: Path, monkeypatch: pytes
     shutil.copy(a, work / "A.safetensors")
     shutil.copy(b, work / "B.safetensors")
     (work / "models").mkdir()
-    real = fileio.write_all
+    real = REAL_WRITE_ALL
 
     def write_all(fd: int, data) -> None:
         if ".safetensors.mbw-" in os.readlink(f"/proc/self/fd/{fd}"):

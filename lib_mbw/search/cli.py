@@ -123,6 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--print-settings", action="store_true", help="print the effective settings as JSON and exit")
     g.add_argument("--list-strategies", action="store_true", help="list the optimizer strategies and exit")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--plugin", action="append", metavar="PKG.MODULE:FACTORY",
+                   help="enable this plugin (your own generator/scorer/strategy code) named in --config or in the run to resume; "
+                        "files never enable code by themselves (repeat)")
     g = parser.add_argument_group("models")
     g.add_argument("-a", "--model-a", help="model A (weight 0), a .safetensors file or a name the generator knows")
     g.add_argument("-b", "--model-b", help="model B (weight 1)")
@@ -358,6 +361,14 @@ def strategy_table() -> str:
     return "\n".join(lines) + "\n\nAliases: 'default', 'seed'. Your own: --strategy package.module:factory."
 
 
+def enabled_plugins(args: argparse.Namespace) -> frozenset[str]:
+    """Plugins the command line enables: ``--plugin`` and plugins named directly in --generator/--scorer/--strategy."""
+    from .plugins import is_plugin, parse_plugins
+
+    named = [name for name in (args.generator, args.scorer, args.strategy) if name and is_plugin(name)]
+    return parse_plugins([*(args.plugin or ()), *named])
+
+
 def run_search(args: argparse.Namespace) -> int:
     if args.list_strategies:
         print(strategy_table())
@@ -371,6 +382,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     check_flags(args)
     overrides = overrides_from_args(args)
+    plugins = enabled_plugins(args)
     session_ref: dict[str, Any] = {}
 
     def stop_for_failures(reason: str) -> None:
@@ -388,7 +400,7 @@ def run_search(args: argparse.Namespace) -> int:
             print(settings.to_json())
             return 0
         check_run_free(folder)  # refused at once, not after the models are loaded
-        session = resume_search(folder, overrides=overrides, listeners=[printer])
+        session = resume_search(folder, overrides=overrides, listeners=[printer], plugins=plugins)
     else:
         source = args.config or "command line"
         base = read_settings_file(args.config) if args.config else {}
@@ -397,7 +409,7 @@ def run_search(args: argparse.Namespace) -> int:
             preflight(settings, create=False)  # everything the search would check, nothing created
             print(settings.to_json())
             return 0
-        session = start_search(settings, listeners=[printer])
+        session = start_search(settings, listeners=[printer], plugins=plugins)
     session_ref["session"] = session
 
     def on_interrupt(signum: int, frame: Any) -> None:

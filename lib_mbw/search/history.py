@@ -14,12 +14,13 @@ never share or overwrite one) holding:
   total_s, worker, reason``. ``status`` is ok / failed / abandoned / cached /
   rescore / selected; ``source`` is optimizer / initial / rescore / final.
   The last row (status ``selected``) is the recipe the search returned and why.
-* ``state.json``: the optimizer state and the loop phase, replaced atomically
-  after every evaluation, so ``--resume`` continues exactly where it stopped.
-  It is not fsync'd (one disk flush per evaluation is enough): after a power
-  loss it may be older than the history, and the loop then replays the newer
-  rows through the optimizer; if it is missing or unreadable, the whole
-  history is replayed.
+* ``state.json``: where the loop was (phase, stop reason, elapsed time,
+  re-score candidates), replaced atomically after every evaluation. It holds
+  numbers, recipes and words only: the optimizer is rebuilt on ``--resume``
+  by replaying the history (the source of truth) through a new one. It is
+  not fsync'd (one disk flush per evaluation is enough): after a power loss
+  it may be older than the history, or missing, and the history still says
+  everything the optimizer needs.
 
 A run killed at any moment (SIGKILL, power loss) loses at most the
 evaluation in flight: a half-written last line is dropped when the history
@@ -30,7 +31,6 @@ seed tool's CSVs (columns ``0..26, score, eval_times, iter_times`` with the
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime as _dt
 import io
@@ -151,11 +151,12 @@ class LoopState:
 
     rows: int
     phase: str = "search"  # search -> rescore -> select -> done
-    optimizer: bytes = b""
     stop_reason: str | None = None
     stop_message: str = ""
     elapsed_s: float = 0.0
     candidates: list[Recipe] = field(default_factory=list)
+    #: The file is from an older auto-MBW that saved a pickled optimizer (never read: resume replays the history).
+    legacy_optimizer: bool = False
 
     def to_json(self) -> str:
         return json.dumps(
@@ -168,7 +169,6 @@ class LoopState:
                 "stop_message": self.stop_message,
                 "elapsed_s": self.elapsed_s,
                 "candidates": [c.to_dict() for c in self.candidates],
-                "optimizer": base64.b64encode(self.optimizer).decode("ascii"),
             }
         )
 
@@ -187,11 +187,11 @@ class LoopState:
             return cls(
                 rows=int(data["rows"]),
                 phase=str(data["phase"]),
-                optimizer=base64.b64decode(data["optimizer"]),
                 stop_reason=data.get("stop_reason"),
                 stop_message=str(data.get("stop_message", "")),
                 elapsed_s=float(data.get("elapsed_s", 0.0)),
                 candidates=[Recipe.from_dict(c, source) for c in data.get("candidates", [])],
+                legacy_optimizer=bool(data.get("optimizer")),
             )
         except (ValueError, KeyError, TypeError, RecipeError) as exc:
             raise HistoryError(f"{source}: not a valid search state file ({exc})") from None

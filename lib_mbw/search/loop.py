@@ -51,9 +51,10 @@ is dropped, never recorded half-done). Every exit path calls
 
 With several generators (remote workers) the run asks for a batch, renders
 one candidate per generator on its own thread and tells results as they
-arrive. Resume is exact for a single generator (the optimizer state is saved
-after every tell and history rows newer than it are replayed through
-ask/tell); with several workers it continues from the same history but the
+arrive. Resume is exact for a single generator: no optimizer state is saved;
+resume builds the optimizer anew and replays every history row through
+ask/tell (``optimizer.replay``), so it proposes what the uninterrupted run
+would have. With several workers it continues from the same history but the
 order of arrival, and so the proposals, may differ.
 """
 
@@ -92,6 +93,7 @@ from .events import (
     Timings,
 )
 from .history import HistoryError, HistoryRow, HistoryWriteError, LoopState, RunHistory
+from .optimizer import Told, replay
 from .runlock import RunLock
 from .settings import AbandonSettings
 from .stopping import UNFINISHED, StopReason, StopSettings, StopTracker
@@ -106,15 +108,16 @@ class LoopError(MBWError):
 
 
 class SearchOptimizer(Protocol):
-    """What the loop needs from ``lib_mbw.search.optimizer`` (optional: load_state, rank_for_rescoring, recommend)."""
+    """What the loop needs from ``lib_mbw.search.optimizer`` (optional: rank_for_rescoring, recommend).
+
+    It must be deterministic given how it was made: resume replays the history through a new one.
+    """
 
     def ask(self, n: int = 1) -> list[Recipe]: ...
 
     def tell(self, recipe: Recipe, score: float) -> None: ...
 
     def tell_failed(self, recipe: Recipe) -> None: ...
-
-    def get_state(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class SearchRun:
         strategy: str = "",
         listeners: Sequence[Listener] = (),
         clock: Callable[[], float] = time.monotonic,
+        optimizer_factory: Callable[[], SearchOptimizer] | None = None,
     ) -> None:
         self.payloads = list(payloads)
         if not self.payloads:
@@ -196,6 +200,7 @@ class SearchRun:
         stop = stop or StopSettings()
         settings = settings or LoopSettings()
         self.optimizer = optimizer
+        self._optimizer_factory = optimizer_factory  # a new optimizer like ``optimizer`` (resume's fallback)
         self.scorer = scorer
         self.tally = tally
         self.stop_settings = stop
@@ -374,7 +379,11 @@ class SearchRun:
     # ------------------------------------------------------------------ resume
 
     def _restore(self) -> int:
-        """Rebuild loop state from the history (resume); returns how many search evaluations exist."""
+        """Rebuild loop state from the history (resume); returns how many search evaluations exist.
+
+        The optimizer is rebuilt by replaying every search row (``optimizer.replay``);
+        ``state.json`` only says where the loop was (phase, stop reason, time, candidates).
+        """
         if self.history is None:
             return 0
         rows = self.history.rows()
@@ -383,58 +392,65 @@ class SearchRun:
         except HistoryError as exc:
             log.warning("%s; replaying the whole history instead", exc)
             state = None
-        covered = 0
         if state is not None:
-            self._load_optimizer_state(state.optimizer)
-            covered = min(state.rows, len(rows))
+            if state.legacy_optimizer:
+                log.warning(
+                    "%s/state.json holds an optimizer state of an older auto-MBW (a pickle): it is never loaded; "
+                    "the optimizer is rebuilt from the history instead", self.history.folder,
+                )
             self._phase = state.phase
             self._stop_reason = StopReason(state.stop_reason) if state.stop_reason else None
             self._stop_message = state.stop_message
             self._elapsed_before = state.elapsed_s
             self._candidates = list(state.candidates)
-        replayed = 0
+        records: list[Told] = []
         initial_seen = 0
-        for position, row in enumerate(rows):
+        for row in rows:
             self._rows.append(row)
             if row.source in SEARCH_SOURCES:
                 if row.source == "initial":
                     initial_seen += 1
-                if position >= covered:
-                    self._replay(row)
-                    replayed += 1
+                records.append(self._told(row))
                 self._account_search_row(row)
             elif row.source == "rescore":
                 self._failures_in_row = self._failures_in_row + 1 if row.status == "failed" else 0
         self._initial = self._initial[initial_seen:]
+        if records:
+            self._replay(records)
+        if self._phase == "select" and rows and rows[-1].status == "selected":
+            self._phase = "done"  # the selected row was written, the state after it was not (killed, disk full)
         if self._phase in ("rescore", "select", "done"):
             can_go_on = self._stop_reason in UNFINISHED or self._tracker.check(self._elapsed_before) is None
             if can_go_on:
                 self._phase, self._candidates = "search", []
                 self._stop_reason, self._stop_message = None, ""
-        if replayed:
-            self._save_state()
+            elif self._candidates and hasattr(self.optimizer, "rank_for_rescoring"):
+                # the uninterrupted run ranked its candidates here: the model fit it made is part of its state
+                self.optimizer.rank_for_rescoring(self.settings.rescore_top)  # type: ignore[attr-defined]
         return self._tracker.evaluations
 
-    def _load_optimizer_state(self, data: bytes) -> None:
-        if not data:
-            return
-        if hasattr(self.optimizer, "load_state"):
-            self.optimizer.load_state(data)  # type: ignore[attr-defined]
-        else:
-            self.optimizer = type(self.optimizer).from_state(data)  # type: ignore[attr-defined]
-
-    def _replay(self, row: HistoryRow) -> None:
-        """Tell the optimizer a row its saved state does not include yet (crash between row and state)."""
+    def _told(self, row: HistoryRow) -> Told:
+        """What the optimizer was told for a search row (and whether it had proposed it)."""
         assert row.recipe is not None
-        if row.source == "optimizer" and len(self.generators) == 1:
-            asked = self.optimizer.ask(1)
-            if asked and asked[0] != row.recipe:
-                log.warning("resume: the optimizer proposes a different recipe than history row %d; continuing", row.index)
-        if row.status == "failed":
-            self.optimizer.tell_failed(row.recipe)
-        else:
-            assert row.score is not None
-            self.optimizer.tell(row.recipe, self._sign * row.score)
+        score = None if row.status == "failed" else self._sign * row.score  # type: ignore[operator]
+        return Told(row.recipe, score, asked=row.source == "optimizer" and len(self.generators) == 1, row=row.index)
+
+    def _replay(self, records: list[Told]) -> None:
+        """Put the optimizer where the recorded search left it (see ``optimizer.replay``)."""
+        fresh = [self.optimizer]
+        replayed = replay(lambda: fresh.pop() if fresh else self._new_optimizer(), records, rebuild=self._new_optimizer)
+        self.optimizer = replayed.optimizer
+        if not replayed.exact:
+            log.warning(
+                "resume: history row %s is not what %s proposes now (a history of another auto-MBW version or strategy?); "
+                "all %d recorded results are told as a warm start, so later proposals may differ from an uninterrupted run",
+                replayed.diverged_row, self.strategy, len(records),
+            )
+
+    def _new_optimizer(self) -> SearchOptimizer:
+        if self._optimizer_factory is None:
+            raise LoopError("resume: the optimizer does not reproduce the history and no factory can make a new one")
+        return self._optimizer_factory()
 
     def _account_search_row(self, row: HistoryRow) -> None:
         """Update counters, cache and best from one search row (live or replayed from history)."""
@@ -728,7 +744,6 @@ class SearchRun:
         state = LoopState(
             rows=len(self._rows),
             phase=self._phase,
-            optimizer=self.optimizer.get_state(),
             stop_reason=self._stop_reason.value if self._stop_reason else None,
             stop_message=self._stop_message,
             elapsed_s=self._elapsed(),
