@@ -89,7 +89,7 @@ def test_state_and_manifest_are_written_atomically(tmp_path: Path) -> None:
     assert history.read_state() is None
     for i in range(3):  # a state covers rows that exist (one ahead of the history is refused: test_history_validation)
         history.append(HistoryRow(i, "ok", "optimizer", recipe(5 + i), score=float(i), payload_scores={"p": float(i)}))
-    state = LoopState(rows=3, phase="rescore", optimizer=bytes(range(256)), stop_reason="no_improvement", elapsed_s=12.5, candidates=[recipe(5)])
+    state = LoopState(rows=3, phase="rescore", stop_reason="no_improvement", elapsed_s=12.5, candidates=[recipe(5)])
     history.write_state(state)
     assert history.read_state() == state
     history.write_manifest({"format": "auto-mbw-run", "x": [1, 2]})

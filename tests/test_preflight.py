@@ -203,7 +203,7 @@ def test_ui_search_runs_preflight_before_loading_models(tmp_path: Path, monkeypa
             return super().make_generator(model_a, model_b, options)
 
     host = Host(models, generator="tests.ui_backend:make_generator", paths=HostPaths(payloads, payloads / "wildcards", tmp_path / "history", models))
-    controller = SearchController(host)
+    controller = SearchController(host, {"tests.loop_backend:make_optimizer", "tests.ui_backend:make_scorer"})  # enabled by the server's starter
     values = FormValues(model_a="A.safetensors", model_b="B.safetensors", strategy="tests.loop_backend:make_optimizer",
                         scorer="tests.ui_backend:make_scorer", max_evaluations=2, rescore_top=0, run_name="ui")
     (models / "B.safetensors").write_bytes((models / "B.safetensors").read_bytes()[:1000])  # B damaged after it was listed

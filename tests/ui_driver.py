@@ -56,7 +56,8 @@ def free_port() -> int:
 
 def start_server(root: Path, port: int, *extra: str, python: str = sys.executable) -> subprocess.Popen[bytes]:
     """``python -m lib_mbw ui --demo`` with its files in ``root/demo``; output in ``root/server.log``."""
-    command = [python, "-m", "lib_mbw", "ui", "--port", str(port), "--demo", "--demo-dir", str(root / "demo"), *extra]
+    plugins = ["--plugin", "tests.loop_backend:make_optimizer", "--plugin", "tests.ui_backend:make_rating_scorer"]
+    command = [python, "-m", "lib_mbw", "ui", "--port", str(port), "--demo", "--demo-dir", str(root / "demo"), *plugins, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False", "AUTO_MBW_DATA": str(root / "data")}
     log = open(root / "server.log", "wb")
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
