@@ -499,13 +499,16 @@ def settings_from_form(
 
     order = p.choice("recipe_order", form.recipe_order, list(ORDERS))
     fold = p.choice("recipe_fold", form.recipe_fold, list(FOLDS))
-    warm = file_paths(form.warm_start_files)
+    warm, warm_problems = [], []
     for spec in _lines(form.warm_start_paths):
         folder, problem = warm_start_in_history(spec, paths.history, order, fold)
         if problem:
-            p.add("warm_start_paths", problem)
+            warm_problems.append(problem)
         else:
-            warm.insert(0, str(folder))
+            warm.append(str(folder))
+    if warm_problems:
+        p.add("warm_start_paths", "; ".join(warm_problems))
+    warm += file_paths(form.warm_start_files)
     initial: list[str] = []
     if not _blank(form.initial_recipe):
         text = str(form.initial_recipe).strip()
