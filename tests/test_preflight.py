@@ -40,6 +40,11 @@ def search(*args: str) -> int:
     return main(["search", "-a", "A.safetensors", "-b", "B.safetensors", *FAKE, "--generator", "tests.loop_backend:make_generator", "-q", *args])
 
 
+def search_diffusers(*args: str) -> int:
+    """The default (diffusers) generator loads A and B from files: pre-flight reads their headers (nothing is loaded)."""
+    return main(["search", "-a", "A.safetensors", "-b", "B.safetensors", *FAKE, "-q", *args])
+
+
 def refused(work: Path, capsys: pytest.CaptureFixture[str], code: int, message: str) -> None:
     err = capsys.readouterr().err
     assert code == 2, err
@@ -49,21 +54,25 @@ def refused(work: Path, capsys: pytest.CaptureFixture[str], code: int, message: 
 
 
 def test_model_b_missing(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
     (work / "B.safetensors").unlink()
-    refused(work, capsys, search(), "model B: B.safetensors: file not found; check -b/--model-b (models.b)")
+    assert search("--history-dir", "h2") == 2
+    assert capsys.readouterr().err == "error: model B: B.safetensors: file not found; check -b/--model-b (models.b)\n"
+    assert not (work / "h2").exists()
+    refused(work, capsys, search_diffusers(), "model B: B.safetensors: file not found; check -b/--model-b (models.b)")
 
 
 def test_model_b_truncated(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = (work / "B.safetensors").read_bytes()
     (work / "B.safetensors").write_bytes(data[: len(data) // 2])
-    refused(work, capsys, search(), f"model B: B.safetensors: file is truncated ({len(data) // 2} bytes, header promises {len(data)}); download or copy it again")
+    refused(work, capsys, search_diffusers(), f"model B: B.safetensors: file is truncated ({len(data) // 2} bytes, header promises {len(data)}); download or copy it again")
 
 
 def test_model_b_not_stable_diffusion(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
     save_file({"lm_head.weight": torch.zeros(4, 4)}, str(work / "B.safetensors"))
-    code = search()
+    code = search_diffusers()
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: model B: B.safetensors: ") and err.count("\n") == 1
     assert not (work / "csv" / "history").exists()
@@ -71,12 +80,12 @@ def test_model_b_not_stable_diffusion(work: Path, capsys: pytest.CaptureFixture[
 
 def test_model_b_of_another_architecture(work: Path, capsys: pytest.CaptureFixture[str], tiny_checkpoints: dict[str, tuple[Path, Path]]) -> None:
     shutil.copy(tiny_checkpoints["sdxl"][1], work / "B.safetensors")
-    refused(work, capsys, search(), "model A (A.safetensors) is SD1.x but model B (B.safetensors) is SDXL: architectures differ, so they cannot be merged; pick two models of one architecture")
+    refused(work, capsys, search_diffusers(), "model A (A.safetensors) is SD1.x but model B (B.safetensors) is SDXL: architectures differ, so they cannot be merged; pick two models of one architecture")
 
 
 def test_model_b_pickle_is_refused(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (work / "B.safetensors").rename(work / "B.ckpt")
-    code = main(["search", "-a", "A.safetensors", "-b", "B.ckpt", *FAKE, "--generator", "tests.loop_backend:make_generator", "-q"])
+    code = main(["search", "-a", "A.safetensors", "-b", "B.ckpt", *FAKE, "-q"])
     refused(work, capsys, code, "model B: B.ckpt: pickle checkpoints can run arbitrary code when loaded; convert it to .safetensors, or pass --allow-pickle if you trust its source")
 
 
@@ -232,3 +241,14 @@ def test_a_host_loads_pickle_checkpoints_itself(tmp_path: Path) -> None:
     settings.models.b = str(tmp_path / "gone.ckpt")
     with pytest.raises(Exception, match=r"^model B: .*gone.ckpt: file not found; check -b/--model-b \(models.b\)$"):
         check_models(settings, host=object())
+
+
+def test_a_plugin_generator_reads_model_files_its_own_way(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A plugin generator may take any file: pre-flight only checks that it exists and is not model A."""
+    (work / "B.safetensors").write_bytes(b"the plugin's own format")
+    assert search("--max-evals", "2", "--rescore-top", "0") == 0
+    capsys.readouterr()
+    (work / "B.safetensors").unlink()
+    assert search("--history-dir", "h2") == 2
+    assert capsys.readouterr().err == "error: model B: B.safetensors: file not found; check -b/--model-b (models.b)\n"
+    assert not (work / "h2").exists()

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 from ..errors import MBWError
 from ..fileio import remove_stale_temps
 from ..payloads import Payload, load_payloads, prepare_payloads
+from .plugins import is_plugin
 from .settings import SearchSettings
 
 #: Generators that load A and B from local files (anything else may take model names it resolves itself).
@@ -127,9 +128,10 @@ def _allow_pickle(settings: SearchSettings) -> bool:
     return bool(settings.generator.options.get("allow_pickle", False))
 
 
-def _model_info(role: str, spec: str, allow_pickle: bool, host_loads: bool = False) -> ModelInfo:
+def _model_info(role: str, spec: str, allow_pickle: bool, host_loads: bool = False, inspect: bool = True) -> ModelInfo:
     """Facts of one model file; ``host_loads``: a host (the WebUI) loads it with its own loader, so a pickle
-    checkpoint is only checked to exist and be readable (never unpickled here)."""
+    checkpoint is only checked to exist and be readable (never unpickled here); ``inspect=False`` (a plugin
+    generator reads the file its own way): existence and readability only."""
     from ..checkpoint import PICKLE_SUFFIXES, open_checkpoint
 
     flag = "-a/--model-a (models.a)" if role == "A" else "-b/--model-b (models.b)"
@@ -142,7 +144,7 @@ def _model_info(role: str, spec: str, allow_pickle: bool, host_loads: bool = Fal
         raise PreflightError(f"model {role}: {path}: is a folder, not a checkpoint; give a .safetensors file with {flag}")
     if not os.access(path, os.R_OK):
         raise PreflightError(f"model {role}: {path}: not readable (permission denied); fix its permissions or copy it")
-    if host_loads and path.suffix.lower() in PICKLE_SUFFIXES:
+    if not inspect or (host_loads and path.suffix.lower() in PICKLE_SUFFIXES):
         return ModelInfo(role, path, size=path.stat().st_size)
     try:
         with open_checkpoint(path, allow_pickle=allow_pickle) as checkpoint:
@@ -172,9 +174,14 @@ def _same_file(a: Path, b: Path) -> str:
 
 
 def check_models(settings: SearchSettings, *, host: Any = None) -> dict[str, ModelInfo]:
-    """Both models present, readable, supported, of one architecture and not the same file."""
+    """Both models present, readable, supported, of one architecture and not the same file.
+
+    With a plugin generator (user code that reads models its own way) a file
+    is only checked to exist, be readable and differ from the other model.
+    """
     specs = {"A": settings.models.a, "B": settings.models.b}
     needs_files = _needs_files(settings, host)
+    inspect = host is not None or not is_plugin(settings.generator.name)
     if needs_files:
         for role, spec in specs.items():
             if not spec:
@@ -183,7 +190,7 @@ def check_models(settings: SearchSettings, *, host: Any = None) -> dict[str, Mod
     infos: dict[str, ModelInfo] = {}
     for role, spec in specs.items():
         if spec and (needs_files or Path(spec).exists() or _looks_like_file(spec)):
-            infos[role] = _model_info(role, spec, _allow_pickle(settings), host_loads=host is not None)
+            infos[role] = _model_info(role, spec, _allow_pickle(settings), host_loads=host is not None, inspect=inspect)
     a, b = infos.get("A"), infos.get("B")
     if a is not None and b is not None:
         how = _same_file(a.path, b.path)
