@@ -92,6 +92,7 @@ def test_state_and_manifest_are_written_atomically(tmp_path: Path) -> None:
     state = LoopState(rows=3, phase="rescore", stop_reason="no_improvement", elapsed_s=12.5, candidates=[recipe(5)])
     history.write_state(state)
     assert history.read_state() == state
+    assert "optimizer" not in json.loads((tmp_path / "state.json").read_text())  # numbers and words, no optimizer state
     history.write_manifest({"format": "auto-mbw-run", "x": [1, 2]})
     assert history.read_manifest()["x"] == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "manifest.json", "state.json"]  # no temp files

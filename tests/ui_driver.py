@@ -152,7 +152,11 @@ def served_path(value: Any) -> str:
 
 
 def check_exposure(client: Any, port: int, root: Path, export_output: Any, error_count: int) -> dict[str, Any]:
-    """What a client can reach: only registered or server-enabled components, runs by id, /file= only what the UI shows."""
+    """What a client can reach: only registered or server-enabled components, runs by id, /file= only what the UI shows.
+
+    Uses its own client: a refused call must not disturb the main client's event stream.
+    """
+    client = make_client(port)
     marker = root / "pwned"
     evil = client.predict(*form_values(scorer="subprocess:run", scorer_options=json.dumps({"args": f"touch {marker}", "shell": True})),
                           api_name="/auto_mbw_search")
