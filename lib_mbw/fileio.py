@@ -1,17 +1,24 @@
-"""Small file helpers every writer shares: atomic writes and safe file names.
+"""Small file helpers every writer shares: atomic writes, safe file names, leftover temp files.
 
 An atomic write goes to a temporary file in the destination's folder, is
 flushed and fsync'd, then renamed over the destination, so a reader (or a
 crash) sees either the old content or the new one, never half a file. Names
 derived from user input go through ``safe_name`` (no path separators, no
 traversal, no control characters).
+
+Temp files are named ``.<name>.mbw-<pid>.<random>.tmp``. A writer killed
+mid-write (SIGKILL, power loss) cannot remove its own; ``remove_stale_temps``
+(called by the next merge or search writing into that folder) removes those
+whose process is gone, or that nobody touched for ``STALE_HOURS``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +28,15 @@ if TYPE_CHECKING:
     from PIL import Image
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+
+#: Temp files of atomic writes are ``.<name>.mbw-<pid>.<random>.tmp`` (see ``tempfiles`` for their cleanup).
+TEMP_TAG = "mbw-"
+TEMP_SUFFIX = ".tmp"
+_TEMP = re.compile(r"^\..+\." + TEMP_TAG + r"(\d+)\.[A-Za-z0-9_]+\.tmp$")
+#: A temp file untouched this long is a leftover even if its pid now belongs to a live process (pid reuse).
+STALE_HOURS = 24.0
+
+log = logging.getLogger(__name__)
 
 
 def safe_name(text: str, default: str = "unnamed", max_length: int = 80) -> str:
@@ -55,6 +71,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` to ``fd``: the one place auto-MBW's files get their bytes (tests inject
+    write errors such as a full disk here)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+
+
+def temp_name(path: Path) -> str:
+    """Prefix of a temp file for ``path``: hidden, with the writer's pid, so leftovers can be traced and removed."""
+    return f".{path.name}.{TEMP_TAG}{os.getpid()}."
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: bool = True, durable: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
 
@@ -69,11 +99,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: 
         raise OutputExistsError(f"{path}: already exists; choose another name or allow overwriting")
     payload = data.encode("utf-8") if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_name(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
+            write_all(handle.fileno(), payload)
             if durable:
                 os.fsync(handle.fileno())
         if not overwrite and path.exists():
@@ -88,3 +117,45 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, overwrite: 
     if durable:
         fsync_dir(path.parent)
     return path
+
+
+def _process_alive(pid: int) -> bool:
+    import psutil
+
+    return pid == os.getpid() or psutil.pid_exists(pid)
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], *, stale_hours: float = STALE_HOURS) -> list[tuple[Path, int]]:
+    """Delete auto-MBW temp files in ``folder`` left by dead processes (or untouched for ``stale_hours``).
+
+    Returns (path, size) of each file removed and logs one warning line per
+    file; files of live writers and anything not named like our temp files
+    are left alone.
+    """
+    removed: list[tuple[Path, int]] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        pid = int(match.group(1))
+        dead = not _process_alive(pid)
+        if not dead and now - stat.st_mtime < stale_hours * 3600:
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError as exc:
+            log.warning("could not remove the leftover temp file %s (%s)", entry.path, exc.strerror or exc)
+            continue
+        why = f"its process {pid} is no longer running" if dead else f"untouched for over {stale_hours:g} hours"
+        log.warning("removed the leftover temp file %s (%.1f MB): %s", entry.path, stat.st_size / 1e6, why)
+        removed.append((Path(entry.path), stat.st_size))
+    return removed

@@ -40,6 +40,14 @@ EXPANSIONS: tuple[str, ...] = ("none", "random", "combinatorial")
 #: Most concrete prompts one payload may expand into (combinatorial expansions grow fast).
 MAX_VARIANTS = 256
 
+#: Upper bounds of the numeric fields, each with the reason a larger value is a mistake.
+MAX_STEPS = 500
+MAX_CFG_SCALE = 100.0
+MAX_SIDE = 8192
+_STEPS_WHY = f" (every image of every evaluation is rendered with this many steps; samplers converge long before {MAX_STEPS})"
+_SIDE_WHY = f" (an image side beyond {MAX_SIDE} px does not fit in GPU memory with Stable Diffusion)"
+_CFG_WHY = f" (values beyond {MAX_CFG_SCALE:g} only burn the image; WebUI's slider ends at 30)"
+
 #: Other tools' field names -> ours.
 FIELD_ALIASES: dict[str, str] = {
     "sampler_name": "sampler",
@@ -174,12 +182,29 @@ def _check_int(problems: list[str], name: str, value: Any, low: int, high: int |
     return number
 
 
-def _check_number(problems: list[str], name: str, value: Any, low: float, strict: bool) -> float:
+def _check_number(problems: list[str], name: str, value: Any, low: float, strict: bool, high: float | None = None, what: str = "") -> float:
     number = _as_number(value)
     if number is None or number < low or (strict and number == low):
         problems.append(f"{name} must be a number {'>' if strict else '≥'} {low:g}, got {value!r}")
         return low
+    if high is not None and number > high:
+        problems.append(f"{name} must be at most {high:g}{what}, got {value!r}")
+        return low
     return number
+
+
+def prompt_syntax_problem(text: str) -> str:
+    """Why dynamicprompts cannot parse ``text`` (an unclosed ``{a|b`` variant, ...), or '' if it can."""
+    if not text:
+        return ""
+    from dynamicprompts.parser.parse import ParserConfig, parse
+    from pyparsing import ParseBaseException
+
+    try:
+        parse(text, parser_config=ParserConfig())
+    except ParseBaseException as exc:
+        return f"{exc.msg} at character {exc.col} ({text[max(0, exc.loc - 10) : exc.loc + 10]!r})"
+    return ""
 
 
 def _check_text(problems: list[str], name: str, value: Any, required: bool) -> str:
@@ -221,12 +246,12 @@ def payload_from_dict(data: Any, name: str, source: str | None = None) -> Payloa
     defaults = Payload(name=name, prompt="")
     prompt = _check_text(problems, "prompt", fields.get("prompt", ""), required=True)
     negative = _check_text(problems, "negative_prompt", fields.get("negative_prompt", ""), required=False)
-    steps = _check_int(problems, "steps", fields.get("steps", defaults.steps), 1)
-    cfg = _check_number(problems, "cfg_scale", fields.get("cfg_scale", defaults.cfg_scale), 0.0, strict=True)
+    steps = _check_int(problems, "steps", fields.get("steps", defaults.steps), 1, MAX_STEPS, _STEPS_WHY)
+    cfg = _check_number(problems, "cfg_scale", fields.get("cfg_scale", defaults.cfg_scale), 0.0, strict=True, high=MAX_CFG_SCALE, what=_CFG_WHY)
     sampler = _check_text(problems, "sampler", fields.get("sampler", defaults.sampler), required=True)
     scheduler = _check_text(problems, "scheduler", fields.get("scheduler", defaults.scheduler), required=True)
-    width = _check_int(problems, "width", fields.get("width", defaults.width), 8, 16384)
-    height = _check_int(problems, "height", fields.get("height", defaults.height), 8, 16384)
+    width = _check_int(problems, "width", fields.get("width", defaults.width), 8, MAX_SIDE, _SIDE_WHY)
+    height = _check_int(problems, "height", fields.get("height", defaults.height), 8, MAX_SIDE, _SIDE_WHY)
     for label, size in (("width", width), ("height", height)):
         if size % 8 and not any(p.startswith(label) for p in problems):
             problems.append(f"{label} must be a multiple of 8 (Stable Diffusion works on 8x8 latent cells), got {size}")
@@ -243,6 +268,11 @@ def payload_from_dict(data: Any, name: str, source: str | None = None) -> Payloa
     variants = fields.get("variants")
     if variants is not None:
         variants = _check_int(problems, "variants", variants, 1, MAX_VARIANTS, " (number of prompts the template expands into)")
+    if expansion != "none":
+        for label, text in (("prompt", prompt), ("negative_prompt", negative)):
+            syntax = prompt_syntax_problem(text) if isinstance(text, str) else ""
+            if syntax:
+                problems.append(f"{label} has broken variant syntax: {syntax}; close every {{ with }} (or set \"expansion\": \"none\")")
     if problems:
         raise PayloadError(f"{where}: " + "; ".join(problems))
     return Payload(
@@ -399,6 +429,9 @@ def check_wildcards(text: str, wildcards: str | Path | None, source: str, manage
             missing.append(name)
             continue
         for value in getattr(values, "string_values", values):
+            syntax = prompt_syntax_problem(str(value))
+            if syntax:
+                raise PayloadError(f"{source}: wildcard file {folder / name}.txt has a line with broken variant syntax: {syntax}")
             pending.extend(wildcard_names(str(value)))
     if missing:
         where = folder if folder else "(no wildcard folder set)"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
+from .blocks import present_blocks
+from .errors import RecipeError
 from .recipe import FOLDS, ORDERS, Recipe, read_recipe, to_positional, to_preset
 
 EXAMPLES = """examples:
@@ -15,7 +18,9 @@ EXAMPLES = """examples:
   # our JSON recipe to an MBW preset; warns if TIME_EMBED/OUT are lost
   python -m lib_mbw recipe convert best.recipe.json --to preset
   # every form at once
-  python -m lib_mbw recipe show best.recipe.json"""
+  python -m lib_mbw recipe show best.recipe.json
+  # a partial recipe: the blocks it does not name get 0.5 (without --fill it is refused, as merge refuses it)
+  python -m lib_mbw recipe convert "IN00:0.2, OUT11:1" --fill 0.5 --to rt"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action.add_argument("--order", choices=list(ORDERS), default="canonical", help="order of a 27-value input")
         action.add_argument("--fold", choices=list(FOLDS), default="mbw", help="convention of a 25/26-value preset")
         action.add_argument("--family", choices=["sd1", "sd2", "sdxl"], default="sd1", help="architecture for presets")
+        action.add_argument("--fill", type=float, metavar="W",
+                            help="weight for blocks the recipe does not name (default: refuse an incomplete recipe, as merge does)")
         if name == "convert":
             action.add_argument(
                 "--to",
@@ -56,8 +63,23 @@ def render(recipe: Recipe, fmt: str, family: str, fold: str) -> tuple[str, list[
     return to_preset(recipe, family, with_base=fmt == "preset", fold=fold)
 
 
+def complete(recipe: Recipe, family: str, fill: float | None) -> Recipe:
+    """``recipe`` with every block of ``family``: missing ones get ``fill``; RecipeError naming them without it."""
+    missing = [b for b in present_blocks(family) if b not in recipe.weights]
+    if not missing:
+        return recipe
+    if fill is None:
+        raise RecipeError(
+            f"{recipe.source}: no weight for {', '.join(missing)} ({len(missing)} of {len(present_blocks(family))} {family} blocks); "
+            "give every block, or pass --fill W to set the missing ones to W"
+        )
+    if not math.isfinite(fill):
+        raise RecipeError(f"--fill must be a finite number, got {fill}")
+    return recipe.replace(weights={**recipe.weights, **dict.fromkeys(missing, fill)})
+
+
 def run_convert(args: argparse.Namespace) -> int:
-    recipe = read_recipe(args.recipe, args.order, args.fold)
+    recipe = complete(read_recipe(args.recipe, args.order, args.fold), args.family, args.fill)
     text, warnings = render(recipe, args.to, args.family, args.fold)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -66,7 +88,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    recipe = read_recipe(args.recipe, args.order, args.fold)
+    recipe = complete(read_recipe(args.recipe, args.order, args.fold), args.family, args.fill)
     print(recipe.describe())
     for order in ORDERS:
         print(f"{order + ':':<12}{to_positional(recipe, order)}")

@@ -1,4 +1,4 @@
-"""auto-MBW in AUTOMATIC1111 / Forge: the tab, the settings, the /auto-mbw/v1 routes, and lifecycle hooks.
+"""auto-MBW in AUTOMATIC1111 / Forge: the tab, the settings, the /auto-mbw/v1 routes (with --api), and lifecycle hooks.
 
 Thin glue: everything it wires lives in ``lib_mbw`` (``hosts.webui`` for the
 WebUI adapter, ``hosts.worker_api`` for the routes, ``ui`` for the tab).
@@ -44,7 +44,8 @@ def on_ui_tabs():
 
 
 def on_app_started(demo, app) -> None:
-    worker_api.mount(app, host, worker_api.parse_credentials(shared.cmd_opts.api_auth))
+    # like the WebUI's own API: only with --api (or --nowebui), behind --api-auth
+    worker_api.mount_if_enabled(app, host, shared.cmd_opts)
 
 
 def on_model_loaded(sd_model) -> None:

@@ -7,8 +7,8 @@
 * ``FakeScorer``: turns each image back into a known objective:
   ``-10 * mean((w - TARGET)²) + shift``; can fail on chosen calls.
 * ``RandomGridOptimizer``: seeded random search on the grid of the given
-  blocks, implementing the optimizer facade (ask/tell/tell_failed/state/
-  rank_for_rescoring/recommend) with an exact state.
+  blocks, implementing the optimizer facade (ask/tell/tell_failed/
+  rank_for_rescoring/recommend), deterministic given its seed (resume replays it).
 
 The CLI loads them by ``package.module:factory``: ``tests.loop_backend:make_generator``,
 ``tests.loop_backend:make_scorer``, ``tests.loop_backend:make_optimizer``.
@@ -173,19 +173,6 @@ class RandomGridOptimizer:
     def tell_failed(self, recipe: Recipe) -> None:
         self.observations.append((dict(recipe.weights), None))
 
-    def get_state(self) -> bytes:
-        version, internal, gauss = self.rng.getstate()
-        return json.dumps(
-            {"blocks": self.blocks, "levels": self.levels, "rng": [version, list(internal), gauss], "obs": self.observations, "asks": self.asks}
-        ).encode()
-
-    def load_state(self, data: bytes) -> None:
-        state = json.loads(data)
-        self.blocks, self.levels, self.asks = state["blocks"], state["levels"], state["asks"]
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-        self.observations = [(dict(w), s) for w, s in state["obs"]]
-
     def _scored(self) -> list[tuple[Recipe, float]]:
         return [(Recipe(w), s) for w, s in self.observations if s is not None]
 
@@ -220,8 +207,13 @@ class ScriptedOptimizer(RandomGridOptimizer):
 # ---------------------------------------------------------------- CLI factories (package.module:factory)
 
 
-def make_generator(model_a: str | None = None, model_b: str | None = None, delay: float = 0.0, name: str = "fake", fail: bool = False, **_: Any) -> FakeGenerator:
-    return FakeGenerator(name=name, delay=float(delay), fail_when=(lambda recipe, payload: True) if fail else None)
+def make_generator(model_a: str | None = None, model_b: str | None = None, delay: float = 0.0, name: str = "fake", fail: bool = False,
+                   fail_after: int | None = None, **_: Any) -> FakeGenerator:
+    """``fail``: every render fails; ``fail_after=N``: renders fail once N have succeeded."""
+    generator = FakeGenerator(name=name, delay=float(delay), fail_when=(lambda recipe, payload: True) if fail else None)
+    if fail_after is not None:
+        generator.fail_when = lambda recipe, payload: generator.generated >= int(fail_after)
+    return generator
 
 
 def make_scorer(higher_is_better: bool = True, **_: Any) -> FakeScorer:

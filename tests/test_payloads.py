@@ -74,14 +74,14 @@ def test_error_names_file_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, "portrait", {"prompt": "x", "steps": "20x"})
     with pytest.raises(PayloadError) as error:
         load_payload(path)
-    assert str(error.value) == f"{path}: steps must be an integer ≥ 1, got '20x'"
+    assert str(error.value) == f"{path}: steps must be an integer between 1 and 500 (every image of every evaluation is rendered with this many steps; samplers converge long before 500), got '20x'"
 
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
         ("prompt", "  ", "prompt must not be empty"),
-        ("steps", 0, "steps must be an integer ≥ 1"),
+        ("steps", 0, "steps must be an integer between 1 and 500"),
         ("steps", True, "steps must be an integer"),
         ("cfg_scale", "7", "cfg_scale must be a number > 0"),
         ("width", 500, "width must be a multiple of 8"),

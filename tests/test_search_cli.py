@@ -24,6 +24,8 @@ BACKEND = [
     "--scorer", "tests.loop_backend:make_scorer",
     "--strategy", "tests.loop_backend:make_optimizer",
 ]
+#: What a resume of a BACKEND run needs: the user enables the plugins the manifest names.
+PLUGINS = [f"--plugin={spec}" for spec in BACKEND[3::2]]
 
 
 @pytest.fixture()
@@ -107,7 +109,7 @@ def test_bad_payloads_are_all_reported_before_anything_runs(workdir: Path, capsy
     (workdir / "payloads" / "e.json").write_text("{")
     assert main(["search", *BACKEND, "-q"]) == 2
     err = capsys.readouterr().err
-    assert "c.json: steps must be an integer ≥ 1, got '20x'" in err and "e.json: invalid JSON" in err
+    assert "c.json: steps must be an integer between 1 and 500" in err and "e.json: invalid JSON" in err
     assert not (workdir / "csv").exists()  # no run folder for a search that never started
     (workdir / "payloads" / "c.json").unlink()
     (workdir / "payloads" / "e.json").unlink()
@@ -130,7 +132,7 @@ def test_resume_refuses_to_change_what_is_measured(workdir: Path, capsys: pytest
     (run,) = run_dirs(workdir / "csv" / "history")
     assert main(["search", "--resume", str(run), "--tally", "min", "-q"]) == 2
     assert "cannot change tally when resuming" in capsys.readouterr().err
-    assert main(["search", "--resume", run.name, "--max-evals", "4", "-q"]) == 0  # run-id under csv/history works too
+    assert main(["search", "--resume", run.name, "--max-evals", "4", "-q", *PLUGINS]) == 0  # run-id under csv/history works too
     assert [r["status"] for r in history_rows(run)] == ["ok", "ok", "selected", "ok", "ok", "selected"]
 
 
@@ -173,7 +175,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(workdir: Path) 
     assert 7 <= len(survived) < 25 and all(r["status"] == "ok" for r in survived)  # at most the evaluation in flight was lost
     assert not (run / "best.recipe.json").exists()
 
-    assert main(["search", "--resume", str(run), "-q"]) == 0
+    assert main(["search", "--resume", str(run), "-q", *PLUGINS]) == 0
     resumed = history_rows(run)
     assert main(["search", *_search_args(workdir / "whole")]) == 0
     (whole,) = run_dirs(workdir / "whole")
@@ -229,6 +231,12 @@ class FakeMergeModule:
 def test_merged_model_is_written_through_the_merge_engine(workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
+    import lib_mbw.merge.cli  # noqa: F401  (the parser and pre-flight's hashes need the real package's modules)
+    import lib_mbw.merge.hashes  # noqa: F401
+    from tests.merge_models import write_micro
+
+    write_micro(workdir / "A.safetensors", seed=1)
+    write_micro(workdir / "B.safetensors", seed=2)
     fake = FakeMergeModule()
     monkeypatch.setitem(sys.modules, "lib_mbw.merge", fake)
     args = [*BACKEND, "-a", "A.safetensors", "-b", "B.safetensors", "-o", "models", "--dtype", "bf16", "--max-evals", "3", "--rescore-top", "0", "-q"]
@@ -244,7 +252,8 @@ def test_merged_model_is_written_through_the_merge_engine(workdir: Path, monkeyp
     monkeypatch.setitem(sys.modules, "lib_mbw.merge", FakeMergeModule(fail=True))
     assert main(["search", *args]) == 2  # the search result is kept; only the model is missing
     err = capsys.readouterr().err
-    assert "no space left on device" in err and "merge it later with: python -m lib_mbw merge A B --recipe" in err
+    assert "no space left on device" in err
+    assert "merge it later with: python -m lib_mbw merge A.safetensors B.safetensors --recipe csv/history/" in err
 
 
 def test_host_provides_generators_and_holds_its_lock(workdir: Path) -> None:
@@ -286,7 +295,7 @@ def test_host_provides_generators_and_holds_its_lock(workdir: Path) -> None:
 
     host = Host()
     settings = settings_from_dict({"models": {"a": "A", "b": "B", "family": "sd1"}, "generator": {"options": {"steps": 4}}, "stop": {"max_evaluations": 2}, "rescore_top": 0, "strategy": "tests.loop_backend:make_optimizer"})
-    session = start_search(settings, host=host, scorer=FakeScorer())
+    session = start_search(settings, host=host, scorer=FakeScorer(), plugins={"tests.loop_backend:make_optimizer"})
     outcome = session.execute()
     assert host.made == [("A", "B", {"steps": 4})]
     assert host.lock_seen and all(host.lock_seen) and not host.locked
@@ -317,7 +326,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(workdir: Path) -> None:
     assert manifest["result"]["stop_reason"] == "user_abort" and (run / "best.recipe.json").exists()
     done = manifest["result"]["evaluations"]
     assert 3 <= done < 200
-    assert main(["search", "--resume", str(run), "--max-evals", str(done + 2), "-q"]) == 0
+    assert main(["search", "--resume", str(run), "--max-evals", str(done + 2), "-q", *PLUGINS]) == 0
     assert json.loads((run / "manifest.json").read_text())["result"]["evaluations"] == done + 2
 
 

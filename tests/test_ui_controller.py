@@ -17,6 +17,8 @@ from lib_mbw.ui import actions
 from lib_mbw.ui.controller import RatingError, SearchController, UIBusyError
 from lib_mbw.ui.form import FormValues, settings_from_form
 
+#: The test components are plugins: the server's starter enables them (a UI client never can).
+PLUGINS = frozenset({"tests.loop_backend:make_optimizer", "tests.ui_backend:make_scorer", "tests.ui_backend:make_rating_scorer"})
 PAYLOAD = {"prompt": "a {red|blue} house", "steps": 2, "width": 64, "height": 64, "seed": 5, "batch_size": 2}
 
 
@@ -77,7 +79,7 @@ def start(host: RecordingHost, controller: SearchController, **changes: Any) -> 
 
 
 def test_search_streams_frames_to_a_viewer_until_it_ends(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS)
     start(host, controller)
     frames = list(controller.watch(frame_interval=0.01, heartbeat=0.5))
     assert controller.wait(20)
@@ -95,7 +97,7 @@ def test_search_streams_frames_to_a_viewer_until_it_ends(host: RecordingHost) ->
 
 
 def test_two_viewers_and_a_late_one_see_the_same_run(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS)
     start(host, controller, generator_options='{"delay": 0.02}')
     results: list[list[Any]] = [[], []]
     threads = [threading.Thread(target=lambda i=i: results[i].extend(controller.watch(frame_interval=0.01, heartbeat=0.2))) for i in range(2)]
@@ -110,7 +112,7 @@ def test_two_viewers_and_a_late_one_see_the_same_run(host: RecordingHost) -> Non
 
 
 def test_pause_resume_and_stop_restore_the_model(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS)
     start(host, controller, max_evaluations=200, generator_options='{"delay": 0.02}')
     wait_until(lambda: controller.snapshot().evaluations >= 1, what="the first evaluation")
     assert "pausing" in controller.pause()
@@ -135,7 +137,7 @@ def test_pause_resume_and_stop_restore_the_model(host: RecordingHost) -> None:
 
 
 def test_a_stopped_run_resumes_from_past_runs(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS)
     start(host, controller, max_evaluations=200, generator_options='{"delay": 0.02}')
     wait_until(lambda: controller.snapshot().evaluations >= 2, what="two evaluations")
     controller.stop()
@@ -152,7 +154,7 @@ def test_a_stopped_run_resumes_from_past_runs(host: RecordingHost) -> None:
 
 
 def test_warm_start_form_from_a_past_run(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS)
     start(host, controller, levels=11, max_minutes=5)
     assert controller.wait(20)
     run_dir = Path(controller.snapshot().run_dir)
@@ -165,7 +167,7 @@ def test_warm_start_form_from_a_past_run(host: RecordingHost) -> None:
 
 
 def test_human_rating_through_the_ui_rater(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS)
     start(host, controller, scorer="tests.ui_backend:make_rating_scorer", max_evaluations=2, rescore_top=0,
           payload_names=["house"], scorer_options='{"low": 1, "high": 5}')
     wait_until(lambda: controller.snapshot().rating is not None, what="images to rate")
@@ -189,7 +191,7 @@ def test_human_rating_through_the_ui_rater(host: RecordingHost) -> None:
 
 
 def test_stop_while_waiting_for_ratings_ends_the_run(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS)
     start(host, controller, scorer="tests.ui_backend:make_rating_scorer", max_evaluations=3, rescore_top=0, payload_names=["house"])
     wait_until(lambda: controller.snapshot().rating is not None, what="images to rate")
     controller.stop()
@@ -213,7 +215,7 @@ def test_parse_ratings() -> None:
 
 
 def test_a_failed_start_is_shown_and_frees_the_generators(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS | {"nowhere.module:factory"})  # enabled, but it cannot be imported
     start(host, controller, strategy="nowhere.module:factory")
     assert controller.wait(20)
     state = controller.snapshot()
@@ -229,7 +231,7 @@ def test_describe_models_reports_the_architecture(host: RecordingHost, tiny_chec
     (host.models_dir / "XL.safetensors").symlink_to(tiny_checkpoints["sdxl"][0])
     info = actions.describe_models(host, "A.safetensors", "XL.safetensors")
     assert info.family is None and "architectures differ" in info.text and info.mismatch
-    result = actions.start_from_form(host, SearchController(host), form(model_b="XL.safetensors"))
+    result = actions.start_from_form(host, SearchController(host, PLUGINS), form(model_b="XL.safetensors"))
     assert "architectures differ" in result.errors["model_b"]
     (host.models_dir / "broken.safetensors").write_bytes(b"not a model")
     unreadable = actions.describe_models(host, "A.safetensors", "broken.safetensors")
@@ -237,7 +239,7 @@ def test_describe_models_reports_the_architecture(host: RecordingHost, tiny_chec
 
 
 def test_the_registered_human_scorer_asks_the_ui(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS)
     start(host, controller, scorer="human", human_low=1, human_high=5, max_evaluations=1, rescore_top=0, payload_names=["house"])
     wait_until(lambda: controller.snapshot().rating is not None, what="images to rate", controller=controller)
     pending = controller.snapshot().rating

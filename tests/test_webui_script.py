@@ -60,10 +60,11 @@ def test_tab_is_registered(webui):
     assert [(title, elem_id) for _, title, elem_id in tabs] == [("auto-MBW", "auto_mbw")]
 
 
-def start_app(api_auth: str | None = None) -> TestClient:
+def start_app(api_auth: str | None = None, api: bool = True) -> TestClient:
     from modules import script_callbacks, shared
 
     shared.cmd_opts.api_auth = api_auth
+    shared.cmd_opts.api = api
     app = FastAPI()
     script_callbacks.app_started_callback(None, app)
     assert not script_callbacks.errors
@@ -86,8 +87,9 @@ def test_routes_without_api_auth_are_open(webui):
 
 
 def test_reload_ui_restores_weights_and_registers_again(webui):
-    from modules import script_callbacks
+    from modules import script_callbacks, shared
 
+    shared.cmd_opts.api = True
     script = load_script()
     app = FastAPI()
     script_callbacks.app_started_callback(None, app)

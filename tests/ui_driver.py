@@ -56,7 +56,8 @@ def free_port() -> int:
 
 def start_server(root: Path, port: int, *extra: str, python: str = sys.executable) -> subprocess.Popen[bytes]:
     """``python -m lib_mbw ui --demo`` with its files in ``root/demo``; output in ``root/server.log``."""
-    command = [python, "-m", "lib_mbw", "ui", "--port", str(port), "--demo", "--demo-dir", str(root / "demo"), *extra]
+    plugins = ["--plugin", "tests.loop_backend:make_optimizer", "--plugin", "tests.ui_backend:make_rating_scorer"]
+    command = [python, "-m", "lib_mbw", "ui", "--port", str(port), "--demo", "--demo-dir", str(root / "demo"), *plugins, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False", "AUTO_MBW_DATA": str(root / "data")}
     log = open(root / "server.log", "wb")
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -128,6 +129,61 @@ def check(condition: bool, message: str) -> None:
         raise SystemExit(f"check failed: {message}")
 
 
+def http_status(port: int, path: str) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/file={urllib.parse.quote(path)}", timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def served_path(value: Any) -> str:
+    """The server-side path of a file output (gradio 3: {'name': ...}; gradio 4: {'path': ...})."""
+    value = plain(value)
+    if isinstance(value, list):
+        value = value[0]
+    if isinstance(value, dict):
+        return str(value.get("path") or value.get("name"))
+    return str(value)
+
+
+def check_exposure(client: Any, port: int, root: Path, export_output: Any, error_count: int) -> dict[str, Any]:
+    """What a client can reach: only registered or server-enabled components, runs by id, /file= only what the UI shows.
+
+    Uses its own client: a refused call must not disturb the main client's event stream.
+    """
+    client = make_client(port)
+    marker = root / "pwned"
+    evil = client.predict(*form_values(scorer="subprocess:run", scorer_options=json.dumps({"args": f"touch {marker}", "shell": True})),
+                          api_name="/auto_mbw_search")
+    refusal = next((str(m) for m in evil if "is a plugin (code)" in str(m)), "")
+    check("scorer 'subprocess:run' is a plugin (code)" in refusal, f"a client's plugin is refused, got {list(evil)}")
+    check(not marker.exists(), "the client's plugin did not run")
+    history = root / "demo" / "history"
+    before = sorted(p.name for p in history.iterdir())
+    try:
+        answer = str(client.predict(str(history / before[0]), None, api_name="/auto_mbw_resume_run"))
+    except Exception as exc:  # gradio 4 refuses a value outside the dropdown's choices itself
+        answer = f"refused by gradio: {exc}"
+    check("pick a run from the list" in answer or "refused by gradio" in answer, f"an absolute run path is refused, got {answer!r}")
+    check(sorted(p.name for p in history.iterdir()) == before, "no run started from a path")
+    model = next((root / "demo").rglob("*.safetensors"))
+    statuses = {
+        "source file under the working folder": http_status(port, str(ROOT / "pyproject.toml")),
+        "model file": http_status(port, str(model)),
+        "run manifest": http_status(port, str(history / before[0] / "manifest.json")),
+        "exported recipe the UI shows": http_status(port, served_path(export_output)),
+    }
+    check(statuses["exported recipe the UI shows"] == 200, f"/file= serves what the UI shows, got {statuses}")
+    check(all(code in (403, 404) for name, code in statuses.items() if name != "exported recipe the UI shows"),
+          f"/file= serves nothing else, got {statuses}")
+    return {"refusal": refusal, "resume_path": answer[:200], "file_statuses": statuses}
+
+
 def drive(port: int, root: Path) -> dict[str, Any]:
     import gradio
 
@@ -172,6 +228,7 @@ def drive(port: int, root: Path) -> dict[str, Any]:
     text = exported[0]
     check(isinstance(text, str) and len(text.split(",")) == 27, f"export gives 27 values, got {text!r}")
     check(any((run / "exports").glob("*.canonical.txt")), "export file written next to the run")
+    exposure = check_exposure(client, port, root, exported[1], error_count)
 
     # human rating: the images wait in the rating panel until ratings come through the Submit button's endpoint
     rated = client.predict(*form_values(scorer="tests.ui_backend:make_rating_scorer", scorer_options="", payload_names=["castle"],
@@ -221,7 +278,7 @@ def drive(port: int, root: Path) -> dict[str, Any]:
     stopped_rows = (long_runs[0] / "history.csv").read_text().splitlines()
     check(3 <= len(stopped_rows) < 100, f"the long search stopped early, history has {len(stopped_rows) - 1} rows; button answers took {answers} s")
     return {"gradio": gradio.__version__, "frames": frames, "seconds": round(seconds, 2), "rows": len(lines) - 1, "run": run.name,
-            "stopped_after_rows": len(stopped_rows) - 1, "button_seconds": answers}
+            "stopped_after_rows": len(stopped_rows) - 1, "button_seconds": answers, "exposure": exposure}
 
 
 def main() -> int:

@@ -56,3 +56,22 @@ class Generator(Protocol):
     def close(self) -> None:
         """Release the model and memory; ``restore`` first if needed."""
         ...
+
+
+#: The optional method a generator (or a host) offers to check a payload's sampler before a search starts:
+#: ``check_sampler(sampler, scheduler, source)`` raises PayloadError naming the field and the accepted names.
+SAMPLER_CHECK = "check_sampler"
+
+
+def check_sampler(backend: Any, sampler: str, scheduler: str, source: str) -> bool:
+    """Let ``backend`` (a generator or host) refuse an unknown sampler/scheduler; False if it cannot check names.
+
+    A backend without ``check_sampler`` (plugins, remote workers whose list
+    is only known once connected) is trusted: its failures show up as failed
+    evaluations, as before.
+    """
+    check = getattr(backend, SAMPLER_CHECK, None)
+    if not callable(check):
+        return False
+    check(sampler, scheduler, source)
+    return True

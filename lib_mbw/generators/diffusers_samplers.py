@@ -134,6 +134,20 @@ def resolve_sampler(sampler: str, schedule_type: str = "Automatic", source: str 
     return spec, options
 
 
+def check_sampler(sampler: str, schedule_type: str = "Automatic", source: str = "payload") -> None:
+    """Refuse (PayloadError naming the field) a sampler/schedule pair the diffusers backend cannot run here.
+
+    The same checks ``scheduler_for`` makes when a payload renders, done
+    before a search starts: unknown names, a schedule the scheduler lacks, a
+    package the sampler needs but that is not installed.
+    """
+    import importlib.util
+
+    spec, _ = resolve_sampler(sampler, schedule_type, source)
+    if spec.needs and importlib.util.find_spec(spec.needs) is None:
+        raise PayloadError(f"{source}: sampler {sampler!r} needs the {spec.needs} package; install it with: pip install {spec.needs}")
+
+
 def scheduler_for(base_config: Mapping[str, Any], sampler: str, schedule_type: str = "Automatic", source: str = "payload") -> Any:
     """A new diffusers scheduler for ``sampler``/``schedule_type`` built on the model's scheduler config."""
     import diffusers

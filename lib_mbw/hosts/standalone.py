@@ -91,7 +91,8 @@ class StandaloneHost:
 
         path_a, path_b = self.model_path(model_a), self.model_path(model_b)
         settings = GeneratorSettings(name=self.generator, options={**self.generator_options, **dict(options)})
-        (generator,) = make_generators(settings, str(path_a), str(path_b))
+        # the host's generator was chosen by whoever started the app (a plugin is theirs to enable)
+        (generator,) = make_generators(settings, str(path_a), str(path_b), plugins={self.generator})
         return generator
 
     @contextlib.contextmanager

@@ -12,10 +12,13 @@ Routes (JSON):
 * ``POST /auto-mbw/v1/stop``    -> interrupts a search running in that WebUI, or restores and
   closes the worker session (reloading the checkpoint it had before)
 
-Extension routes get no auth from the WebUI (only ``Api.add_api_route`` adds
-it, and only with ``--api``), so these routes build the same HTTP Basic check
-from ``--api-auth "user:pass,user2:pass2"`` themselves, comparing with
-``secrets.compare_digest``. Errors come back as ``{"detail": message}``:
+They follow the WebUI's API convention (``modules/api/api.py``): they exist
+only when the WebUI serves its API (``--api``, or ``--nowebui``;
+``mount_if_enabled``), and with ``--api-auth "user:pass,user2:pass2"`` every
+call needs those HTTP Basic credentials. Extension routes get no auth from
+the WebUI (only ``Api.add_api_route`` adds it), so these routes build the
+same check themselves, comparing with ``secrets.compare_digest``. Like the
+WebUI's own API, ``--gradio-auth`` does not protect them: use ``--api-auth``. Errors come back as ``{"detail": message}``:
 400 for bad input (any ``MBWError``), 409 while the WebUI is busy, 401
 without valid credentials. Works with the pydantic/FastAPI versions of both
 A1111 (pydantic 1) and Forge (pydantic 2).
@@ -135,7 +138,30 @@ def build_router(service: WorkerService, credentials: Mapping[str, str] | None =
     return router
 
 
+def unmount(app: FastAPI) -> None:
+    """Remove the routes an earlier load of the extension added."""
+    app.router.routes[:] = [r for r in app.router.routes if not getattr(r, "path", "").startswith(PREFIX)]
+
+
 def mount(app: FastAPI, service: WorkerService, credentials: Mapping[str, str] | None = None) -> None:
     """Add the routes to ``app``, replacing routes an earlier load of the extension added (Reload UI)."""
-    app.router.routes[:] = [r for r in app.router.routes if not getattr(r, "path", "").startswith(PREFIX)]
+    unmount(app)
     app.include_router(build_router(service, credentials))
+
+
+def api_enabled(cmd_opts: Any) -> bool:
+    """Whether the WebUI serves its API: ``--api``, or ``--nowebui`` (API only)."""
+    return bool(getattr(cmd_opts, "api", False) or getattr(cmd_opts, "nowebui", False))
+
+
+def mount_if_enabled(app: FastAPI, service: WorkerService, cmd_opts: Any) -> bool:
+    """Mount the routes as the WebUI mounts its API (only with --api/--nowebui, behind --api-auth); True if mounted."""
+    if not api_enabled(cmd_opts):
+        unmount(app)
+        log.info("auto-MBW: worker routes %s/* are off; start the WebUI with --api (and --api-auth) to use it as a remote worker", PREFIX)
+        return False
+    credentials = parse_credentials(getattr(cmd_opts, "api_auth", None))
+    if credentials is None and getattr(cmd_opts, "listen", False):
+        log.warning("auto-MBW: --listen and --api without --api-auth: anyone on the network can merge models through %s/*", PREFIX)
+    mount(app, service, credentials)
+    return True

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..checkpoint import TORCH_TO_SAFETENSORS
+from .. import fileio
 from ..fileio import fsync_dir
 from ..errors import OutputExistsError, OutputWriteError
 from .hashes import HashingSink, ModelHashes
@@ -85,10 +86,8 @@ def build_header(entries: Sequence[TensorEntry], metadata: Mapping[str, str]) ->
 
 
 def _write_all(fd: int, data: memoryview) -> None:
-    """Write every byte of ``data`` to ``fd`` (the one place output bytes are written)."""
-    done = 0
-    while done < len(data):
-        done += os.write(fd, data[done:])
+    """Write every byte of ``data`` to ``fd`` (through ``fileio.write_all``, the one place output bytes are written)."""
+    fileio.write_all(fd, data)
 
 
 class SafetensorsWriter:
@@ -116,8 +115,13 @@ class SafetensorsWriter:
         check_output_path(self.path, overwrite)
         header = build_header(self.entries, metadata or {})
         self.size = len(header) + sum(e.nbytes for e in self.entries)
-        self._check_space()
-        self._open_temp()
+        fileio.remove_stale_temps(self.path.parent)  # a killed merge's leftover counts against the space check
+        self._open_temp()  # before the space check: a read-only folder says so, not "not enough free disk space"
+        try:
+            self._check_space()
+        except BaseException:
+            self.abort()
+            raise
         self._sink.update(header)
         self.emit(memoryview(header))
 
@@ -139,7 +143,7 @@ class SafetensorsWriter:
 
     def _open_temp(self) -> None:
         for _ in range(100):
-            tmp = self.path.parent / f".{self.path.name}.{secrets.token_hex(4)}.tmp"
+            tmp = self.path.parent / f"{fileio.temp_name(self.path)}{secrets.token_hex(4)}{fileio.TEMP_SUFFIX}"
             try:
                 self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             except FileExistsError:

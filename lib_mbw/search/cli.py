@@ -7,19 +7,24 @@ workers and outputs). Progress is a tqdm bar with ETA; Ctrl-C stops cleanly
 (the model is restored, outputs of the best so far are written, the run can
 be resumed), a second Ctrl-C aborts at once.
 
-Exit codes: 0 finished, 2 bad input or an output could not be written,
-3 stopped after repeated failures, 130 stopped by Ctrl-C.
+Exit codes: 0 finished, 2 bad input, or the run folder or an output could
+not be written (full disk: the history stays intact, resume once there is
+room), 3 stopped because evaluations kept failing or none succeeded, 130
+stopped by Ctrl-C. Every check that can run before the first evaluation
+runs before the run folder is created (``preflight``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from typing import Any, Callable
 
 from ..blocks import BASE, BLOCKS
+from ..errors import MBWError
 
 EXAMPLES = """examples:
   # search with the diffusers backend and ImageReward, write the merged model to models/
@@ -89,6 +94,8 @@ def _float_pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
                 out[key] = float(value)
             except ValueError:
                 raise SystemExit(f"error: {flag} takes BLOCK=VALUE with a number, got {item!r}") from None
+        if not all(math.isfinite(v) for v in (out[key] if isinstance(out[key], list) else [out[key]])):
+            raise FlagError(f"{flag} takes finite numbers, got {item!r}")
     return out
 
 
@@ -116,6 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--print-settings", action="store_true", help="print the effective settings as JSON and exit")
     g.add_argument("--list-strategies", action="store_true", help="list the optimizer strategies and exit")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--plugin", action="append", metavar="PKG.MODULE:FACTORY",
+                   help="enable this plugin (your own generator/scorer/strategy code) named in --config or in the run to resume; "
+                        "files never enable code by themselves (repeat)")
     g = parser.add_argument_group("models")
     g.add_argument("-a", "--model-a", help="model A (weight 0), a .safetensors file or a name the generator knows")
     g.add_argument("-b", "--model-b", help="model B (weight 1)")
@@ -171,6 +181,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_search)
 
 
+class FlagError(MBWError):
+    """A command-line flag has a value no search can use; the message names the flag."""
+
+
+#: Numeric flags: (flag, attribute, lowest, lowest allowed itself?, highest, what the bound means).
+_NUMBER_FLAGS: tuple[tuple[str, str, float | None, bool, float | None, str], ...] = (
+    ("--seed", "seed", 0, True, 2**63 - 1, ""),
+    ("--levels", "levels", 2, True, 1001, " (grid levels per block)"),
+    ("--init-random", "init_random", 0, True, None, ""),
+    ("--init-grid", "init_grid", 0, True, None, ""),
+    ("--init-vertex", "init_vertex", 0, True, None, ""),
+    ("--max-evals", "max_evals", 1, True, None, ""),
+    ("--patience", "patience", 0, True, None, " (0 turns early stop off)"),
+    ("--tol-abs", "tol_abs", 0, True, None, ""),
+    ("--tol-rel", "tol_rel", 0, True, None, ""),
+    ("--max-minutes", "max_minutes", 0, False, None, ""),
+    ("--target-score", "target_score", None, True, None, ""),
+    ("--max-failures", "max_failures", 1, True, None, ""),
+    ("--tally-trim", "tally_trim", 0, True, 0.5, " (fraction cut from each end; below 0.5)"),
+    ("--abandon-margin", "abandon_margin", 0, True, None, " (score units)"),
+    ("--abandon-after", "abandon_after", 1, True, None, " (payloads)"),
+    ("--rescore-top", "rescore_top", 0, True, None, " (0 turns re-scoring off)"),
+)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse a numeric flag that is not finite or out of range, naming the flag (before any file is read)."""
+    for flag, attribute, low, low_ok, high, meaning in _NUMBER_FLAGS:
+        value = getattr(args, attribute, None)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise FlagError(f"{flag} must be a finite number, got {value}")
+        too_low = low is not None and (value < low or (value == low and not low_ok))
+        too_high = high is not None and (value > high or (value == high and attribute == "tally_trim"))
+        if too_low or too_high:
+            if high is None:
+                bound = f"{'≥' if low_ok else '>'} {low:g}"
+            elif low is None:
+                bound = f"≤ {high:g}"
+            else:
+                bound = f"from {low:g} to {high:g}"
+            raise FlagError(f"{flag} must be {bound}{meaning}, got {value:g}")
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Settings given by flags (only the flags that were set), as a nested mapping."""
     out: dict[str, Any] = {}
@@ -208,7 +263,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("recipe_order", args.order)
     put("recipe_fold", args.fold)
     put("stop.max_evaluations", args.max_evals)
-    if args.patience is not None:  # 0 turns early stop off, which is None in the settings
+    if args.patience is not None:  # 0 turns early stop off, which is None in the settings (check_flags refused < 0)
         out.setdefault("stop", {})["patience"] = args.patience if args.patience > 0 else None
     put("stop.tol_abs", args.tol_abs)
     put("stop.tol_rel", args.tol_rel)
@@ -268,12 +323,14 @@ class ProgressPrinter:
         elif isinstance(event, ev.EvaluationFailure):
             self._say(f"evaluation {event.index} failed: {event.reason}")
         elif isinstance(event, ev.Paused):
-            self._say(f"paused: {event.reason}")
             if not event.by_user and self.on_failure_pause is not None:
                 self.on_failure_pause(event.reason)
+            else:
+                self._say(f"paused: {event.reason}")
         elif isinstance(event, ev.Stopped):
             self._close_bar()
-            self._say(f"search stopped ({event.reason.value}): {event.message}")
+            if event.reason.value not in ("failures", "write_error"):  # those end with an error line
+                self._say(f"search stopped ({event.reason.value}): {event.message}")
         elif isinstance(event, ev.FinalRecommendation):
             self._close_bar()
             if event.recipe is None:
@@ -304,21 +361,32 @@ def strategy_table() -> str:
     return "\n".join(lines) + "\n\nAliases: 'default', 'seed'. Your own: --strategy package.module:factory."
 
 
+def enabled_plugins(args: argparse.Namespace) -> frozenset[str]:
+    """Plugins the command line enables: ``--plugin`` and plugins named directly in --generator/--scorer/--strategy."""
+    from .plugins import is_plugin, parse_plugins
+
+    named = [name for name in (args.generator, args.scorer, args.strategy) if name and is_plugin(name)]
+    return parse_plugins([*(args.plugin or ()), *named])
+
+
 def run_search(args: argparse.Namespace) -> int:
     if args.list_strategies:
         print(strategy_table())
         return 0
     from ..recipe import to_positional
+    from .history import read_manifest
+    from .preflight import check_output, preflight
+    from .runlock import check_run_free
     from .session import find_run, resume_search, start_search
     from .settings import SearchSettings, from_mapping, merge_mappings, read_settings_file
 
+    check_flags(args)
     overrides = overrides_from_args(args)
-    state = {"failures": False}
+    plugins = enabled_plugins(args)
     session_ref: dict[str, Any] = {}
 
     def stop_for_failures(reason: str) -> None:
-        state["failures"] = True
-        session_ref["session"].run.request_stop(f"stopped after repeated failures: {reason}")
+        session_ref["session"].run.stop_after_failures()
 
     printer = ProgressPrinter(quiet=args.quiet, on_failure_pause=stop_for_failures)
     if args.resume:
@@ -326,16 +394,22 @@ def run_search(args: argparse.Namespace) -> int:
             raise SystemExit("error: --resume takes its settings from the run's manifest; leave out --config")
         folder = find_run(args.resume, overrides.get("history_dir", "csv/history"))
         if args.print_settings:
-            print(json.dumps(merge_mappings(json.loads((folder / "manifest.json").read_text())["settings"], overrides), indent=2))
-            return 0
-        session = resume_search(folder, overrides=overrides, listeners=[printer])
-    else:
-        base = read_settings_file(args.config) if args.config else {}
-        settings = from_mapping(SearchSettings, merge_mappings(base, overrides), args.config or "command line").validate()
-        if args.print_settings:
+            source = f"{folder}/manifest.json"
+            settings = from_mapping(SearchSettings, merge_mappings(read_manifest(folder)["settings"], overrides), source).validate(source)
+            check_output(settings, None, create=False)
             print(settings.to_json())
             return 0
-        session = start_search(settings, listeners=[printer])
+        check_run_free(folder)  # refused at once, not after the models are loaded
+        session = resume_search(folder, overrides=overrides, listeners=[printer], plugins=plugins)
+    else:
+        source = args.config or "command line"
+        base = read_settings_file(args.config) if args.config else {}
+        settings = from_mapping(SearchSettings, merge_mappings(base, overrides), source).validate(source)
+        if args.print_settings:
+            preflight(settings, create=False)  # everything the search would check, nothing created
+            print(settings.to_json())
+            return 0
+        session = start_search(settings, listeners=[printer], plugins=plugins)
     session_ref["session"] = session
 
     def on_interrupt(signum: int, frame: Any) -> None:
@@ -350,6 +424,7 @@ def run_search(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
         printer._close_bar()
     result = outcome.result
+    reason = result.stop_reason.value if result.stop_reason is not None else None
     print(f"run folder: {session.run_dir}")
     if result.recipe is not None:
         print(f"best recipe ({result.reason}):")
@@ -357,10 +432,19 @@ def run_search(args: argparse.Namespace) -> int:
         print(f"  canonical: {to_positional(result.recipe, 'canonical')}")
     for name, path in outcome.outputs.items():
         print(f"  {name}: {path}")
+    if reason in ("failures", "write_error"):
+        print(f"error: search stopped ({reason}): {result.stop_message}", file=sys.stderr)
+    elif result.recipe is None:
+        failed = sum(r.status == "failed" for r in result.rows)
+        last = next((r.reason for r in reversed(result.rows) if r.status == "failed"), "")
+        cause = f": {failed} of {result.evaluations} evaluations failed (last: {last})" if failed else ""
+        print(f"error: no evaluation succeeded{cause}; nothing to merge", file=sys.stderr)
     for error in outcome.errors:
         print(f"error: {error}", file=sys.stderr)
-    if state["failures"]:
+    if reason == "write_error":
+        return 2
+    if reason == "failures" or result.recipe is None:
         return 3
-    if result.stop_reason is not None and result.stop_reason.value == "user_abort":
+    if reason == "user_abort":
         return 130
     return 2 if outcome.errors else 0

@@ -14,12 +14,13 @@ never share or overwrite one) holding:
   total_s, worker, reason``. ``status`` is ok / failed / abandoned / cached /
   rescore / selected; ``source`` is optimizer / initial / rescore / final.
   The last row (status ``selected``) is the recipe the search returned and why.
-* ``state.json``: the optimizer state and the loop phase, replaced atomically
-  after every evaluation, so ``--resume`` continues exactly where it stopped.
-  It is not fsync'd (one disk flush per evaluation is enough): after a power
-  loss it may be older than the history, and the loop then replays the newer
-  rows through the optimizer; if it is missing or unreadable, the whole
-  history is replayed.
+* ``state.json``: where the loop was (phase, stop reason, elapsed time,
+  re-score candidates), replaced atomically after every evaluation. It holds
+  numbers, recipes and words only: the optimizer is rebuilt on ``--resume``
+  by replaying the history (the source of truth) through a new one. It is
+  not fsync'd (one disk flush per evaluation is enough): after a power loss
+  it may be older than the history, or missing, and the history still says
+  everything the optimizer needs.
 
 A run killed at any moment (SIGKILL, power loss) loses at most the
 evaluation in flight: a half-written last line is dropped when the history
@@ -30,7 +31,6 @@ seed tool's CSVs (columns ``0..26, score, eval_times, iter_times`` with the
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime as _dt
 import io
@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..blocks import BASE, BLOCKS
+from ..blocks import BASE, BLOCKS, present_blocks
 from ..errors import MBWError, RecipeError
+from .. import fileio
 from ..fileio import safe_name, write_atomic
 from ..recipe import ORDERS, Recipe, from_positional, read_recipe, to_positional, to_preset
 
@@ -53,6 +54,11 @@ STATE_FILE = "state.json"
 STATE_FORMAT = "auto-mbw-state"
 
 STATUSES: tuple[str, ...] = ("ok", "failed", "abandoned", "cached", "rescore", "selected")
+PHASES: tuple[str, ...] = ("search", "rescore", "select", "done")
+#: Stop reasons a state may record (``stopping.StopReason`` values; not imported: stopping imports the optimizer).
+STOP_REASONS: tuple[str, ...] = (
+    "max_evaluations", "no_improvement", "time_budget", "target_score", "user_abort", "optimizer_exhausted", "failures", "write_error",
+)
 SOURCES: tuple[str, ...] = ("optimizer", "initial", "rescore", "final")
 #: Statuses whose score is a full evaluation of the recipe on the run's payloads.
 SCORED_STATUSES: tuple[str, ...] = ("ok", "cached", "rescore")
@@ -64,6 +70,20 @@ _TAIL = ("merge_s", "generate_s", "score_s", "total_s", "worker", "reason")
 
 class HistoryError(MBWError):
     """A history, state or manifest file is missing, unreadable or from another kind of run."""
+
+
+class HistoryWriteError(HistoryError):
+    """A file of the run folder could not be written (full disk, read-only, I/O error); the history is intact."""
+
+    def __init__(self, message: str, cause: OSError | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def _reason(exc: OSError) -> str:
+    import errno
+
+    return "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
 
 
 def new_run_id(name: str = "search", now: _dt.datetime | None = None) -> str:
@@ -131,11 +151,12 @@ class LoopState:
 
     rows: int
     phase: str = "search"  # search -> rescore -> select -> done
-    optimizer: bytes = b""
     stop_reason: str | None = None
     stop_message: str = ""
     elapsed_s: float = 0.0
     candidates: list[Recipe] = field(default_factory=list)
+    #: The file is from an older auto-MBW that saved a pickled optimizer (never read: resume replays the history).
+    legacy_optimizer: bool = False
 
     def to_json(self) -> str:
         return json.dumps(
@@ -148,7 +169,6 @@ class LoopState:
                 "stop_message": self.stop_message,
                 "elapsed_s": self.elapsed_s,
                 "candidates": [c.to_dict() for c in self.candidates],
-                "optimizer": base64.b64encode(self.optimizer).decode("ascii"),
             }
         )
 
@@ -158,14 +178,20 @@ class LoopState:
             data = json.loads(text)
             if data.get("format") != STATE_FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}")
+            if data.get("phase") not in PHASES:
+                raise ValueError(f"phase is {data.get('phase')!r}, not one of {', '.join(PHASES)}")
+            if data.get("stop_reason") is not None and data.get("stop_reason") not in STOP_REASONS:
+                raise ValueError(f"stop_reason is {data.get('stop_reason')!r}")
+            if not isinstance(data.get("rows"), int) or data["rows"] < 0:
+                raise ValueError(f"rows is {data.get('rows')!r}")
             return cls(
                 rows=int(data["rows"]),
                 phase=str(data["phase"]),
-                optimizer=base64.b64decode(data["optimizer"]),
                 stop_reason=data.get("stop_reason"),
                 stop_message=str(data.get("stop_message", "")),
                 elapsed_s=float(data.get("elapsed_s", 0.0)),
                 candidates=[Recipe.from_dict(c, source) for c in data.get("candidates", [])],
+                legacy_optimizer=bool(data.get("optimizer")),
             )
         except (ValueError, KeyError, TypeError, RecipeError) as exc:
             raise HistoryError(f"{source}: not a valid search state file ({exc})") from None
@@ -180,7 +206,7 @@ class RunHistory:
         self.blocks = [c for c in columns if c in BLOCKS]
         self.has_base = BASE in columns
         self.payload_names = [c[len(PAYLOAD_PREFIX) :] for c in columns if c.startswith(PAYLOAD_PREFIX)]
-        self._handle: io.TextIOWrapper | None = None
+        self._handle: int | None = None
         self._rows: list[HistoryRow] = []
 
     # ---- creating and opening
@@ -199,10 +225,16 @@ class RunHistory:
         if path.exists():
             raise HistoryError(f"{path}: a history already exists here; resume it instead of starting a new one")
         folder.mkdir(parents=True, exist_ok=True)
-        with open(path, "x", encoding="utf-8", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerow(columns)
-            handle.flush()
-            os.fsync(handle.fileno())
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(columns)
+        try:
+            with open(path, "xb") as handle:
+                fileio.write_all(handle.fileno(), buffer.getvalue().encode("utf-8"))
+                os.fsync(handle.fileno())
+        except FileExistsError:
+            raise HistoryError(f"{path}: a history already exists here; resume it instead of starting a new one") from None
+        except OSError as exc:
+            raise HistoryWriteError(f"{path}: cannot start the history ({_reason(exc)})", exc) from None
         return history
 
     @classmethod
@@ -222,7 +254,9 @@ class RunHistory:
         if list(columns[: len(_LEAD)]) != list(_LEAD):
             raise HistoryError(f"{path}: not an auto-MBW history (header starts {columns[:3]})")
         history = cls(folder, list(columns))
+        _check_columns(folder, list(columns))
         history._rows = [history._parse(values, f"{path}:{n + 2}") for n, values in enumerate(reader) if values]
+        _check_indexes(path, history._rows)
         return history
 
     # ---- rows
@@ -235,25 +269,44 @@ class RunHistory:
         return len(self._rows)
 
     def append(self, row: HistoryRow) -> None:
-        """Write one row and make it durable (flush + fsync) before returning."""
+        """Write one row and make it durable (fsync) before returning.
+
+        A write that fails (full disk, I/O error) is cut off again, so the file
+        keeps exactly its earlier rows, and raises HistoryWriteError.
+        """
         if row.status not in STATUSES or row.source not in SOURCES:
             raise HistoryError(f"bad history row status/source {row.status!r}/{row.source!r}")
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow(self._format(row))
-        handle = self._writer()
-        handle.write(buffer.getvalue())
-        handle.flush()
-        os.fsync(handle.fileno())
+        data = buffer.getvalue().encode("utf-8")
+        path = self.folder / HISTORY_FILE
+        try:
+            fd = self._writer()
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            raise HistoryWriteError(f"{path}: cannot write history row {row.index} ({_reason(exc)})", exc) from None
+        try:
+            fileio.write_all(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise HistoryWriteError(
+                f"{path}: cannot write history row {row.index} ({_reason(exc)}); the history keeps its {len(self._rows)} earlier rows",
+                exc,
+            ) from None
         self._rows.append(row)
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
+            os.close(self._handle)
             self._handle = None
 
-    def _writer(self) -> io.TextIOWrapper:
+    def _writer(self) -> int:
         if self._handle is None:
-            self._handle = open(self.folder / HISTORY_FILE, "a", encoding="utf-8", newline="")
+            self._handle = os.open(self.folder / HISTORY_FILE, os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0))
         return self._handle
 
     def _format(self, row: HistoryRow) -> list[str]:
@@ -283,6 +336,10 @@ class RunHistory:
         if len(values) != len(self.columns):
             raise HistoryError(f"{where}: {len(values)} values for {len(self.columns)} columns; the history is damaged")
         cell = dict(zip(self.columns, values))
+        if not cell["index"].isdigit():
+            raise HistoryError(f"{where}: index must be a whole number, got {cell['index'][:20]!r}; the history is damaged")
+        if cell["status"] not in STATUSES or cell["source"] not in SOURCES:
+            raise HistoryError(f"{where}: unknown status/source {cell['status'][:20]!r}/{cell['source'][:20]!r}; the history is damaged")
         weights = {b: w for b in self.blocks if (w := _parse_number(cell[b], where)) is not None}
         base = _parse_number(cell[BASE], where) if self.has_base else None
         recipe = Recipe(weights, base=base, source=where) if weights else None
@@ -305,20 +362,83 @@ class RunHistory:
 
     def write_state(self, state: LoopState) -> None:
         """Replace ``state.json`` atomically. Not fsync'd: it costs a disk flush per evaluation and the
-        history rows (which are fsync'd) can rebuild it; a state older than the history is caught up by replay."""
-        write_atomic(self.folder / STATE_FILE, state.to_json(), durable=False)
+        history rows (which are fsync'd) can rebuild it; a state older than the history is caught up by replay.
+        HistoryWriteError if it cannot be written (the previous state stays)."""
+        try:
+            write_atomic(self.folder / STATE_FILE, state.to_json(), durable=False)
+        except OSError as exc:
+            raise HistoryWriteError(f"{self.folder / STATE_FILE}: cannot write the search state ({_reason(exc)})", exc) from None
 
     def read_state(self) -> LoopState | None:
+        """The saved loop state, or None; HistoryError for a state that is damaged or does not belong to this
+        history (ahead of it, or naming candidates no row evaluated): the caller replays the history instead."""
         path = self.folder / STATE_FILE
         if not path.is_file():
             return None
-        return LoopState.from_json(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HistoryError(f"{path}: cannot read the search state ({exc})") from None
+        state = LoopState.from_json(text, str(path))
+        if state.rows > len(self._rows):
+            raise HistoryError(
+                f"{path}: the state covers {state.rows} rows but {HISTORY_FILE} has {len(self._rows)}; "
+                "a state ahead of the history is not trusted"
+            )
+        evaluated = {r.recipe for r in self._rows[: state.rows] if r.recipe is not None}
+        if any(c not in evaluated for c in state.candidates):
+            raise HistoryError(f"{path}: the state names re-score candidates that no history row evaluated; it is not trusted")
+        return state
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
         return write_manifest(self.folder, manifest)
 
     def read_manifest(self) -> dict[str, Any]:
         return read_manifest(self.folder)
+
+
+def _check_columns(folder: Path, columns: list[str]) -> None:
+    """The header is the one the run's manifest recorded (else: the blocks of one architecture, each once)."""
+    path = folder / HISTORY_FILE
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise HistoryError(f"{path}: column(s) {', '.join(duplicated)} appear twice; the history is damaged")
+    expected: list[str] | None = None
+    try:
+        recorded = read_manifest(folder).get("history_columns")
+        expected = [str(c) for c in recorded] if isinstance(recorded, list) else None
+    except HistoryError:
+        expected = None
+    if expected is not None:
+        missing = [c for c in expected if c not in columns]
+        extra = [c for c in columns if c not in expected]
+        if missing or extra or columns != expected:
+            what = "; ".join(
+                part for part in (f"missing {', '.join(missing)}" if missing else "", f"unexpected {', '.join(extra)}" if extra else "") if part
+            ) or "in another order"
+            raise HistoryError(
+                f"{path}: columns differ from the ones the run's manifest recorded ({what}); "
+                "the history was edited or damaged: restore it, or start a new search"
+            )
+        return
+    blocks = {c for c in columns if c in BLOCKS}
+    if blocks and not any(blocks == set(present_blocks(f)) for f in ("sd1", "sd2", "sdxl")):
+        missing = [b for b in BLOCKS if b not in blocks and b in present_blocks("sdxl" if len(blocks) < len(BLOCKS) - 3 else "sd1")]
+        raise HistoryError(
+            f"{path}: the block columns are no architecture's set (missing {', '.join(missing) or '?'}); "
+            "the history was edited or damaged: restore it, or start a new search"
+        )
+
+
+def _check_indexes(path: Path, rows: Sequence[HistoryRow]) -> None:
+    """Rows are numbered 0, 1, 2, ... in file order: a duplicated, removed or moved row is refused."""
+    for position, row in enumerate(rows):
+        if row.index != position:
+            what = "repeats an earlier row" if row.index < position else "skips rows"
+            raise HistoryError(
+                f"{path}:{position + 2}: row index {row.index} {what} (expected {position}); a row was duplicated, removed "
+                "or moved: restore the history, or start a new search"
+            )
 
 
 def read_history_rows(folder: str | os.PathLike[str]) -> list[HistoryRow]:
@@ -352,7 +472,12 @@ def _repair_tail(path: Path) -> None:
 
 
 def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> Path:
-    return write_atomic(Path(folder) / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Replace the manifest atomically; HistoryWriteError (the previous version stays) if it cannot be written."""
+    path = Path(folder) / MANIFEST_FILE
+    try:
+        return write_atomic(path, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    except OSError as exc:
+        raise HistoryWriteError(f"{path}: cannot write the run manifest ({_reason(exc)})", exc) from None
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -24,7 +24,11 @@ score if it has none).
 
 Failures (a generator error, ``EvaluationFailed`` from the scorer) are
 recorded with their reason and told with ``tell_failed``; ``max_failures``
-in a row pause the run with a message (``resume()`` goes on). A recipe
+in a row pause the run with a message (``resume()`` goes on;
+``stop_after_failures()`` ends it with stop reason ``failures`` instead, as
+the CLI does). A run folder that cannot be written (full disk) ends the
+search with stop reason ``write_error``: nothing more is written, so the
+history stays exactly as it was and the run can be resumed once there is room. A recipe
 evaluated before is not rendered again: its cached score is told again and
 recorded as ``cached``.
 
@@ -38,6 +42,9 @@ telling it keeps the optimizer from proposing that region again. Abandoned
 candidates never count as an improvement for early stop and are never
 chosen as the best.
 
+While ``run()`` works, it holds the run folder's lock (``runlock``): a
+second process resuming the same folder is refused, naming the holder.
+
 Control from any thread: ``request_stop()``, ``request_pause()``,
 ``resume()``. Stop takes effect between payloads (the evaluation in flight
 is dropped, never recorded half-done). Every exit path calls
@@ -45,9 +52,10 @@ is dropped, never recorded half-done). Every exit path calls
 
 With several generators (remote workers) the run asks for a batch, renders
 one candidate per generator on its own thread and tells results as they
-arrive. Resume is exact for a single generator (the optimizer state is saved
-after every tell and history rows newer than it are replayed through
-ask/tell); with several workers it continues from the same history but the
+arrive. Resume is exact for a single generator: no optimizer state is saved;
+resume builds the optimizer anew and replays every history row through
+ask/tell (``optimizer.replay``), so it proposes what the uninterrupted run
+would have. With several workers it continues from the same history but the
 order of arrival, and so the proposals, may differ.
 """
 
@@ -63,6 +71,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from ..fileio import remove_stale_temps
 from ..errors import EvaluationFailed, GenerationInterrupted, MBWError, WorkerUnavailableError
 from ..generators.base import GeneratedImage, Generator
 from ..payloads import Payload
@@ -84,9 +93,11 @@ from .events import (
     Stopped,
     Timings,
 )
-from .history import HistoryError, HistoryRow, LoopState, RunHistory
+from .history import HistoryError, HistoryRow, HistoryWriteError, LoopState, RunHistory
+from .optimizer import Told, replay
+from .runlock import RunLock
 from .settings import AbandonSettings
-from .stopping import StopReason, StopSettings, StopTracker
+from .stopping import UNFINISHED, StopReason, StopSettings, StopTracker
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +109,16 @@ class LoopError(MBWError):
 
 
 class SearchOptimizer(Protocol):
-    """What the loop needs from ``lib_mbw.search.optimizer`` (optional: load_state, rank_for_rescoring, recommend)."""
+    """What the loop needs from ``lib_mbw.search.optimizer`` (optional: rank_for_rescoring, recommend).
+
+    It must be deterministic given how it was made: resume replays the history through a new one.
+    """
 
     def ask(self, n: int = 1) -> list[Recipe]: ...
 
     def tell(self, recipe: Recipe, score: float) -> None: ...
 
     def tell_failed(self, recipe: Recipe) -> None: ...
-
-    def get_state(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,7 @@ class SearchRun:
         strategy: str = "",
         listeners: Sequence[Listener] = (),
         clock: Callable[[], float] = time.monotonic,
+        optimizer_factory: Callable[[], SearchOptimizer] | None = None,
     ) -> None:
         self.payloads = list(payloads)
         if not self.payloads:
@@ -188,6 +201,7 @@ class SearchRun:
         stop = stop or StopSettings()
         settings = settings or LoopSettings()
         self.optimizer = optimizer
+        self._optimizer_factory = optimizer_factory  # a new optimizer like ``optimizer`` (resume's fallback)
         self.scorer = scorer
         self.tally = tally
         self.stop_settings = stop
@@ -210,6 +224,10 @@ class SearchRun:
         self._emit_lock = threading.RLock()
         self._stop_requested = False
         self._abort_message = "stopped by user"
+        self._forced_stop: tuple[StopReason, str] | None = None  # failures / write error: not a user abort
+        self._write_error: str | None = None
+        self._successes = 0
+        self._last_failure = ""
         self._pause_requested = False
         self._pause_reason = ""
         self._pause_by_user = True
@@ -271,6 +289,31 @@ class SearchRun:
             self._pause_requested = False
             self._control.notify_all()
 
+    def stop_after_failures(self) -> None:
+        """End the search because evaluations keep failing (stop reason ``failures``, not a user abort)."""
+        self._force_stop(StopReason.FAILURES, self._failure_message(self._last_failure))
+
+    def _force_stop(self, reason: StopReason, message: str) -> None:
+        with self._control:
+            if self._forced_stop is None:
+                self._forced_stop = (reason, message)
+            self._stop_requested = True
+            self._control.notify_all()
+
+    def _failure_message(self, reason: str) -> str:
+        count = f"{self._failures_in_row} evaluation{'s' if self._failures_in_row != 1 else ''} failed in a row (last: {reason})"
+        if self._successes == 0:
+            return (
+                f"{count} and none has succeeded: the models, payloads or settings are likely wrong, and a resume "
+                "cannot change them; fix the cause and start a new search"
+            )
+        return f"{count}; fix the cause, then resume the run"
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the run folder could not be written (the search stopped), or None."""
+        return self._write_error
+
     @property
     def stop_requested(self) -> bool:
         return self._stop_requested
@@ -288,6 +331,9 @@ class SearchRun:
     def run(self) -> SearchResult:
         """Run (or continue) the search to its end; restores every generator's model on every exit path."""
         self._session_start = self._clock()
+        lock = RunLock(self.history.folder).acquire() if self.history is not None else None
+        if self.history is not None:
+            remove_stale_temps(self.history.folder)  # state/manifest temp files of a killed earlier run
         try:
             done_before = self._restore()
             self.emit(
@@ -318,6 +364,8 @@ class SearchRun:
             self._restore_generators()
             if self.history is not None:
                 self.history.close()
+            if lock is not None:
+                lock.release()
 
     def _restore_generators(self) -> None:
         for generator in self.generators:
@@ -332,7 +380,11 @@ class SearchRun:
     # ------------------------------------------------------------------ resume
 
     def _restore(self) -> int:
-        """Rebuild loop state from the history (resume); returns how many search evaluations exist."""
+        """Rebuild loop state from the history (resume); returns how many search evaluations exist.
+
+        The optimizer is rebuilt by replaying every search row (``optimizer.replay``);
+        ``state.json`` only says where the loop was (phase, stop reason, time, candidates).
+        """
         if self.history is None:
             return 0
         rows = self.history.rows()
@@ -341,58 +393,65 @@ class SearchRun:
         except HistoryError as exc:
             log.warning("%s; replaying the whole history instead", exc)
             state = None
-        covered = 0
         if state is not None:
-            self._load_optimizer_state(state.optimizer)
-            covered = min(state.rows, len(rows))
+            if state.legacy_optimizer:
+                log.warning(
+                    "%s/state.json holds an optimizer state of an older auto-MBW (a pickle): it is never loaded; "
+                    "the optimizer is rebuilt from the history instead", self.history.folder,
+                )
             self._phase = state.phase
             self._stop_reason = StopReason(state.stop_reason) if state.stop_reason else None
             self._stop_message = state.stop_message
             self._elapsed_before = state.elapsed_s
             self._candidates = list(state.candidates)
-        replayed = 0
+        records: list[Told] = []
         initial_seen = 0
-        for position, row in enumerate(rows):
+        for row in rows:
             self._rows.append(row)
             if row.source in SEARCH_SOURCES:
                 if row.source == "initial":
                     initial_seen += 1
-                if position >= covered:
-                    self._replay(row)
-                    replayed += 1
+                records.append(self._told(row))
                 self._account_search_row(row)
             elif row.source == "rescore":
                 self._failures_in_row = self._failures_in_row + 1 if row.status == "failed" else 0
         self._initial = self._initial[initial_seen:]
+        if records:
+            self._replay(records)
+        if self._phase == "select" and rows and rows[-1].status == "selected":
+            self._phase = "done"  # the selected row was written, the state after it was not (killed, disk full)
         if self._phase in ("rescore", "select", "done"):
-            can_go_on = self._stop_reason == StopReason.USER_ABORT or self._tracker.check(self._elapsed_before) is None
+            can_go_on = self._stop_reason in UNFINISHED or self._tracker.check(self._elapsed_before) is None
             if can_go_on:
                 self._phase, self._candidates = "search", []
                 self._stop_reason, self._stop_message = None, ""
-        if replayed:
-            self._save_state()
+            elif self._candidates and hasattr(self.optimizer, "rank_for_rescoring"):
+                # the uninterrupted run ranked its candidates here: the model fit it made is part of its state
+                self.optimizer.rank_for_rescoring(self.settings.rescore_top)  # type: ignore[attr-defined]
         return self._tracker.evaluations
 
-    def _load_optimizer_state(self, data: bytes) -> None:
-        if not data:
-            return
-        if hasattr(self.optimizer, "load_state"):
-            self.optimizer.load_state(data)  # type: ignore[attr-defined]
-        else:
-            self.optimizer = type(self.optimizer).from_state(data)  # type: ignore[attr-defined]
-
-    def _replay(self, row: HistoryRow) -> None:
-        """Tell the optimizer a row its saved state does not include yet (crash between row and state)."""
+    def _told(self, row: HistoryRow) -> Told:
+        """What the optimizer was told for a search row (and whether it had proposed it)."""
         assert row.recipe is not None
-        if row.source == "optimizer" and len(self.generators) == 1:
-            asked = self.optimizer.ask(1)
-            if asked and asked[0] != row.recipe:
-                log.warning("resume: the optimizer proposes a different recipe than history row %d; continuing", row.index)
-        if row.status == "failed":
-            self.optimizer.tell_failed(row.recipe)
-        else:
-            assert row.score is not None
-            self.optimizer.tell(row.recipe, self._sign * row.score)
+        score = None if row.status == "failed" else self._sign * row.score  # type: ignore[operator]
+        return Told(row.recipe, score, asked=row.source == "optimizer" and len(self.generators) == 1, row=row.index)
+
+    def _replay(self, records: list[Told]) -> None:
+        """Put the optimizer where the recorded search left it (see ``optimizer.replay``)."""
+        fresh = [self.optimizer]
+        replayed = replay(lambda: fresh.pop() if fresh else self._new_optimizer(), records, rebuild=self._new_optimizer)
+        self.optimizer = replayed.optimizer
+        if not replayed.exact:
+            log.warning(
+                "resume: history row %s is not what %s proposes now (a history of another auto-MBW version or strategy?); "
+                "all %d recorded results are told as a warm start, so later proposals may differ from an uninterrupted run",
+                replayed.diverged_row, self.strategy, len(records),
+            )
+
+    def _new_optimizer(self) -> SearchOptimizer:
+        if self._optimizer_factory is None:
+            raise LoopError("resume: the optimizer does not reproduce the history and no factory can make a new one")
+        return self._optimizer_factory()
 
     def _account_search_row(self, row: HistoryRow) -> None:
         """Update counters, cache and best from one search row (live or replayed from history)."""
@@ -406,10 +465,13 @@ class SearchRun:
             self._cache.setdefault(row.recipe, row.score)
         self._tracker.record(objective)
         self._failures_in_row = self._failures_in_row + 1 if row.status == "failed" else 0
+        self._successes += row.status == "ok"
 
     # ------------------------------------------------------------------ search phase
 
     def _stop_check(self) -> tuple[StopReason, str] | None:
+        if self._forced_stop is not None:
+            return self._forced_stop
         if self._stop_requested:
             return StopReason.USER_ABORT, self._abort_message
         return self._tracker.check(self._elapsed())
@@ -445,10 +507,13 @@ class SearchRun:
         with self._control:
             self._pause_requested = True
             self._pause_by_user = False
-            self._pause_reason = (
-                f"{self._failures_in_row} evaluations failed in a row (last: {reason}); "
-                "fix the cause, then resume (or stop: the run can be resumed later)"
-            )
+            if self._successes == 0:
+                self._pause_reason = self._failure_message(reason)
+            else:
+                self._pause_reason = (
+                    f"{self._failures_in_row} evaluations failed in a row (last: {reason}); "
+                    "fix the cause, then resume (or stop: the run can be resumed later)"
+                )
 
     def _propose(self, n: int) -> list[tuple[Recipe, str]]:
         proposals: list[tuple[Recipe, str]] = []
@@ -538,8 +603,8 @@ class SearchRun:
 
     def _end_search(self) -> None:
         if self._stop_reason is None:
-            self._stop_reason, self._stop_message = StopReason.USER_ABORT, self._abort_message
-        skip_rescore = self._stop_reason == StopReason.USER_ABORT or self.settings.rescore_top == 0 or self._best is None
+            self._stop_reason, self._stop_message = self._forced_stop or (StopReason.USER_ABORT, self._abort_message)
+        skip_rescore = self._stop_reason in UNFINISHED or self.settings.rescore_top == 0 or self._best is None
         self._phase = "select" if skip_rescore else "rescore"
         if skip_rescore:
             self._candidates = []
@@ -628,7 +693,7 @@ class SearchRun:
         except MBWError as exc:
             evaluation.reason = str(exc)
         except Exception as exc:  # a generator/scorer crash is one failed evaluation, not the end of a 2-day search
-            log.warning("evaluation %d on %s failed", launch_index, worker_name, exc_info=True)
+            log.debug("evaluation %d on %s failed", launch_index, worker_name, exc_info=True)  # the reason is in the history row
             evaluation.reason = f"{type(exc).__name__}: {exc}"
         if evaluation.status == "failed":
             evaluation.payload_scores = {n: sum(s) / len(s) for n, s in image_scores.items() if s}
@@ -677,23 +742,38 @@ class SearchRun:
     # ------------------------------------------------------------------ recording
 
     def _append(self, row: HistoryRow) -> None:
-        if self.history is not None:
-            self.history.append(row)
+        self._write(lambda history: history.append(row))
         self._rows.append(row)
 
+    def _write(self, action: Callable[[RunHistory], None]) -> None:
+        """Write to the run folder; after a write error nothing more is written and the search stops.
+
+        The history stays exactly as it was before the failed write (a state
+        written after it would be ahead of the history, so none is).
+        """
+        if self.history is None or self._write_error is not None:
+            return
+        try:
+            action(self.history)
+        except HistoryWriteError as exc:
+            self._write_error = str(exc)
+            self._force_stop(
+                StopReason.WRITE_ERROR,
+                f"{exc}; free some space (or fix the folder), then continue with: python -m lib_mbw search --resume {self.history.folder}",
+            )
+
     def _save_state(self) -> None:
-        if self.history is None:
+        if self.history is None or self._write_error is not None:
             return
         state = LoopState(
             rows=len(self._rows),
             phase=self._phase,
-            optimizer=self.optimizer.get_state(),
             stop_reason=self._stop_reason.value if self._stop_reason else None,
             stop_message=self._stop_message,
             elapsed_s=self._elapsed(),
             candidates=list(self._candidates),
         )
-        self.history.write_state(state)
+        self._write(lambda history: history.write_state(state))
 
     def _record_cached(self, recipe: Recipe, source: str) -> None:
         score = self._cache[recipe]
@@ -744,6 +824,7 @@ class SearchRun:
         )
 
     def _after_failure(self, row: HistoryRow) -> None:
+        self._last_failure = row.reason
         self.emit(EvaluationFailure(row.index, row.recipe, row.reason, self._failures_in_row))  # type: ignore[arg-type]
         if self._failures_in_row >= self.settings.max_failures:
             self._pause_for_failures(row.reason)

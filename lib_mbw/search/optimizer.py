@@ -5,7 +5,6 @@ The loop drives a search through this interface only::
     opt = make_optimizer("default", space, seed=1)
     for recipe in opt.ask(n):          # n > 1: a batch for parallel workers
         opt.tell(recipe, score)        # or opt.tell_failed(recipe)
-        state = opt.get_state()        # bytes; Optimizer.from_state(state) resumes exactly
     choice = opt.recommend()           # robust final choice (Recommendation)
 
 What the facade owns, for every strategy alike (``Optimizer``):
@@ -19,9 +18,11 @@ What the facade owns, for every strategy alike (``Optimizer``):
   after ``MAX_ENGINE_RETRIES`` it falls back to an unseen neighbouring point.
   ``tell`` accepts any recipe (snapped to the grid), also one told before: a
   re-score is one more noisy observation of it, and its mean counts;
-* exact resume: ``get_state`` captures the whole optimizer, engines and
-  random generators included, so a resumed run asks what the uninterrupted
-  one would have;
+* exact resume without saved engine state: every strategy is deterministic
+  given its seed, so ``replay`` rebuilds an optimizer from its settings and
+  the recorded ask/tell sequence (the run's history) and then asks what the
+  uninterrupted run would have. Nothing an optimizer holds is ever written
+  to or read back from a file (a run folder is data, never code);
 * the robust final choice: evaluated recipes ranked by the posterior mean of
   a Gaussian process fitted to every score (``rank_for_rescoring``,
   ``recommend``), not by the luckiest single score.
@@ -35,14 +36,10 @@ patience the optimizer benchmark supports (docs/optimizer.md).
 
 from __future__ import annotations
 
-import io
-import json
+import logging
 import math
-import pickle
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
@@ -65,16 +62,11 @@ MIN_MODEL_POINTS = 8
 #: Most scores a Gaussian process is fitted to (a fit costs n^3): beyond, the best half and the most recent.
 MAX_MODEL_POINTS = 300
 
-STATE_MAGIC = b"AUTO-MBW-OPTIMIZER-STATE"
-STATE_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 class OptimizerError(MBWError):
     """A strategy cannot be created or used as asked (unknown name, bad option, exhausted space)."""
-
-
-class OptimizerStateError(MBWError):
-    """A saved optimizer state cannot be restored; resume by warm-starting from the run's history instead."""
 
 
 @dataclass(frozen=True)
@@ -327,18 +319,6 @@ class Optimizer:
         data.update(self._engine_describe())
         return data
 
-    # ----- state ---------------------------------------------------------------------------
-    def get_state(self) -> bytes:
-        """Everything needed to continue exactly: ``Optimizer.from_state(opt.get_state())``."""
-        header = {"version": STATE_VERSION, "strategy": self.name, "packages": _package_versions()}
-        body = zlib.compress(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL), 6)
-        return STATE_MAGIC + b"\n" + json.dumps(header).encode() + b"\n" + body
-
-    @classmethod
-    def from_state(cls, data: bytes) -> "Optimizer":
-        """The optimizer saved by ``get_state`` (only load states your own runs wrote)."""
-        return load_state(data)
-
     # ----- internals -------------------------------------------------------------------------
     def _is_known(self, point: Point) -> bool:
         return point in self.cache or point in self.pending or point in self.failed
@@ -466,89 +446,53 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-# ----- state files -----------------------------------------------------------------------------
-_STATE_PACKAGES = ("numpy", "torch", "scipy", "scikit-learn", "optuna", "gradient-free-optimizers", "cmaes")
-#: Modules whose classes may appear in a saved state; anything else is refused when loading.
-#: (A state is a pickle: this keeps a tampered file from reaching arbitrary code through the
-#: usual routes, but only load states that your own runs wrote.)
-_ALLOWED_MODULES = (
-    "lib_mbw.",
-    "numpy",
-    "scipy.",
-    "sklearn.",
-    "optuna.",
-    "gradient_free_optimizers.",
-    "cmaes.",
-    "collections",
-    "copyreg",
-    "_codecs",
-    "datetime",
-    "random",
-    "_random",
-    "enum",
-)
-_ALLOWED_BUILTINS = frozenset(
-    {"set", "frozenset", "dict", "list", "tuple", "complex", "slice", "range", "bytearray", "object", "float", "int", "bool", "str", "bytes"}
-)
-_REFUSED_WORDS = (
-    "testing", "load", "save", "dump", "write", "system", "exec", "eval", "open", "import", "compil", "subprocess",
-    "popen", "file", "f2py", "distutils", "ctypes", "pickle", "marshal", "shutil", "socket", "http", "url", "request",
-    "remove", "unlink", "rmtree", "_rdb", "journal", "grpc", "redis", "storages.rdb",
-)
+# ----- replay (exact resume) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Told:
+    """One recorded result, in the order the search produced it: what resume replays."""
+
+    recipe: Recipe
+    score: float | None  # None: the evaluation failed
+    asked: bool  # the optimizer proposed it with ask(1) just before (not an initial recipe)
+    row: int = -1  # the history row, for messages
 
 
-def _package_versions() -> dict[str, str]:
-    versions = {}
-    for name in _STATE_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = ""
-    return versions
+@dataclass
+class Replayed:
+    """The rebuilt optimizer, and whether it made exactly the recorded proposals."""
+
+    optimizer: Any
+    exact: bool
+    diverged_row: int | None = None
 
 
-class _StateUnpickler(pickle.Unpickler):
-    """Loads only classes of the libraries an optimizer state is made of."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        full = f"{module}.{name}".lower()
-        allowed = (module == "builtins" and name in _ALLOWED_BUILTINS) or module == "numpy.random._pickle" or (
-            module != "builtins" and module.startswith(_ALLOWED_MODULES) and not any(w in full for w in _REFUSED_WORDS)
-        )
-        if not allowed:
-            raise OptimizerStateError(f"optimizer state refers to {module}.{name}, which a state never contains")
-        return super().find_class(module, name)
+def tell_record(optimizer: Any, record: Told) -> None:
+    if record.score is None:
+        optimizer.tell_failed(record.recipe)
+    else:
+        optimizer.tell(record.recipe, record.score)
 
 
-def load_state(data: bytes) -> Optimizer:
-    """Restore an optimizer from ``get_state`` bytes; OptimizerStateError says why it cannot."""
-    if not isinstance(data, (bytes, bytearray)) or not data.startswith(STATE_MAGIC + b"\n"):
-        raise OptimizerStateError("not an auto-MBW optimizer state; resume from the run's history instead")
-    try:
-        _, header_line, body = bytes(data).split(b"\n", 2)
-        header = json.loads(header_line)
-    except ValueError:
-        raise OptimizerStateError("optimizer state is truncated or corrupt; resume from the run's history instead") from None
-    if header.get("version") != STATE_VERSION:
-        raise OptimizerStateError(
-            f"optimizer state version {header.get('version')} is not {STATE_VERSION}; resume from the run's history instead"
-        )
-    now = _package_versions()
-    changed = [f"{k} {v} -> {now.get(k, '')}" for k, v in header.get("packages", {}).items() if now.get(k, "") != v]
-    if changed:
-        raise OptimizerStateError(
-            f"optimizer state was saved with other package versions ({', '.join(changed)}); "
-            "resume from the run's history instead"
-        )
-    try:
-        optimizer = _StateUnpickler(io.BytesIO(zlib.decompress(body))).load()
-    except OptimizerStateError:
-        raise
-    except Exception as exc:  # corrupt data can raise nearly anything inside pickle
-        raise OptimizerStateError(f"optimizer state cannot be read ({type(exc).__name__}: {exc}); resume from history") from None
-    if not isinstance(optimizer, Optimizer):
-        raise OptimizerStateError("optimizer state holds no optimizer; resume from the run's history instead")
-    return optimizer
+def replay(make: Callable[[], Any], records: Sequence[Told], rebuild: Callable[[], Any] | None = None) -> Replayed:
+    """An optimizer in the state the recorded search left it in: ``make()``, then every ask/tell again.
+
+    Strategies are deterministic given their seed, so each recorded proposal
+    (``asked``) must come back from ``ask(1)``. When one does not (a history
+    of another version or strategy), the replay stops asking: a fresh
+    optimizer from ``rebuild`` (default ``make``) is told every record as a
+    warm start, and ``exact`` is False.
+    """
+    optimizer = make()
+    for position, record in enumerate(records):
+        if record.asked:
+            proposed = optimizer.ask(1)
+            if not proposed or proposed[0] != record.recipe:
+                fresh = (rebuild or make)()
+                for earlier in records:
+                    tell_record(fresh, earlier)
+                return Replayed(fresh, False, record.row if record.row >= 0 else position)
+        tell_record(optimizer, record)
+    return Replayed(optimizer, True)
 
 
 # ----- registry --------------------------------------------------------------------------------

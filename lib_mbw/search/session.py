@@ -12,8 +12,10 @@ the merge engine.
 Generators, scorers and strategies are named in settings. A name is looked up
 lazily in the registries (``lib_mbw.generators.registry.make_generator``,
 ``lib_mbw.scorers.registry.make_scorer``, ``lib_mbw.search.optimizer``); a
-``package.module:factory`` spec loads a factory from any importable module
-instead. Factories are called as:
+``package.module:factory`` spec is a plugin, loaded only when it is in the
+``plugins`` the caller enabled (command line, server settings: see
+``search.plugins``); a manifest or settings file never enables one.
+Plugin factories are called as:
 
 * generator: ``factory(model_a=..., model_b=..., **options)`` (one call per worker);
 * scorer: ``factory(**options)``;
@@ -21,6 +23,11 @@ instead. Factories are called as:
 
 With a ``Host`` (WebUI, standalone app), generators come from
 ``host.make_generator`` and the search holds ``host.exclusive()``.
+
+Resume trusts nothing in the run folder that could run code: the strategy,
+scorer and generator must be built-in or enabled plugins, the optimizer is
+rebuilt by replaying the history, and the models must still be the files the
+run recorded (size, then sha256 when the size and time stamp do not settle it).
 """
 
 from __future__ import annotations
@@ -28,15 +35,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import importlib
 import importlib.metadata
 import json
 import logging
 import os
 import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from .. import __version__
 from ..blocks import present_blocks
@@ -50,6 +57,7 @@ from ..scorers.tally import Tally
 from .events import Listener, OutputsWritten
 from .history import RunHistory, WarmStart, create_run_folder, load_warm_start, read_manifest, summarize_rows, write_best_recipe
 from .loop import LoopSettings, SearchResult, SearchRun
+from .plugins import is_plugin, load_plugin, require_all_enabled
 from .settings import GeneratorSettings, SearchSettings, SettingsError, from_mapping, merge_mappings
 
 log = logging.getLogger(__name__)
@@ -75,59 +83,54 @@ class SessionError(MBWError):
 # --------------------------------------------------------------------------- components
 
 
-def load_factory(spec: str, kind: str) -> Callable[..., Any]:
-    """The callable named by ``package.module:attribute``."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise SessionError(f"{kind} {spec!r}: use a registered name or package.module:factory")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SessionError(f"{kind} {spec!r}: cannot import {module_name} ({exc})") from None
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise SessionError(f"{kind} {spec!r}: {module_name} has no callable {attribute}")
-    return factory
+def load_factory(spec: str, kind: str, plugins: Collection[str] = ()) -> Callable[..., Any]:
+    """The callable named by ``package.module:attribute``, which must be one of the enabled ``plugins``."""
+    return load_plugin(spec, kind, plugins)
 
 
-def _registry(module_name: str, function: str, kind: str, name: str) -> Callable[..., Any]:
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SessionError(f"{kind} {name!r}: the {kind} registry ({module_name}) is not available here ({exc})") from None
-    return getattr(module, function)
+def check_plugins(settings: SearchSettings, plugins: Collection[str], where: str, *, generator: bool = True, scorer: bool = True) -> None:
+    """One-line error when the settings name a plugin that is not enabled (before anything is loaded)."""
+    checks = [("strategy", settings.strategy)]
+    if generator:
+        checks.append(("generator", settings.generator.name))
+    if scorer:
+        checks.append(("scorer", settings.scorer.name))
+    require_all_enabled(checks, plugins, where)
 
 
-def make_generators(settings: GeneratorSettings, model_a: str | None, model_b: str | None, host: Any = None) -> list[Generator]:
+def make_generators(settings: GeneratorSettings, model_a: str | None, model_b: str | None, host: Any = None,
+                    plugins: Collection[str] = ()) -> list[Generator]:
     """One generator per worker option set (``settings.workers``), or one from ``settings.options``."""
     option_sets = [{**settings.options, **worker} for worker in settings.workers] or [dict(settings.options)]
     if host is not None:
         if not model_a or not model_b:
             raise SessionError("set models.a and models.b (the two checkpoints to merge)")
         return [host.make_generator(model_a, model_b, options) for options in option_sets]
-    if ":" in settings.name:
-        factory = load_factory(settings.name, "generator")
+    if is_plugin(settings.name):
+        factory = load_plugin(settings.name, "generator", plugins)
         return [factory(model_a=model_a, model_b=model_b, **options) for options in option_sets]
-    make = _registry("lib_mbw.generators.registry", "make_generator", "generator", settings.name)
-    return [make(settings.name, model_a=model_a, model_b=model_b, **options) for options in option_sets]
+    from ..generators.registry import make_generator
+
+    return [make_generator(settings.name, model_a=model_a, model_b=model_b, **options) for options in option_sets]
 
 
-def make_scorer_from_settings(name: str, options: Mapping[str, Any]) -> Scorer:
-    if ":" in name:
-        return load_factory(name, "scorer")(**options)
-    return _registry("lib_mbw.scorers.registry", "make_scorer", "scorer", name)(name, **options)
+def make_scorer_from_settings(name: str, options: Mapping[str, Any], plugins: Collection[str] = ()) -> Scorer:
+    if is_plugin(name):
+        return load_plugin(name, "scorer", plugins)(**options)
+    from ..scorers.registry import make_scorer
+
+    return make_scorer(name, **options)
 
 
-def make_search_optimizer(settings: SearchSettings, family: str, warm_start: Sequence[tuple[Recipe, float]]) -> Any:
+def make_search_optimizer(settings: SearchSettings, family: str, warm_start: Sequence[tuple[Recipe, float]],
+                          plugins: Collection[str] = ()) -> Any:
     """The optimizer of ``settings.strategy`` over the settings' space for ``family``."""
-    if ":" in settings.strategy:
-        factory = load_factory(settings.strategy, "strategy")
+    if is_plugin(settings.strategy):
+        factory = load_plugin(settings.strategy, "strategy", plugins)
         return factory(settings.space, family, settings.seed, init=settings.init, warm_start=list(warm_start), **settings.strategy_options)
-    try:
-        from .optimizer import InitSettings, make_optimizer  # type: ignore[attr-defined]
-        from .space import SearchSpace  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise SessionError(f"strategy {settings.strategy!r}: the optimizer module is not available here ({exc})") from None
+    from .optimizer import InitSettings, make_optimizer
+    from .space import SearchSpace
+
     s = settings.space
     space = SearchSpace(
         family=family,
@@ -169,7 +172,52 @@ def model_facts(spec: str | None) -> dict[str, Any] | None:
     from ..merge.hashes import default_hash_cache, model_hashes
 
     hashes = model_hashes(path, default_hash_cache())
-    return {"name": path.name, "path": str(path.resolve()), "size": path.stat().st_size, "sha256": hashes.sha256, "legacy_hash": hashes.legacy}
+    stat = path.stat()
+    return {
+        "name": path.name, "path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+        "sha256": hashes.sha256, "legacy_hash": hashes.legacy,
+    }
+
+
+#: Hashing a model takes about this long per GiB on a typical disk (said before a long check).
+_HASH_S_PER_GIB = 2.5
+
+
+def check_models_unchanged(manifest: Mapping[str, Any], settings: SearchSettings, where: str) -> None:
+    """SessionError naming the model file that is not the one the run recorded (size first, then sha256).
+
+    The hash is computed only when the size matches but the time stamp does
+    not (or was not recorded); the user's hash cache makes a second check free.
+    """
+    recorded = manifest.get("models") or {}
+    for role, spec in (("a", settings.models.a), ("b", settings.models.b)):
+        facts = recorded.get(role)
+        if not isinstance(facts, Mapping) or not facts.get("sha256") or not spec:
+            continue  # a name the generator resolves (no file was recorded)
+        path = Path(spec)
+        if not path.is_file():
+            raise SessionError(f"{where}: model {role.upper()} {path} is gone; put the file the run used back there to resume")
+        stat = path.stat()
+        if stat.st_size != facts.get("size"):
+            raise SessionError(
+                f"{where}: model {role.upper()} {path} changed since the run started (size {stat.st_size} bytes, "
+                f"recorded {facts.get('size')}); resume needs the same file (start a new search to use this one)"
+            )
+        if facts.get("mtime_ns") == stat.st_mtime_ns:
+            continue
+        from ..merge.hashes import default_hash_cache, model_hashes
+
+        if stat.st_size > 2**30:
+            log.info("checking model %s against the run's record: hashing %.1f GiB takes about %.0f s",
+                     path, stat.st_size / 2**30, stat.st_size / 2**30 * _HASH_S_PER_GIB)
+        started = time.monotonic()
+        sha256 = model_hashes(path, default_hash_cache()).sha256
+        log.debug("hashed %s in %.1f s", path, time.monotonic() - started)
+        if sha256 != facts["sha256"]:
+            raise SessionError(
+                f"{where}: model {role.upper()} {path} changed since the run started (sha256 {sha256[:10]}, "
+                f"recorded {str(facts['sha256'])[:10]}); resume needs the same file (start a new search to use this one)"
+            )
 
 
 def package_versions() -> dict[str, str]:
@@ -261,23 +309,31 @@ def start_search(
     listeners: Sequence[Listener] = (),
     generators: Sequence[Generator] | None = None,
     scorer: Scorer | None = None,
+    plugins: Collection[str] = (),
 ) -> SearchSession:
     """Prepare a new search (payloads, components, run folder, manifest); nothing is rendered yet.
 
     ``generators``/``scorer`` may be passed ready-made (UI, tests); otherwise
-    they are made from the settings.
+    they are made from the settings. ``plugins``: the ``package.module:factory``
+    names the user enabled (command line, server settings). ``preflight``
+    checks everything it can first: a search that cannot work stops here,
+    before its run folder exists.
     """
+    from .preflight import preflight
+
     settings.validate()
+    check_plugins(settings, plugins, "settings", generator=not generators and host is None, scorer=scorer is None)
+    preflight(settings, host=host, generators=generators)
     payload_files = load_payloads(settings.payloads.folder, settings.payloads.names or None)
     payloads = prepare_payloads(payload_files, settings.payloads.wildcards, settings.seed)
     warm = _warm_start(settings)
-    made_generators = list(generators) if generators else make_generators(settings.generator, settings.models.a, settings.models.b, host)
+    made_generators = list(generators) if generators else make_generators(settings.generator, settings.models.a, settings.models.b, host, plugins)
     try:
         family = detect_family(settings, made_generators)
-        made_scorer = scorer or make_scorer_from_settings(settings.scorer.name, settings.scorer.options)
+        made_scorer = scorer or make_scorer_from_settings(settings.scorer.name, settings.scorer.options, plugins)
         scored = list(zip(_for_family([r for r, _ in warm.scored], family), [s for _, s in warm.scored]))
         initial = _for_family(warm.unscored, family)
-        optimizer = make_search_optimizer(settings, family, scored)
+        optimizer = make_search_optimizer(settings, family, scored, plugins)
         run_dir = create_run_folder(settings.history_dir, settings.name)
     except BaseException:
         for generator in made_generators:
@@ -312,11 +368,12 @@ def start_search(
         "history_columns": history.columns,
     }
     history.write_manifest(manifest)
-    run = _make_run(settings, payloads, optimizer, made_generators, made_scorer, history, initial, run_id, listeners)
+    run = _make_run(settings, payloads, optimizer, made_generators, made_scorer, history, initial, run_id, listeners,
+                    lambda: make_search_optimizer(settings, family, scored, plugins))
     return SearchSession(settings, run_id, run_dir, family, payloads, run, made_generators, made_scorer, manifest, host)
 
 
-def _make_run(settings, payloads, optimizer, generators, scorer, history, initial, run_id, listeners) -> SearchRun:
+def _make_run(settings, payloads, optimizer, generators, scorer, history, initial, run_id, listeners, optimizer_factory) -> SearchRun:
     return SearchRun(
         payloads,
         optimizer,
@@ -330,6 +387,7 @@ def _make_run(settings, payloads, optimizer, generators, scorer, history, initia
         run_id=run_id,
         strategy=settings.strategy,
         listeners=listeners,
+        optimizer_factory=optimizer_factory,
     )
 
 
@@ -355,12 +413,14 @@ def resume_search(
     listeners: Sequence[Listener] = (),
     generators: Sequence[Generator] | None = None,
     scorer: Scorer | None = None,
+    plugins: Collection[str] = (),
 ) -> SearchSession:
     """Continue the run in ``run_dir``: same payloads, seeds, optimizer and warm start as recorded.
 
     ``overrides`` may change stopping, failures, abandon, re-scoring,
     generator (e.g. other workers) and output settings; settings that define
-    what is measured (``FIXED_ON_RESUME``) cannot change.
+    what is measured (``FIXED_ON_RESUME``) cannot change. A plugin the run
+    used must be in ``plugins`` again; the models must be the recorded files.
     """
     folder = Path(run_dir)
     manifest = read_manifest(folder)
@@ -373,15 +433,18 @@ def resume_search(
             f"cannot change {', '.join(fixed)} when resuming (scores would not compare); "
             f"start a new search with --warm-start {folder} instead"
         )
-    settings = from_mapping(SearchSettings, merge_mappings(manifest["settings"], overrides), f"{folder}/manifest.json").validate()
+    where = f"{folder}/manifest.json"
+    settings = from_mapping(SearchSettings, merge_mappings(manifest["settings"], overrides), where).validate()
+    check_plugins(settings, plugins, where, generator=not generators and host is None, scorer=scorer is None)
+    check_models_unchanged(manifest, settings, where)
     family = str(manifest["family"])
     payloads = [payload_from_record(r, f"{folder}/manifest.json") for r in manifest["payloads"]]
     scored = [(Recipe.from_dict(r, "manifest warm start"), float(s)) for r, s in manifest["warm_start"]["scored"]]
     initial = [Recipe.from_dict(r, "manifest initial recipe") for r in manifest["warm_start"]["initial"]]
-    made_generators = list(generators) if generators else make_generators(settings.generator, settings.models.a, settings.models.b, host)
+    made_generators = list(generators) if generators else make_generators(settings.generator, settings.models.a, settings.models.b, host, plugins)
     try:
-        made_scorer = scorer or make_scorer_from_settings(settings.scorer.name, settings.scorer.options)
-        optimizer = make_search_optimizer(settings, family, scored)
+        made_scorer = scorer or make_scorer_from_settings(settings.scorer.name, settings.scorer.options, plugins)
+        optimizer = make_search_optimizer(settings, family, scored, plugins)
         history = RunHistory.open(folder)
     except BaseException:
         for generator in made_generators:
@@ -391,7 +454,8 @@ def resume_search(
         {"at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "rows": len(history), "overrides": overrides}
     )
     history.write_manifest(manifest)
-    run = _make_run(settings, payloads, optimizer, made_generators, made_scorer, history, initial, folder.name, listeners)
+    run = _make_run(settings, payloads, optimizer, made_generators, made_scorer, history, initial, folder.name, listeners,
+                    lambda: make_search_optimizer(settings, family, scored, plugins))
     return SearchSession(settings, folder.name, folder, family, payloads, run, made_generators, made_scorer, manifest, host, resumed=True)
 
 
@@ -460,6 +524,17 @@ def _search_metadata(session: SearchSession) -> str:
     return json.dumps({"run_id": session.run_id, "strategy": session.settings.strategy, "scorer": session.settings.scorer.name})
 
 
+def merge_command(settings: SearchSettings, recipe: Path, out: Path | None) -> str:
+    """The ``merge`` command line that builds the merged model from the written recipe (real paths, quoted)."""
+    import shlex
+
+    parts = ["python", "-m", "lib_mbw", "merge", str(settings.models.a), str(settings.models.b), "--recipe", str(recipe)]
+    if out is not None:
+        parts += ["-o", str(out)]
+    parts += ["--dtype", settings.output.dtype]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def write_outputs(session: SearchSession, outcome: SearchOutcome) -> None:
     """Recipe files, plots, best images, merged model, final manifest; errors are collected, not raised."""
     from ..plots import plot_run
@@ -490,8 +565,9 @@ def write_outputs(session: SearchSession, outcome: SearchOutcome) -> None:
         except Exception as exc:
             message = f"could not write the {name} output: {exc}"
             if name == "model" and "recipe_json" in outputs:
-                message += f"; merge it later with: python -m lib_mbw merge A B --recipe {outputs['recipe_json']}"
-            log.error(message, exc_info=not isinstance(exc, MBWError))
+                message += "; merge it later with: " + merge_command(session.settings, outputs["recipe_json"], model_path)
+            if not isinstance(exc, (MBWError, OSError)):  # a bug: keep its traceback; a full disk is one line
+                log.error(message, exc_info=True)
             outcome.errors.append(message)
     manifest = dict(session.manifest)
     manifest["result"] = {
@@ -506,6 +582,9 @@ def write_outputs(session: SearchSession, outcome: SearchOutcome) -> None:
         "outputs": {k: str(v) for k, v in outputs.items()},
         "errors": outcome.errors,
     }
-    write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    try:
+        write_atomic(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    except OSError as exc:  # a full disk: the history is intact and the manifest keeps its earlier version
+        outcome.errors.append(f"could not record the result in {folder / 'manifest.json'}: {exc.strerror or exc}")
     session.manifest = manifest
     session.run.emit(OutputsWritten({k: str(v) for k, v in outputs.items()}))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -162,20 +163,25 @@ class SearchSettings:
     history_dir: str = "csv/history"
     output: OutputSettings = field(default_factory=OutputSettings)
 
-    def validate(self) -> "SearchSettings":
-        """Check cross-field ranges; returns self. SettingsError names the key."""
+    def validate(self, source: str | None = None) -> "SearchSettings":
+        """Check cross-field ranges; returns self. SettingsError names the key (and ``source``, the file or
+        "command line" the values came from)."""
+        prefix = f"{source}: " if source else ""
         checks = [
             (self.models.family is None or self.models.family in FAMILIES, "models.family", f"one of {', '.join(FAMILIES)}"),
-            (self.space.levels >= 2, "space.levels", "≥ 2"),
+            (2 <= self.space.levels <= 1001, "space.levels", "from 2 to 1001"),
             (self.init.random >= 0 and self.init.grid >= 0 and self.init.vertex >= 0, "init", "counts ≥ 0"),
             (self.recipe_order in ORDERS, "recipe_order", f"one of {', '.join(ORDERS)}"),
             (self.recipe_fold in FOLDS, "recipe_fold", f"one of {', '.join(FOLDS)}"),
             (self.tally.method in TALLIES, "tally.method", f"one of {', '.join(TALLIES)}"),
             (self.tally.positive in POSITIVE_MAPS, "tally.positive", f"one of {', '.join(POSITIVE_MAPS)}"),
             (0.0 <= self.tally.trim < 0.5, "tally.trim", "in [0, 0.5)"),
+            (all(math.isfinite(v) for v in self.space.frozen.values()), "space.frozen", "finite numbers"),
+            (all(math.isfinite(v) for r in self.space.ranges.values() for v in r), "space.ranges", "finite numbers"),
             (self.rescore_top >= 0, "rescore_top", "≥ 0 (0 disables re-scoring)"),
             (self.max_failures >= 1, "max_failures", "≥ 1"),
-            (self.abandon.margin is None or self.abandon.margin >= 0, "abandon.margin", "≥ 0 (or unset to disable)"),
+            (self.seed >= 0, "seed", "≥ 0"),
+            (self.abandon.margin is None or (math.isfinite(self.abandon.margin) and self.abandon.margin >= 0), "abandon.margin", "a finite number ≥ 0 (or unset to disable)"),
             (self.abandon.after is None or self.abandon.after >= 1, "abandon.after", "≥ 1"),
             (self.output.dtype in DTYPES, "output.dtype", f"one of {', '.join(DTYPES)}"),
             (bool(self.generator.name), "generator.name", "set (a registry name or package.module:factory)"),
@@ -183,7 +189,7 @@ class SearchSettings:
         ]
         for ok, key, need in checks:
             if not ok:
-                raise SettingsError(f"setting {key} must be {need}, got {_lookup(self, key)!r}")
+                raise SettingsError(f"{prefix}setting {key} must be {need}, got {_lookup(self, key)!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ search that keeps failing or keeps proposing known recipes also ends.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from ..errors import MBWError
@@ -34,6 +35,12 @@ class StopReason(str, enum.Enum):
     TARGET_SCORE = "target_score"
     USER_ABORT = "user_abort"
     EXHAUSTED = "optimizer_exhausted"
+    FAILURES = "failures"  #: evaluations kept failing (``max_failures`` in a row); the message has the cause
+    WRITE_ERROR = "write_error"  #: the run folder could not be written (full disk, ...); the history is intact
+
+
+#: Stops after which a resumed run goes on searching (the search itself was not finished).
+UNFINISHED: tuple[StopReason, ...] = (StopReason.USER_ABORT, StopReason.FAILURES, StopReason.WRITE_ERROR)
 
 
 class StopSettingsError(MBWError):
@@ -52,6 +59,10 @@ class StopSettings:
     target_score: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("tol_abs", "tol_rel", "max_minutes", "target_score"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise StopSettingsError(f"stop.{name} must be a finite number, got {value}")
         if self.max_evaluations < 1:
             raise StopSettingsError(f"stop.max_evaluations must be ≥ 1, got {self.max_evaluations}")
         if self.patience is not None and self.patience < 1:

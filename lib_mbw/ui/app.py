@@ -20,7 +20,7 @@ Components are built only through ``compat`` where gradio 3.41 and 4.x differ.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import gradio as gr
 
@@ -34,7 +34,7 @@ from . import actions, compat, payload_editor
 from .controller import SearchController
 from .form import FORM_FIELDS, GRID_HEADERS, SECTIONS, FormValues, default_block_grid
 from .outputs import EXPORT_FORMATS, export_recipe, merge_recipe, merged_model_path, recipe_as
-from .runs import RUN_HEADERS, list_runs, load_run, run_overview, run_table
+from .runs import RUN_HEADERS, list_runs, load_run, run_folder, run_overview, run_table
 from .views import HISTORY_HEADERS, LiveView, convergence_svg, unet_html
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,25 @@ CSS = """
 _CONTROLLERS: dict[tuple[str, str], SearchController] = {}
 
 
-def controller_for(host: Any) -> SearchController:
-    """The one controller of a host (kept across UI rebuilds, e.g. the WebUI's "Reload UI")."""
+def controller_for(host: Any, plugins: Collection[str] | None = None) -> SearchController:
+    """The one controller of a host (kept across UI rebuilds, e.g. the WebUI's "Reload UI").
+
+    ``plugins``: what the server's starter enabled (default: ``AUTO_MBW_PLUGINS``), plus the host's own generator spec.
+    """
+    from ..search.plugins import is_plugin, plugins_from_env
+
+    enabled = set(plugins_from_env() if plugins is None else plugins)
+    own = str(getattr(host, "generator", "") or "")
+    if is_plugin(own):
+        enabled.add(own)
     key = (str(getattr(host, "name", "host")), str(host.paths.history))
     controller = _CONTROLLERS.get(key)
     if controller is None:
-        controller = _CONTROLLERS[key] = SearchController(host)
+        controller = _CONTROLLERS[key] = SearchController(host, enabled)
     elif not controller.active:
         controller.host = host
+        if plugins is not None:
+            controller.plugins = frozenset(enabled)
     return controller
 
 
@@ -78,13 +89,15 @@ class _Live:
         return component
 
 
-def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
+def build_ui(host: Any, defaults: FormValues | None = None, plugins: Collection[str] | None = None) -> gr.Blocks:
     """The auto-MBW interface for ``host`` (``hosts.base.Host``); enable the queue before launching it.
 
     ``defaults`` fills the search form (e.g. from a settings file); otherwise
-    it starts with the defaults of ``SearchSettings``.
+    it starts with the defaults of ``SearchSettings``. ``plugins``: the
+    ``package.module:factory`` names the server's starter enabled (default:
+    ``AUTO_MBW_PLUGINS``); UI clients choose only among those and registered names.
     """
-    controller = controller_for(host)
+    controller = controller_for(host, plugins)
     d = defaults or FormValues()
     paths = host.paths
     form: dict[str, Any] = {}
@@ -461,7 +474,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
             if not run_id:
                 return ["", "", [], "", ""]
             try:
-                details = load_run(paths.history / run_id)
+                details = load_run(run_folder(paths.history, run_id))
             except MBWError as exc:
                 return [f"⚠ {exc}", "", [], "", ""]
             plot = convergence_svg(details.rows, higher_is_better=details.higher_is_better)
@@ -473,7 +486,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
             def resume() -> str:
                 if not run_id:
                     raise MBWError("pick a run first")
-                controller.resume(paths.history / run_id, actions.resume_overrides(more))
+                controller.resume(run_folder(paths.history, run_id), actions.resume_overrides(more))
                 return f"resuming {run_id}: watch it in the Search tab"
 
             return _safe(resume)
@@ -482,7 +495,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
             try:
                 if not run_id:
                     raise MBWError("pick a run first")
-                values = actions.warm_start_form(host, paths.history / run_id)
+                values = actions.warm_start_form(host, run_folder(paths.history, run_id))
             except MBWError as exc:
                 return [compat.no_change()] * len(form_inputs) + [f"⚠ {exc}"]
             values.payload_names = [n for n in values.payload_names if n in list_payloads(paths.payloads)]
@@ -495,7 +508,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
             try:
                 if not run_id:
                     raise MBWError("pick a run first")
-                result = _export(actions.run_recipe(paths.history / run_id), fmt)
+                result = _export(actions.run_recipe(run_folder(paths.history, run_id)), fmt)
             except MBWError as exc:
                 return [compat.no_change(), None, f"⚠ {exc}"]
             return [result.text, compat.served_file(result.files[0]), result.message()]
@@ -504,7 +517,7 @@ def build_ui(host: Any, defaults: FormValues | None = None) -> gr.Blocks:
             def merge() -> str:
                 if not run_id:
                     raise MBWError("pick a run first")
-                return _merge(host, actions.run_recipe(paths.history / run_id), name, False)
+                return _merge(host, actions.run_recipe(run_folder(paths.history, run_id)), name, False)
 
             return _safe(merge)
 

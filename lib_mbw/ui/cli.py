@@ -19,6 +19,9 @@ EXAMPLES = """examples:
   # a generator from your own code (package.module:factory) with options
   python -m lib_mbw ui --generator mypkg.gen:make --generator-option device=cuda:1
 
+  # let the form's users pick your own scorer (plugins are enabled only here, never by a client)
+  python -m lib_mbw ui --plugin mypkg.scores:make_scorer
+
   # start with the form filled from a settings file (the format of "search --config")
   python -m lib_mbw ui --config search.toml"""
 
@@ -38,13 +41,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 = every interface)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0 = every interface: anyone who reaches this port can run searches; "
+                             "see docs/ui.md 'Security')")
     parser.add_argument("--port", type=int, default=7861, help="port to listen on")
     parser.add_argument("--models", default="models", help="folder with the checkpoints to merge (searched recursively); merged models are saved here")
     parser.add_argument("--payloads", default="payloads", help="payload folder (wildcards in its wildcards/ subfolder)")
     parser.add_argument("--history-dir", default="csv/history", help="where run folders are created and read")
     parser.add_argument("--generator", default="diffusers", help="generator name or package.module:factory")
     parser.add_argument("--generator-option", action="append", metavar="K=V", help="option for the generator (repeat)")
+    parser.add_argument("--plugin", action="append", metavar="PKG.MODULE:FACTORY",
+                        help="a scorer/strategy of your own code the form may use (repeat); clients can pick only registered "
+                             "names and these")
     parser.add_argument("--config", help="fill the search form from this settings file (JSON or TOML, as for 'search --config')")
     parser.add_argument("--demo", action="store_true",
                         help="use the demo's tiny offline models, payloads and references (built on first use) instead of "
@@ -103,14 +111,19 @@ def run_ui(args: argparse.Namespace) -> int:
         host = make_host(args)
     if args.config:
         defaults = form_defaults(args.config, host)
-    blocks = build_ui(host, defaults)
+    from ..search.plugins import parse_plugins, plugins_from_env
+
+    plugins = parse_plugins(args.plugin or ()) | plugins_from_env()
+    blocks = build_ui(host, defaults, plugins=plugins)
     compat.enable_queue(blocks)
     if not host.list_models():
         print(f"note: no .safetensors checkpoints in {host.models_dir}; put models A and B there (or pass --models DIR) "
               "and press 'Refresh model list'", file=sys.stderr)
     print(f"auto-MBW UI on http://{args.host}:{args.port} (models from {host.models_dir}); Ctrl-C to quit", file=sys.stderr)
     try:
-        compat.launch(blocks, server_name=args.host, server_port=args.port, block=True, quiet=True)
+        paths = host.paths
+        compat.launch(blocks, server_name=args.host, server_port=args.port, block=True, quiet=True,
+                      private=[host.models_dir, paths.models, paths.history, paths.payloads])
     except KeyboardInterrupt:
         pass
     finally:

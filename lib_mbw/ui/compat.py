@@ -16,7 +16,13 @@ helpers and never checks gradio's version itself:
   ``.name`` in 3.x, a path string in 4.x);
 * streamed frames: 4.x sends diffs whose list edits are wrong for shrinking
   lists (``StreamEncoder`` makes every change a replacement);
-* files a file component may serve (4.x: only allowed folders, ``served_file``).
+* files a file component may serve (4.x: only allowed folders, ``served_file``);
+* what ``/file=`` serves (``launch(private=...)``): gradio 3.41 serves every
+  file under the working folder, 4.x only its own temp/cache folders and
+  allowed paths. The app serves only what the UI shows (copies gradio makes
+  in its temp folder): the working folder gradio 3 trusts is replaced by an
+  empty one, and the host's folders (models, history, payloads) are blocked
+  in both versions.
 """
 
 from __future__ import annotations
@@ -197,11 +203,42 @@ class StreamEncoder:
         return out
 
 
-def launch(blocks: Any, *, server_name: str, server_port: int | None, block: bool = True, **kwargs: Any) -> Any:
-    """Start the app's server; ``block=False`` returns at once (tests)."""
-    options: dict[str, Any] = dict(server_name=server_name, server_port=server_port, prevent_thread_lock=not block,
-                                   show_error=True, inbrowser=False, **kwargs)
-    return blocks.launch(**options)
+def gradio_temp_dir() -> Path:
+    """Where gradio keeps the files it serves for components (uploads, outputs)."""
+    import os
+
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def blocked_folders(private: Sequence[str | Path]) -> list[str]:
+    """The folders ``/file=`` must never serve: ``private`` and the working folder, less any holding gradio's temp folder."""
+    temp = gradio_temp_dir()
+    roots = [Path(p).resolve() for p in [*private, Path.cwd()]]
+    return [str(root) for root in dict.fromkeys(roots) if not _inside(temp, root)]
+
+
+def launch(blocks: Any, *, server_name: str, server_port: int | None, block: bool = True,
+           private: Sequence[str | Path] = (), **kwargs: Any) -> Any:
+    """Start the app's server; ``block=False`` returns at once (tests).
+
+    ``/file=`` serves only gradio's own copies of what the UI shows: the
+    ``private`` folders (models, run history, payloads) and the working folder
+    are blocked, and gradio 3's "any file under the working folder" rule is
+    pointed at an empty folder of its own.
+    """
+    options: dict[str, Any] = dict(server_name=server_name, server_port=server_port, prevent_thread_lock=True,
+                                   show_error=True, inbrowser=False, blocked_paths=blocked_folders(private), **kwargs)
+    result = blocks.launch(**options)
+    app = getattr(blocks, "server_app", None)
+    if not IS_GRADIO_4 and app is not None and hasattr(app, "cwd"):
+        app.cwd = tempfile.mkdtemp(prefix="auto-mbw-served-")  # gradio 3.41 serves anything under app.cwd
+    if block:
+        blocks.block_thread()
+    return result
 
 
 def error(message: str) -> Exception:

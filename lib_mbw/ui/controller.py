@@ -9,6 +9,11 @@ polls on a timer (the seed tool's ``every=`` polling broke gradio's queue),
 a closed browser tab never stops the search, and a reloaded page subscribes
 again and gets the whole state.
 
+A UI client picks components among registered names and the plugins the
+person who started the server enabled (``SearchController.plugins``: the
+app's ``--plugin`` flags, a WebUI's ``AUTO_MBW_PLUGINS``); a name the client
+or a resumed run folder sends is never imported otherwise.
+
 ``UIRater`` is the human scorer's rater: it publishes the images to rate in
 the state and blocks the search thread until ``submit_ratings`` (or the time
 limit, or Stop).
@@ -22,7 +27,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from ..errors import GenerationInterrupted, MBWError
 from ..generators.base import Generator
@@ -61,15 +66,15 @@ def title_for_path(host: Any, path: str | Path) -> str:
     raise UIBusyError(f"model {path} is not in this host's model list; put it back (or pick models again and start a new search)")
 
 
-def make_ui_scorer(settings: ScorerSettings, rater: Any) -> Scorer:
-    """The scorer of ``settings``; the human scorer (and any factory taking ``rater=``) gets the UI's rater."""
+def make_ui_scorer(settings: ScorerSettings, rater: Any, plugins: Collection[str] = ()) -> Scorer:
+    """The scorer of ``settings``; the human scorer (and any plugin factory taking ``rater=``) gets the UI's rater."""
     from ..search.session import load_factory, make_scorer_from_settings
 
     options = dict(settings.options)
     if settings.name == "human":
         return make_scorer_from_settings("human", {**options, "rater": rater})
     if ":" in settings.name:
-        factory = load_factory(settings.name, "scorer")
+        factory = load_factory(settings.name, "scorer", plugins)
         try:
             takes_rater = "rater" in inspect.signature(factory).parameters
         except (TypeError, ValueError):
@@ -130,8 +135,10 @@ class UIRater:
 class SearchController:
     """Owns the UI's search thread, its session and the live state."""
 
-    def __init__(self, host: Any) -> None:
+    def __init__(self, host: Any, plugins: Collection[str] = ()) -> None:
         self.host = host
+        #: ``package.module:factory`` names the server's starter enabled; clients pick only among these and registered names.
+        self.plugins: frozenset[str] = frozenset(plugins)
         self._lock = threading.RLock()
         self._state = LiveState()
         self._viewers: list[queue.Queue[float]] = []
@@ -234,13 +241,18 @@ class SearchController:
 
     def start(self, settings: SearchSettings, model_a: str, model_b: str, family: str | None = None) -> None:
         """Start a new search of ``settings`` on the host's models ``model_a``/``model_b`` (titles) in the background."""
-        from ..search.session import start_search
+        from ..search.preflight import preflight
+        from ..search.session import check_plugins, start_search
+
+        check_plugins(settings, self.plugins, "search form", generator=False)
 
         def prepare() -> Any:
+            preflight(settings, host=self.host)  # before loading models: a search that cannot work stops here
             generators = self._make_generators(model_a, model_b, settings.generator.options)
             try:
-                scorer = make_ui_scorer(settings.scorer, self.rater)
-                return start_search(settings, host=self.host, listeners=[self.listener], generators=generators, scorer=scorer)
+                scorer = make_ui_scorer(settings.scorer, self.rater, self.plugins)
+                return start_search(settings, host=self.host, listeners=[self.listener], generators=generators, scorer=scorer,
+                                    plugins=self.plugins)
             except BaseException:
                 _close_all(generators)
                 raise
@@ -250,18 +262,22 @@ class SearchController:
     def resume(self, run_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> None:
         """Continue the run in ``run_dir`` (its manifest has the settings) in the background."""
         from ..search.history import read_manifest
-        from ..search.session import resume_search
+        from ..search.runlock import check_run_free
+        from ..search.session import check_plugins, resume_search
         from .form import settings_from_manifest
 
         manifest = read_manifest(Path(run_dir))
         settings = settings_from_manifest(manifest, f"{run_dir}/manifest.json")
+        check_plugins(settings, self.plugins, f"{Path(run_dir).name}/manifest.json", generator=False)
         model_a, model_b = (title_for_path(self.host, p) for p in (settings.models.a or "", settings.models.b or ""))
 
         def prepare() -> Any:
+            check_run_free(run_dir)  # another process searching in this run: refused before loading models
             generators = self._make_generators(model_a, model_b, settings.generator.options)
             try:
-                scorer = make_ui_scorer(settings.scorer, self.rater)
-                return resume_search(run_dir, overrides=overrides, host=self.host, listeners=[self.listener], generators=generators, scorer=scorer)
+                scorer = make_ui_scorer(settings.scorer, self.rater, self.plugins)
+                return resume_search(run_dir, overrides=overrides, host=self.host, listeners=[self.listener], generators=generators,
+                                     scorer=scorer, plugins=self.plugins)
             except BaseException:
                 _close_all(generators)
                 raise

@@ -283,6 +283,59 @@ def file_paths(value: Any) -> list[str]:
     return paths
 
 
+# --------------------------------------------------------------------------- files a client names
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def warm_start_in_history(spec: str, history: Path, order: str, fold: str) -> tuple[Path | None, str]:
+    """(path, "") for a run folder / history CSV / recipe file inside ``history``, else (None, why).
+
+    A UI client may be anyone who reaches the UI: it reads nothing outside
+    the history folder (uploads aside), and an unreadable file is named, never quoted.
+    """
+    from ..search.history import load_warm_start
+
+    root = Path(history).resolve()
+    candidate = Path(spec) if Path(spec).is_absolute() else root / spec
+    if not Path(spec).is_absolute() and not candidate.exists():
+        candidate = Path(spec)  # a path relative to the working folder, as the history folder is shown
+    resolved = candidate.resolve()
+    if not _inside(resolved, root):
+        return None, f"{spec}: the UI reads warm starts only from runs in {history} (a run id or a file there); upload other files"
+    if not resolved.exists():
+        return None, f"{spec}: no such run or file in {history}"
+    try:
+        load_warm_start(str(resolved), order, fold)
+    except MBWError:
+        return None, f"{spec}: not a run folder, history CSV or recipe file auto-MBW can read"
+    return resolved, ""
+
+
+def initial_recipe(text: str, history: Path, order: str, fold: str) -> tuple[str, str]:
+    """(recipe text or the path of a recipe file inside ``history``, "") or ("", why it cannot be used)."""
+    from ..recipe import read_recipe
+
+    if Path(text).is_absolute() or "/" in text or "\\" in text or text.endswith((".json", ".txt")):
+        resolved = Path(text).resolve() if Path(text).is_absolute() else (Path(history) / text).resolve()
+        if not _inside(resolved, Path(history).resolve()):
+            resolved = Path(text).resolve()  # relative to the working folder, as the history folder is shown
+        if not _inside(resolved, Path(history).resolve()) or not resolved.is_file():
+            return "", f"{text}: give recipe text (27 numbers or JSON), or a recipe file in {history}"
+        try:
+            read_recipe(str(resolved), order, fold)
+        except MBWError:
+            return "", f"{text}: not a recipe file auto-MBW can read"
+        return str(resolved), ""
+    try:
+        read_recipe(text, order, fold)
+    except MBWError as exc:
+        return "", str(exc)  # the client's own text
+    return text, ""
+
+
 # --------------------------------------------------------------------------- the block grid
 
 
@@ -444,21 +497,26 @@ def settings_from_form(
     if grid_problems:
         p.add("block_grid", "; ".join(grid_problems))
 
-    warm = _lines(form.warm_start_paths) + file_paths(form.warm_start_files)
-    for spec in _lines(form.warm_start_paths):
-        if not Path(spec).exists():
-            p.add("warm_start_paths", f"{spec}: no such file or folder (give a run folder, a history CSV or a recipe file)")
     order = p.choice("recipe_order", form.recipe_order, list(ORDERS))
     fold = p.choice("recipe_fold", form.recipe_fold, list(FOLDS))
+    warm, warm_problems = [], []
+    for spec in _lines(form.warm_start_paths):
+        folder, problem = warm_start_in_history(spec, paths.history, order, fold)
+        if problem:
+            warm_problems.append(problem)
+        else:
+            warm.append(str(folder))
+    if warm_problems:
+        p.add("warm_start_paths", "; ".join(warm_problems))
+    warm += file_paths(form.warm_start_files)
     initial: list[str] = []
     if not _blank(form.initial_recipe):
-        from ..recipe import read_recipe
-
-        try:
-            read_recipe(str(form.initial_recipe).strip(), order, fold)
-            initial.append(str(form.initial_recipe).strip())
-        except MBWError as exc:
-            p.add("initial_recipe", str(exc))
+        text = str(form.initial_recipe).strip()
+        value, problem = initial_recipe(text, paths.history, order, fold)
+        if problem:
+            p.add("initial_recipe", problem)
+        else:
+            initial.append(value)
 
     scorer_options = p.json_object("scorer_options", form.scorer_options)
     scorer = str(form.scorer or "").strip()

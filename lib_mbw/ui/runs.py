@@ -5,7 +5,9 @@ A run folder (see ``search.history``) has ``manifest.json``, ``history.csv``,
 ``best_images/``. ``list_runs`` reads only what the table shows;
 ``load_run`` gives the rows, the returned (or best observed) recipe, the
 best images and the plots, for the UI's "Past runs" section, from which a
-run is resumed or used to warm-start a new search.
+run is resumed or used to warm-start a new search. A run is named by its
+id only: ``run_folder`` keeps it inside the history folder (no paths, no
+``..``, no links out), since a UI client may be anyone who reaches the UI.
 """
 
 from __future__ import annotations
@@ -124,6 +126,18 @@ def list_runs(history_dir: str | Path) -> list[RunSummary]:
     return runs
 
 
+def run_folder(history_dir: str | Path, run_id: Any) -> Path:
+    """The folder of the run ``run_id`` directly inside ``history_dir``; MBWError for anything else."""
+    name = str(run_id or "").strip()
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or Path(name).is_absolute():
+        raise MBWError(f"{name or 'run'}: pick a run from the list (a run id, not a path)")
+    root = Path(history_dir).resolve()
+    folder = (root / name).resolve()
+    if folder.parent != root or not (folder / MANIFEST_FILE).is_file():
+        raise MBWError(f"{name}: no such run in {history_dir}; pick one from the list")
+    return folder
+
+
 def run_table(runs: list[RunSummary]) -> list[list[Any]]:
     return [run.row() for run in runs]
 
@@ -164,4 +178,4 @@ def run_overview(details: RunDetails) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["RUN_HEADERS", "RunDetails", "RunSummary", "list_runs", "load_run", "run_overview", "run_table", "summarize_run"]
+__all__ = ["RUN_HEADERS", "RunDetails", "RunSummary", "list_runs", "load_run", "run_folder", "run_overview", "run_table", "summarize_run"]

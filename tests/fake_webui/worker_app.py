@@ -47,7 +47,8 @@ def txt2img_request_model(processing_class: type) -> type:
     return create_model("StableDiffusionProcessingTxt2Img", **fields)
 
 
-def create_app(root: Path, flavour: str, api_auth: str | None, delay: float) -> FastAPI:
+def create_app(root: Path, flavour: str, api_auth: str | None, delay: float, api: bool = True) -> FastAPI:
+    """A WebUI worker as ``webui.py`` builds it: the API routes (ours and /sdapi) only with ``--api``, behind ``--api-auth``."""
     FakeWebUI(root, flavour=flavour, loaded="a.safetensors")
     from modules import call_queue, processing, shared
 
@@ -56,10 +57,12 @@ def create_app(root: Path, flavour: str, api_auth: str | None, delay: float) -> 
     from tests.runtime_double import merger_factory
 
     shared.cmd_opts.api_auth = api_auth
+    shared.cmd_opts.api = api
     credentials = worker_api.parse_credentials(api_auth)
     host = WebUIHost(merger_factory=merger_factory())
     app = FastAPI()
-    worker_api.mount(app, host, credentials)
+    if not worker_api.mount_if_enabled(app, host, shared.cmd_opts):
+        return app  # the WebUI without --api serves no API at all
     request_model = txt2img_request_model(processing.StableDiffusionProcessingTxt2Img)
     auth = [Depends(worker_api.basic_auth(credentials))]
 
@@ -106,9 +109,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--flavour", default="a1111")
     parser.add_argument("--api-auth", default=None)
+    parser.add_argument("--no-api", action="store_true", help="model a WebUI started without --api")
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
-    app = create_app(args.root, args.flavour, args.api_auth, args.delay)
+    app = create_app(args.root, args.flavour, args.api_auth, args.delay, api=not args.no_api)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

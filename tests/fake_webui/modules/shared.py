@@ -8,7 +8,7 @@ from modules import options, shared_state
 from modules.options import OptionInfo  # noqa: F401  (re-exported like the real shared)
 
 cmd_opts = argparse.Namespace(api_auth=None, ckpt_dir=None, ckpt=None, medvram=False, lowvram=False, no_half=False,
-                              nowebui=False, api=False, freeze_settings=False)
+                              nowebui=False, api=False, listen=False, freeze_settings=False)
 
 state = shared_state.State()
 
@@ -39,6 +39,7 @@ def reset():
     for key in ("api_auth", "ckpt_dir", "ckpt"):
         setattr(cmd_opts, key, None)
     cmd_opts.medvram = cmd_opts.lowvram = False
+    cmd_opts.api = cmd_opts.nowebui = cmd_opts.listen = False
 
 
 class _Shared(types.ModuleType):
