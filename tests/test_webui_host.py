@@ -265,3 +265,30 @@ def test_a_checkpoint_the_user_loads_during_a_session_is_kept_when_it_closes(hos
     host.close_session()
     assert webui.sd_model().sd_checkpoint_info.name == "c.safetensors"
     assert unet_hash(webui.unet()) == unet_hash(c_unet), "C's weights must not be overwritten with A's"
+
+
+def test_info_messages_reach_the_console_when_the_webui_leaves_logging_at_warning():
+    import io
+    import logging
+
+    from lib_mbw.hosts.webui import console_logging
+
+    logger, root = logging.getLogger("lib_mbw"), logging.getLogger()
+    saved = (list(logger.handlers), logger.level, logger.propagate, root.level, list(root.handlers))
+    try:
+        logger.handlers[:] = []
+        root.handlers[:] = []  # A1111 / Forge without SD_WEBUI_LOG_LEVEL configure no logging
+        root.setLevel(logging.WARNING)
+        console = io.StringIO()
+        assert console_logging(console) is not None
+        assert console_logging(console) is None, "added once (Reload UI imports the script again)"
+        logging.getLogger("lib_mbw.hosts.webui").info("auto-MBW: loading model A %s", "a.safetensors")
+        logging.getLogger("lib_mbw.search").debug("not shown")
+        assert console.getvalue() == "[auto-MBW] INFO: auto-MBW: loading model A a.safetensors\n"
+        logger.handlers[:] = []
+        root.addHandler(logging.StreamHandler(io.StringIO()))  # SD_WEBUI_LOG_LEVEL set: the WebUI's logging decides
+        assert console_logging(console) is None
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+        root.setLevel(saved[3])
+        root.handlers[:] = saved[4]

@@ -131,6 +131,34 @@ class WebUISettings:
         )
 
 
+# --------------------------------------------------------------------------- console
+
+
+def console_logging(stream: Any = None) -> logging.Handler | None:
+    """Make auto-MBW's INFO messages reach the WebUI's console; the handler added, or None if nothing was needed.
+
+    AUTOMATIC1111 and Forge configure no logging unless ``SD_WEBUI_LOG_LEVEL``
+    is set: Python then prints WARNING and above only, so ``lib_mbw``'s INFO
+    lines (model loading, waiting for the queue) would never show. The
+    ``lib_mbw`` logger then gets its own handler at INFO (once, also across
+    Reload UI) and stops propagating, so nothing prints twice. When logging is
+    configured (the root logger has handlers), its level decides and nothing
+    changes.
+    """
+    logger = logging.getLogger("lib_mbw")
+    if any(getattr(h, "auto_mbw_console", False) for h in logger.handlers):
+        return None
+    if logging.getLogger().handlers:
+        return None
+    handler = logging.StreamHandler(stream)
+    handler.auto_mbw_console = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("[auto-MBW] %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return handler
+
+
 # --------------------------------------------------------------------------- WebUI access
 
 
@@ -777,4 +805,5 @@ __all__ = [
     "UnsupportedModelError",
     "WebUIHost",
     "WebUISettings",
+    "console_logging",
 ]
