@@ -134,29 +134,41 @@ class WebUISettings:
 # --------------------------------------------------------------------------- console
 
 
-def console_logging(stream: Any = None) -> logging.Handler | None:
-    """Make auto-MBW's INFO messages reach the WebUI's console; the handler added, or None if nothing was needed.
+class ConsoleHandler(logging.StreamHandler):
+    """Writes to the console the process has now (``sys.stderr`` looked up per message, unless a stream is given)."""
 
-    AUTOMATIC1111 and Forge configure no logging unless ``SD_WEBUI_LOG_LEVEL``
-    is set: Python then prints WARNING and above only, so ``lib_mbw``'s INFO
-    lines (model loading, waiting for the queue) would never show. The
-    ``lib_mbw`` logger then gets its own handler at INFO (once, also across
-    Reload UI) and stops propagating, so nothing prints twice. When logging is
-    configured (the root logger has handlers), its level decides and nothing
-    changes.
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._fixed = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        self.stream = self._fixed or sys.stderr
+        super().emit(record)
+
+
+def console_logging(stream: Any = None) -> bool:
+    """Make auto-MBW's INFO messages reach the WebUI's console; True if logging was changed.
+
+    Unless ``SD_WEBUI_LOG_LEVEL`` is set, AUTOMATIC1111 and Forge leave Python
+    logging at WARNING, so ``lib_mbw``'s INFO lines (model loading, waiting for
+    the queue) would never show. The ``lib_mbw`` logger is then set to INFO;
+    when no logging is configured at all (Python's last-resort handler prints
+    warnings only) it also gets a console handler. Records still propagate, so
+    each line prints once. With ``SD_WEBUI_LOG_LEVEL`` set, that level decides.
     """
+    import os
+
     logger = logging.getLogger("lib_mbw")
-    if any(getattr(h, "auto_mbw_console", False) for h in logger.handlers):
-        return None
-    if logging.getLogger().handlers:
-        return None
-    handler = logging.StreamHandler(stream)
-    handler.auto_mbw_console = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("[auto-MBW] %(levelname)s: %(message)s"))
-    logger.addHandler(handler)
+    if os.environ.get("SD_WEBUI_LOG_LEVEL") or logger.getEffectiveLevel() <= logging.INFO:
+        return False
     logger.setLevel(logging.INFO)
-    logger.propagate = False
-    return handler
+    if not logging.getLogger().handlers and not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        handler = ConsoleHandler(stream)
+        handler.setFormatter(logging.Formatter("[auto-MBW] %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    return True
 
 
 # --------------------------------------------------------------------------- WebUI access

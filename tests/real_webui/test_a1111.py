@@ -21,9 +21,8 @@ from tests.real_webui.scenarios import (
     plain,
     reference_scorer,
     run_search,
-    start_search,
+    long_search,
     txt2img_payload,
-    wait_until_rendering,
     watch_statuses,
     write_references,
 )
@@ -124,28 +123,20 @@ def test_a_lora_in_the_prompt_works_on_top_of_a_merge(a1111: RunningHost, image_
     assert_users_model_is_a(a1111, image_a)
 
 
-def _long_search(host: RunningHost, references: Path):
-    write_payload(host, "slow", steps=30)
-    started = start_search(host, payload_names=["slow"], max_evaluations=200, init_random=200, **reference_scorer(references))
-    stream = host.stream("/auto_mbw_watch", [], timeout=600)
-    wait_until_rendering(host)
-    return started, stream
-
-
 def test_the_webuis_interrupt_mid_search_shows_an_interrupted_run(a1111: RunningHost, image_a: bytes, references: Path) -> None:
-    _, stream = _long_search(a1111, references)
-    a1111.client.interrupt()
-    statuses = watch_statuses(stream.wait(300))
+    with long_search(a1111, references) as stream:
+        a1111.client.interrupt()
+        statuses = watch_statuses(stream.wait(300))
     final = statuses[-1]
-    assert "**Finished**" not in final and "nterrupted" in final, statuses[-3:]
+    assert "**Stopped**" in final and "interrupted in the WebUI" in final and "Finished" not in final, statuses[-3:]
     assert_users_model_is_a(a1111, image_a)
 
 
 def test_the_tabs_stop_mid_search_restores_the_model(a1111: RunningHost, image_a: bytes, references: Path) -> None:
-    _, stream = _long_search(a1111, references)
-    a1111.gradio("/auto_mbw_stop", [])
-    statuses = watch_statuses(stream.wait(300))
-    assert "**Stopped**" in statuses[-1] or "stopped" in statuses[-1], statuses[-3:]
+    with long_search(a1111, references) as stream:
+        a1111.gradio("/auto_mbw_stop", [])
+        statuses = watch_statuses(stream.wait(300))
+    assert "**Stopped**" in statuses[-1] and "the model was restored" in statuses[-1], statuses[-3:]
     assert_users_model_is_a(a1111, image_a)
 
 
