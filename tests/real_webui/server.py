@@ -127,7 +127,8 @@ class WebUIServer:
 
     # -- preparing
 
-    def prepare(self) -> ModelSet:
+    def prepare(self, with_models: bool = True) -> ModelSet | None:
+        """Tree, helper repositories, extension, overlay venv and (``with_models``) test checkpoints and settings."""
         if not self.spec.source.is_dir():
             raise HostStartError(f"{self.spec.source} is missing (the real WebUI trees live in ../shared/webui)")
         missing = [name for name, _ in self.spec.repositories if find_repository(self.spec, name) is None]
@@ -143,6 +144,9 @@ class WebUIServer:
                 copy_tree(find_repository(self.spec, name), target)
             mark_commit(target, commit)
         copy_extension(self.extension_dir)
+        self.python = overlay_venv(self.base_venv, self.workdir / "venv")
+        if not with_models:
+            return None
         writer = MODEL_WRITERS.get(self.spec.name)
         if writer is None:
             raise HostStartError(f"no test checkpoints for host {self.spec.name!r} (tests/real_webui/models.py)")
@@ -158,7 +162,6 @@ class WebUIServer:
             **self.settings,
         }
         (self.root / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        self.python = overlay_venv(self.base_venv, self.workdir / "venv")
         return self.models
 
     def environment(self) -> dict[str, str]:
