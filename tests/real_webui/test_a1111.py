@@ -69,7 +69,7 @@ def test_a_search_finishes_writes_its_run_folder_and_leaves_the_users_model(a111
     assert "**Finished**" in result.final_status, result.statuses
     assert result.run_dir is not None and (result.run_dir / "manifest.json").is_file()
     rows = history_rows(result.run_dir)
-    assert [r["status"] for r in rows if r["status"] != "selected"] == ["ok", "ok", "ok"], rows
+    assert [r["status"] for r in rows if r["status"] != "selected"] == ["ok", "ok", "ok"], [r["reason"] for r in rows]
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows if r["status"] == "ok")
     assert_users_model_is_a(a1111, image_a)
 
@@ -117,9 +117,11 @@ def test_a_lora_in_the_prompt_works_on_top_of_a_merge(a1111: RunningHost, image_
     assert a_lora not in (image_a, merged_lora), "the LoRA applies to A, not to a stale merge"
     a1111.client.mbw_stop()
     write_payload(a1111, "lora", prompt=TINY_PAYLOAD["prompt"] + lora)
+    (references / "lora.png").write_bytes((references / "tiny.png").read_bytes())  # the reference scorer's target
     result = run_search(a1111, payload_names=["lora"], max_evaluations=2, **reference_scorer(references))
     assert "**Finished**" in result.final_status, result.statuses
-    assert [r["status"] for r in history_rows(result.run_dir) if r["status"] != "selected"] == ["ok", "ok"]
+    rows = [r for r in history_rows(result.run_dir) if r["status"] != "selected"]
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r["reason"] for r in rows]
     assert_users_model_is_a(a1111, image_a)
 
 
