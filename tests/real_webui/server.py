@@ -209,12 +209,20 @@ class WebUIServer:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def wait_ready(self, timeout: float = 600.0) -> float:
-        """Seconds until the API answered; HostStartError if the process exits or the time runs out."""
+        """Seconds until the API answered; HostStartError if the process exits or the time runs out.
+
+        No request is sent before the WebUI prints ``Startup time:`` (after it added its API): a request that
+        reaches the app earlier starts it, and the WebUI then dies adding its API middleware.
+        """
         start = time.monotonic()
+        marker = f"===== start {self.starts}:"
         while time.monotonic() - start < timeout:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 raise HostStartError(f"{self.spec.name} exited with {code} while starting; log ends:\n{self.log_tail()}")
+            if "Startup time:" not in self.log_text().rpartition(marker)[2]:
+                time.sleep(1.0)
+                continue
             try:
                 if requests.get(f"{self.url}/sdapi/v1/sd-models", timeout=5).status_code == 200:
                     return time.monotonic() - start

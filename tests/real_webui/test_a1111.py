@@ -17,6 +17,7 @@ from tests.real_webui.harness import RunningHost
 from tests.real_webui.scenarios import (
     ALL_ONES,
     HALF,
+    assert_users_model_is_a,
     history_rows,
     plain,
     reference_scorer,
@@ -24,6 +25,7 @@ from tests.real_webui.scenarios import (
     long_search,
     txt2img_payload,
     watch_statuses,
+    write_payload,
     write_references,
 )
 from tests.real_webui.server import TINY_PAYLOAD
@@ -40,17 +42,6 @@ def image_a(a1111: RunningHost) -> bytes:
 def references(a1111: RunningHost, image_a: bytes) -> Path:
     """Model B's image as the reference scorer's target (rendered with ``override_settings``)."""
     return write_references(a1111, a1111.server.workdir / "references")
-
-
-def assert_users_model_is_a(host: RunningHost, image_a: bytes) -> None:
-    """The checkpoint setting and the loaded model are A, and the WebUI's own txt2img renders A's image."""
-    assert host.client.options()["sd_model_checkpoint"].startswith("mbw-test-a"), "the checkpoint setting changed"
-    assert host.client.mbw_status()["loaded_checkpoint"].startswith("mbw-test-a"), "another model is loaded"
-    assert txt2img_payload(host).pixels() == image_a, "model A's image changed"
-
-
-def write_payload(host: RunningHost, name: str, **changes: object) -> None:
-    (host.server.payload_dir / f"{name}.json").write_text(json.dumps({**TINY_PAYLOAD, **changes}), encoding="utf-8")
 
 
 def test_the_tab_the_routes_and_the_installed_packages_load(a1111: RunningHost) -> None:
