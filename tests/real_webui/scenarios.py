@@ -21,6 +21,11 @@ from .server import TINY_PAYLOAD
 
 HERE = Path(__file__).resolve().parent
 ALL_ONES = ",".join(["1"] * 27)
+#: The versions each WebUI pins that auto-MBW's install must leave alone.
+HOST_PINS: dict[str, dict[str, str]] = {
+    "a1111": {"numpy": "1.26.2", "transformers": "4.30.2"},
+    "forge": {"numpy": "1.26.2", "transformers": "4.46.1", "tqdm": "4.66.1", "diffusers": "0.31.0"},
+}
 HALF = ",".join(["0.5"] * 27)
 
 

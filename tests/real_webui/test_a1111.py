@@ -8,6 +8,7 @@ would expect it (model A loaded and selected, no search running). Images are 64x
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tests.real_webui.scenarios import (
     HALF,
     assert_users_model_is_a,
     history_rows,
+    imagereward_in_host,
     plain,
     reference_scorer,
     run_search,
@@ -28,6 +30,7 @@ from tests.real_webui.scenarios import (
     write_payload,
     write_references,
 )
+from tests.real_webui.scenarios import HOST_PINS
 from tests.real_webui.server import TINY_PAYLOAD
 
 
@@ -52,6 +55,17 @@ def test_the_tab_the_routes_and_the_installed_packages_load(a1111: RunningHost) 
     log = a1111.server.log_text()
     assert "[auto-MBW] installing image-reward" in log, "install.py ran through the launcher"
     assert "could not install" not in log and "import check failed" not in log, log[-6000:]
+
+
+def test_imagereward_imports_and_scores_in_the_webuis_venv(a1111: RunningHost) -> None:
+    """In the venv the launcher's run of install.py left (the WebUI's python), the default scorer works."""
+    result = imagereward_in_host(a1111)
+    scores, package = result["scores"], result["package_scores"]
+    assert all(math.isfinite(s) for s in scores) and scores[0] != scores[1]
+    assert scores == pytest.approx(package, abs=1e-4), "batched scores equal the package's own score()"
+    for name, pinned in HOST_PINS["a1111"].items():
+        assert result["versions"][name] == pinned, f"{name}: the WebUI's pin was changed"
+    print(f"\n[real-webui] a1111 ImageReward in the WebUI's venv: {result}")
 
 
 def test_a_search_finishes_writes_its_run_folder_and_leaves_the_users_model(a1111: RunningHost, image_a: bytes, references: Path) -> None:

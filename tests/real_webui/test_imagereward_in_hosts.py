@@ -1,4 +1,7 @@
-"""ImageReward imports and scores in each real WebUI's venv after auto-MBW's ``install.py`` ran there.
+"""ImageReward imports and scores in Forge's venv after auto-MBW's ``install.py`` ran there.
+
+(AUTOMATIC1111's suite checks the same in the venv its running WebUI's launcher installed into; a Forge
+suite that starts Forge can do that too with ``scenarios.imagereward_in_host`` and drop this module.)
 
 No WebUI is started: ``install.py`` runs exactly as the launcher's ``run_extension_installer`` runs it (the
 WebUI's python, cwd and PYTHONPATH = the WebUI's folder, so ``import launch`` is the WebUI's own launcher),
@@ -18,22 +21,18 @@ import pytest
 
 from tests.real_webui.harness import clean_work_folder, unavailable, work_folder
 from tests.real_webui.hosts import HOSTS
+from tests.real_webui.scenarios import HOST_PINS
 from tests.real_webui.server import HostStartError, WebUIServer
 from tests.real_webui.venvs import VenvBuildError, base_venv
 
 HERE = Path(__file__).resolve().parent
-#: The versions each WebUI pins that the install must leave alone.
-HOST_PINS = {
-    "a1111": {"numpy": "1.26.2", "transformers": "4.30.2"},
-    "forge": {"numpy": "1.26.2", "transformers": "4.46.1", "tqdm": "4.66.1", "diffusers": "0.31.0"},
-}
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("name", ["a1111", "forge"])
+@pytest.mark.parametrize("name", ["forge"])
 def test_imagereward_imports_and_scores_in_the_webuis_venv(name: str) -> None:
     workdir = work_folder(f"imagereward-{name}")
     try:
