@@ -19,7 +19,8 @@ from lib_mbw.ui.form import FormValues, settings_from_form
 from lib_mbw.ui.live import status_line
 
 #: The test components are plugins: the server's starter enables them (a UI client never can).
-PLUGINS = frozenset({"tests.loop_backend:make_optimizer", "tests.ui_backend:make_scorer", "tests.ui_backend:make_rating_scorer"})
+PLUGINS = frozenset({"tests.loop_backend:make_optimizer", "tests.ui_backend:make_scorer", "tests.ui_backend:make_rating_scorer",
+                     "tests.ui_backend:make_broken_scorer"})
 PAYLOAD = {"prompt": "a {red|blue} house", "steps": 2, "width": 64, "height": 64, "seed": 5, "batch_size": 2}
 
 
@@ -254,7 +255,7 @@ def test_the_registered_human_scorer_asks_the_ui(host: RecordingHost) -> None:
 
 
 def test_the_webuis_interrupt_ends_the_run_as_interrupted_not_finished(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS)
     start(host, controller, max_evaluations=200, generator_options='{"interrupt_after": 3}')
     assert controller.wait(20)
     state = controller.snapshot()
@@ -265,7 +266,7 @@ def test_the_webuis_interrupt_ends_the_run_as_interrupted_not_finished(host: Rec
 
 
 def test_a_scorer_that_cannot_load_fails_while_preparing_before_any_render(host: RecordingHost) -> None:
-    controller = SearchController(host)
+    controller = SearchController(host, PLUGINS)
     start(host, controller, scorer="tests.ui_backend:make_broken_scorer")
     assert controller.wait(20)
     state = controller.snapshot()
