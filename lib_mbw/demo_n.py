@@ -5,13 +5,11 @@ of one base: it builds the models (models 1 and 2 are the two-model demo's A
 and B; the others are more fine-tunes of the same base), hides a random
 N-model recipe on the search grid, renders reference images with it through
 the runtime mix (``runtime.multi.MultiMerger`` inside the diffusers
-generator), and searches for it with the optimizer facade over a
-``search.space_n.MixSearchSpace`` (the default strategy, the same evaluations
-per dimension as the two-model demo: 150 x (N - 1)). Each evaluation is
-appended to ``history.jsonl`` (flushed and fsync'd) before the next starts.
-At the end the returned recipe is written as JSON and as chain lines, merged
-offline into a ``.safetensors`` (``merge.multi.mix_to_file``) and verified
-bit for bit. The last line is ``demo gap_closed=<x> seconds=<s>``, measured as
+generator), and searches for it with ``search.mix_search.run_mix_search``
+(the loop of ``mix-search``: the default strategy over a ``MixSearchSpace``,
+the same evaluations per dimension as the two-model demo, 150 x (N - 1)),
+which records ``history.jsonl``, writes the returned recipe as JSON and chain
+lines, mixes it offline into a ``.safetensors`` and verifies that bit for bit. The last line is ``demo gap_closed=<x> seconds=<s>``, measured as
 in the two-model demo.
 
 Not done here (the two-model demo does it through ``SearchSession``): plots,
@@ -21,7 +19,6 @@ resume of an interrupted demo search, and the UI.
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 import sys
@@ -29,15 +26,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from .demo import DEMO_FAMILY, LEVELS, DemoSettings, write_demo_payloads
-from .recipe_n import RecipeN, to_chain_text
+from .recipe_n import RecipeN
 
 NAMES = "abcde"
-EVALUATIONS_PER_STEP = 150  #: the two-model demo's evaluations, per chain step (same evaluations per dimension)
 
 
 # ---------------------------------------------------------------- models
@@ -158,19 +154,6 @@ class MixDemoReport:
         return (self.returned_score - self.random_mean) / gap if gap else 0.0
 
 
-def _evaluate(generator: Any, scorer: Any, payloads: Sequence[Any], recipe: RecipeN) -> float:
-    """Mean over payloads of the mean image score (the search's default tally)."""
-    generator.apply(recipe)
-    return statistics.fmean(statistics.fmean(scorer.score(generator.generate(p))) for p in payloads)
-
-
-def _append_row(path: Path, row: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _say(settings: DemoSettings, text: str) -> None:
     if not settings.quiet:
         print(text, file=sys.stderr, flush=True)
@@ -180,19 +163,14 @@ def run_mix_demo(settings: DemoSettings, n_models: int, evaluations: int | None 
     """Build N tiny models, hide an N-model recipe, search for it, merge and verify the result."""
     from .demo_models import default_demo_folder
     from .errors import MBWError
-    from .generators.diffusers import DiffusersGenerator, DiffusersOptions
-    from .merge import verify_file
-    from .merge.multi import mix_to_file
+    from .generators.diffusers import DiffusersOptions
     from .payloads import load_payloads, prepare_payloads
-    from .runtime.multi import MultiMerger
     from .scorers.reference import ReferenceScorer, save_references
-    from .search.optimizer import DEFAULT_PATIENCE, InitSettings, make_optimizer
-    from .search.space_n import MixSearchSpace
+    from .search.mix_search import MixSearchSettings, evaluate, mix_generator, run_mix_search
 
     if not 2 <= n_models <= 5:
         raise MBWError(f"--n-models must be 2 to 5, got {n_models}")
     started = time.perf_counter()
-    budget = evaluations if evaluations is not None else EVALUATIONS_PER_STEP * (n_models - 1)
     root = Path(settings.output) if settings.output else default_demo_folder().parent / "demo-run"
     models = ensure_mix_demo_models((settings.models or root / "models") / f"mix{n_models}-seed{settings.seed}", settings.seed, n_models)
     names = [p.name for p in models.models]
@@ -202,59 +180,26 @@ def run_mix_demo(settings: DemoSettings, n_models: int, evaluations: int | None 
     hidden = hidden_mix_recipe(settings.seed, n_models, names)
     run_dir = root / f"mix{n_models}-seed{settings.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=False)
-
-    def factory(unet: Any, model_a: Any, model_b: Any, *, key_map: Any, mode: str) -> MultiMerger:
-        return MultiMerger(unet, [None, *models.models[1:]], key_map=key_map, mode=mode)
-
-    options = DiffusersOptions(config_dir=models.config_dir, cpu_threads=1)
-    generator = DiffusersGenerator(models.models[0], models.models[1], options=options, merger_factory=factory)
-    history = run_dir / "history.jsonl"
+    generator = mix_generator(models.models, DiffusersOptions(config_dir=models.config_dir, cpu_threads=1))
     try:
         generator.apply(hidden)
         references = [image for payload in payloads for image in generator.generate(payload)]
-        ref_dir = run_dir / "references"
-        save_references(ref_dir, references, overwrite=True)
+        save_references(run_dir / "references", references, overwrite=True)
         scorer = ReferenceScorer({(img.payload.name, img.index): img.image for img in references}, metric="ssim")
-        hidden_score = _evaluate(generator, scorer, payloads, hidden)
-        baseline = [_evaluate(generator, scorer, payloads, r) for r in random_mix_recipes(settings.seed, n_models, names, settings.random_samples)]
+        hidden_score = evaluate(generator, scorer, payloads, hidden)
+        randoms = random_mix_recipes(settings.seed, n_models, names, settings.random_samples)
+        baseline = [evaluate(generator, scorer, payloads, r) for r in randoms]
         _say(settings, f"hidden recipe scores {hidden_score:.4f}; {len(baseline)} random recipes score {statistics.fmean(baseline):.4f} on average")
-
-        space = MixSearchSpace(family=DEMO_FAMILY, levels=LEVELS, n_models=n_models, models=names)
-        optimizer = make_optimizer(settings.strategy, space, settings.seed, init=InitSettings(random=10, grid=1))
-        patience = DEFAULT_PATIENCE * (n_models - 1)
-        best, since_best, done = float("-inf"), 0, 0
-        _say(settings, f"searching {space.describe()}: up to {budget} evaluations, early stop after {patience} without a new best")
-        while done < budget and since_best < patience:
-            recipe = optimizer.ask(1)[0]
-            t0 = time.perf_counter()
-            score = _evaluate(generator, scorer, payloads, recipe)
-            optimizer.tell(recipe, score)
-            done += 1
-            best, since_best = (score, 0) if score > best else (best, since_best + 1)
-            _append_row(history, {"evaluation": done, "score": score, "seconds": round(time.perf_counter() - t0, 4), "recipe": recipe.to_dict()})
-            if done % 25 == 0:
-                _say(settings, f"  {done} evaluations, best score {best:.4f}")
-        choice = optimizer.recommend()
-        returned = choice.recipe
-        cached = optimizer.cached_score(returned)
-        returned_score = cached if cached is not None else _evaluate(generator, scorer, payloads, returned)
+        search = MixSearchSettings(
+            models=models.models, run_dir=run_dir, family=DEMO_FAMILY, levels=LEVELS, strategy=settings.strategy,
+            seed=settings.seed, evaluations=evaluations, merge=settings.merge, dtype="fp32",
+        )
+        result = run_mix_search(search, generator, scorer, payloads, say=lambda text: _say(settings, text))
     finally:
         generator.close()
-
-    outputs = {"history": history}
-    outputs["recipe"] = run_dir / "best.recipe.json"
-    outputs["recipe"].write_text(returned.to_json() + "\n", encoding="utf-8")
-    text, problems = to_chain_text(returned)
-    outputs["chain lines"] = run_dir / "best.recipe.txt"
-    outputs["chain lines"].write_text(text, encoding="utf-8")
-    verified = False
-    if settings.merge:
-        merged = mix_to_file(models.models, returned, run_dir / f"demo-mix{n_models}.safetensors", dtype="fp32")
-        outputs["model"] = merged.output
-        verified = verify_file(merged.output).identical
     return MixDemoReport(
-        run_dir, n_models, hidden, returned, returned_score, hidden_score, baseline, done,
-        time.perf_counter() - started, verified, outputs,
+        run_dir, n_models, hidden, result.recipe, result.score, hidden_score, baseline, result.evaluations,
+        time.perf_counter() - started, bool(result.verified), result.outputs,
     )
 
 
