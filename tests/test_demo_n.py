@@ -46,7 +46,7 @@ def test_demo_n_models_3_runs_a_search_and_the_mixed_file_verifies(tmp_path, cap
     returned = read_recipe_n(str(run_dir / "best.recipe.json"))
     assert returned.n_models == 3 and returned == read_recipe_n(str(run_dir / "best.recipe.txt")).with_models(returned.models)
     assert any(RecipeN.from_dict(r["recipe"]) == returned for r in rows)
-    merged = run_dir / "demo-mix3.safetensors"
+    merged = next(run_dir.glob("mix3-*.safetensors"))
     assert verify_file(merged).identical
     with open_checkpoint(merged) as ckpt:
         assert len(json.loads(ckpt.metadata["sd_merge_models"])) == 3
