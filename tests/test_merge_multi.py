@@ -154,3 +154,14 @@ def test_cli_two_model_merge_is_unchanged(models, tmp_path) -> None:
     out = tmp_path / "ab.safetensors"
     assert main(["merge", a, b, "-o", str(out), "--alpha", "0.3", "--quiet", "--no-hash-cache"]) == 0
     assert json.loads(tensors(out)[2]["auto_mbw_recipe"])["method"] == "weighted_sum"
+
+
+def test_cli_two_models_with_an_n_model_recipe_file_mix_them(models, tmp_path) -> None:
+    a, b = (str(p) for p in models["sd1"][:2])
+    recipe = grid_recipe(11, 2)
+    path = tmp_path / "ab.recipe.json"
+    path.write_text(recipe.to_json())
+    out = tmp_path / "ab.safetensors"
+    assert main(["merge", a, b, "-o", str(out), "--recipe", str(path), "--quiet", "--no-hash-cache"]) == 0
+    record = json.loads(tensors(out)[2]["auto_mbw_recipe"])
+    assert record["method"] == "block_mix" and RecipeN.from_dict(record["recipe"]).shares == recipe.shares
