@@ -155,6 +155,9 @@ def run_mix_search(
     for _, score in done_rows:
         best, since_best = (score, 0) if score > best else (best, since_best + 1)
     done = len(done_rows)
+    merger = getattr(generator, "merger", None)  # the diffusers generator builds its merger here, before the search
+    if merger is not None and hasattr(merger, "memory"):
+        say(f"runtime mix of {n} models, placement {merger.memory.describe()} beyond the loaded model")
     say(f"searching {space.describe()}: up to {budget} evaluations" + (f", resumed after {done}" if done else ""))
     while done < budget and (not patience or since_best < patience):
         recipe = optimizer.ask(1)[0]
