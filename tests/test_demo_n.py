@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 import torch
 
 from lib_mbw.checkpoint import open_checkpoint

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from lib_mbw.blocks import BLOCKS, present_blocks
+from lib_mbw.blocks import present_blocks
 from lib_mbw.checkpoint import open_checkpoint
 from lib_mbw.cli import main
 from lib_mbw.errors import ArchitectureMismatchError, RecipeError, VerifyError

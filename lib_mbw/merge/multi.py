@@ -33,7 +33,7 @@ from ..errors import RecipeError, VerifyError
 from ..recipe_n import RecipeN
 from .compute import Workspace, compute_tensor, compute_threads, stream, usable_cpus
 from .engine import MergeProgress, MergeReport, ProgressCallback, _refuse_output_among_sources, hash_sources, open_sources
-from .hashes import HashCache, ModelHashes
+from .hashes import HashCache
 from .metadata import SourceInfo, build_metadata, webui_merge_recipe
 from .mix import chain_mix
 from .plan import DTYPE_NAMES, MergePlan, MergeSpec, TensorOp, parse_dtype, plan_merge
@@ -271,4 +271,4 @@ def read_mix_recipe(path: PathLike) -> RecipeN:
     return RecipeN.from_dict(record["recipe"], str(path))
 
 
-__all__ = ["METHOD", "mix_to_file", "verify_mix_file", "read_mix_recipe", "plan_mix", "compute_mix", "ModelHashes"]
+__all__ = ["METHOD", "mix_to_file", "verify_mix_file", "read_mix_recipe", "plan_mix", "compute_mix"]
