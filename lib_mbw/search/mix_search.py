@@ -179,7 +179,8 @@ def run_mix_search(
     outputs["chain lines"].write_text(to_chain_text(returned)[0], encoding="utf-8")
     result = MixSearchResult(run_dir, returned, score, done, len(done_rows), outputs)
     if settings.merge:
-        name = f"mix{n}-{run_dir.name}.safetensors"
+        stem = run_dir.name if run_dir.name.startswith(f"mix{n}-") else f"mix{n}-{run_dir.name}"
+        name = f"{stem}.safetensors"
         merged = mix_to_file(settings.models, returned, run_dir / name, dtype=settings.dtype, overwrite=False)
         outputs["model"] = merged.output
         result.verified = verify_file(merged.output).identical
