@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lib_mbw.recipe_cli",
     "lib_mbw.merge.cli",
     "lib_mbw.search.cli",
+    "lib_mbw.search.mix_cli",
     "lib_mbw.ui.cli",
 )
 

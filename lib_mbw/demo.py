@@ -259,6 +259,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", type=Path, default=None, help="folder of the demo models (built there if missing; default: data/demo)")
     parser.add_argument("--random-samples", type=int, default=defaults.random_samples, help="random recipes scored for the baseline")
     parser.add_argument("--no-merge", action="store_true", help="skip writing the merged model at the end")
+    parser.add_argument("--n-models", type=int, default=2, choices=range(2, 6), metavar="N",
+                        help="mix N tiny models (2-5); with N > 2, --evaluations counts per chain step (N-1 times it in all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 
@@ -274,5 +276,10 @@ def _run(args: argparse.Namespace) -> int:
         merge=not args.no_merge,
         quiet=args.quiet,
     )
+    if args.n_models > 2:  # the N-model demo (lib_mbw.demo_n)
+        from .demo_n import print_mix_report, run_mix_demo
+
+        print_mix_report(run_mix_demo(settings, args.n_models, args.evaluations * (args.n_models - 1)))
+        return 0
     print_report(run_demo(settings))
     return 0

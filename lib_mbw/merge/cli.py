@@ -23,6 +23,8 @@ MERGE_EXAMPLES = """examples:
   # a block recipe: our JSON, NAME=value pairs, 27 values (--order), or an MBW preset (--fold)
   python -m lib_mbw merge A.safetensors B.safetensors -o best.safetensors --recipe best.recipe.json
   python -m lib_mbw merge A.safetensors B.safetensors -o m.safetensors --recipe "0.1,0.2,...,0.27" --order rt
+  # a block mix of 3 models (2-5): an N-model recipe, JSON or N-1 chain lines
+  python -m lib_mbw merge A.safetensors B.safetensors C.safetensors -o ABC.safetensors --recipe abc.recipe.json
   # reuse the recipe stored in a file merged by auto-MBW
   python -m lib_mbw merge A.safetensors C.safetensors -o AC.safetensors --recipe best.safetensors
   # add difference: A + w * (B - C), text encoder from another model, VAE baked in, bf16
@@ -66,6 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     merge.add_argument("a", type=Path, help="model A (weight 0)")
     merge.add_argument("b", type=Path, help="model B (weight 1)")
+    merge.add_argument("more", type=Path, nargs="*", metavar="MODEL",
+                       help="models 3-5 of an N-model block mix (needs an N-model --recipe; see docs/formats.md)")
     merge.add_argument("-o", "--output", type=Path, required=True, help="the .safetensors file to write")
     weights = merge.add_mutually_exclusive_group(required=True)
     weights.add_argument("--recipe", help="recipe file or text in any supported format, or a .safetensors merged by auto-MBW")
@@ -233,9 +237,12 @@ def _with_progress(args: argparse.Namespace, run: Callable[[_Progress], Any]) ->
 
 
 def run_merge_command(args: argparse.Namespace) -> int:
+    from .cli_multi import run_mix_command, wants_mix
     from .engine import merge_to_file
     from .methods import method_by_cli_name
 
+    if wants_mix(args):
+        return run_mix_command(args)
     if args.alpha is not None:
         if not 0.0 <= args.alpha <= 1.0:
             raise RecipeError(f"--alpha must be between 0 and 1 (0 = model A, 1 = model B), got {args.alpha}")

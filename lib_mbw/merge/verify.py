@@ -126,6 +126,10 @@ def verify_file(
         located = {
             role: _locate(role, entry, overrides.get(role), [Path(d) for d in search_dirs], path) for role, entry in recorded.items()
         }
+        if record.get("method") == "block_mix":  # an N-model block mix (merge.multi)
+            from .multi import verify_mix_file
+
+            return verify_mix_file(path, record, merged, located, allow_pickle=allow_pickle, progress=progress)
         spec = MergeSpec.from_record(record, str(path), located)
         actual = hash_sources(spec.sources, progress)
         for role, entry in recorded.items():
