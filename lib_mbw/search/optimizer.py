@@ -560,7 +560,7 @@ def register_strategy(info: StrategyInfo) -> None:
 
 
 def _load_builtin_strategies() -> None:
-    from .strategies import gfo, optuna_samplers, surrogate_cma, trust_region  # noqa: F401  (they register themselves)
+    from .strategies import gfo, optuna_samplers, portfolio, surrogate_cma, trust_region  # noqa: F401  (they register themselves)
 
 
 def strategy_names() -> list[str]:
