@@ -52,7 +52,7 @@ from ..recipe import Recipe
 from .space import Point, SearchSpace
 
 #: Strategy used when the user picks none: the winner of tests/bench/optimizer.py.
-DEFAULT_STRATEGY = "SurrogateCMA"
+DEFAULT_STRATEGY = "PortfolioGP"
 #: The seed's choice (auto-MBW-rt): kept selectable and used as the benchmark baseline.
 SEED_STRATEGY = "BayesianOptimizer"
 #: Evaluations without a new best score before a search stops early (docs/optimizer.md "Early stop").

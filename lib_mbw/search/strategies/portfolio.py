@@ -1,29 +1,30 @@
-"""PortfolioGP: one Gaussian process arbitrates between CMA-ES, trust-region and global candidates.
+"""PortfolioGP: GP-screened CMA-ES and GP expected-improvement search, sharing one model, allocated by success.
 
-Each suggestion:
+Two ways to pick the next recipe share one Gaussian process (``strategies.gp``:
+Matern-5/2 over all blocks plus the additive per-block curves; hyperparameters
+refitted on a schedule, conditioned on every score):
 
-1. the GP of ``strategies.gp`` (Matern-5/2 over all blocks plus the additive
-   per-block curves) is conditioned on every score; its hyperparameters are
-   refitted on a schedule (every score early, every 3rd from 60 scores,
-   every 5th from 150), warm-started, so most steps only condition (one
-   Cholesky factorisation);
-2. candidates come from three generators that are good on different
-   landscapes:
-   * CMA-ES (``cmaes``): a search distribution that learns which blocks
-     interact, stepped once per suggestion on the GP's posterior mean of its
-     samples (so it follows the model, not single noisy scores);
-   * trust region (``TrustRegionGP``'s perturbations of the 3 best recipes,
-     TuRBO-like), which climbs out of a block's local optimum to its next
-     peak;
-   * uniform random recipes, so a distant basin can still win;
-3. the best candidates by expected improvement (log-EI, on the common GP)
-   are refined by gradient ascent of the acquisition over continuous
-   weights and by one-block moves over the levels; the best unseen one is
-   suggested. Recipes still being evaluated are fantasised at their
-   predicted mean ("kriging believer"), so a batch spreads out.
+* **cma**: ``SurrogateCMA``'s step. CMA-ES samples 4x its population, the GP
+  keeps the best by expected improvement, the best 3 are evaluated and CMA-ES
+  is told the GP's posterior mean of the generation. Strong where a good
+  region must be climbed patiently (interacting blocks, narrow peaks, most
+  blocks irrelevant).
+* **ei**: ``TrustRegionGP``'s step. Expected improvement maximised over
+  perturbations of the 3 best recipes, uniform random recipes and CMA-ES
+  samples, refined by one-block moves, including jumps of a block to any of
+  (up to) 21 levels. Strong where a block has several peaks and the model
+  can see a better one elsewhere (smooth multimodal landscapes), which CMA-ES
+  with a small step does not reach.
+
+Each suggestion goes to one of them at random (seeded, so a search is
+reproducible) with a probability that follows their recent success: a
+suggestion succeeds when its score is among the best 10 % so far; each arm
+keeps a discounted success rate, and the ei arm gets its share of the rate
+sum, clipped to [0.2, 0.8] so neither arm dies out. Before ``model_after``
+scores only CMA-ES runs.
 
 The returned recipe (``recommend``) is the evaluated one with the highest
-posterior mean of the same GP after scores the rest contradict were
+posterior mean of the search GP after scores the rest contradict were
 down-weighted (``GaussianProcess.downweight_outliers``).
 """
 
@@ -35,129 +36,118 @@ import numpy as np
 
 from ..optimizer import OptimizerError, StrategyInfo, register_strategy
 from ..space import Point
-from .gp import GaussianProcess
-from .trust_region import TrustRegionGP, log_expected_improvement
+from .surrogate_cma import SurrogateCMA
+from .trust_region import TrustRegionGP
+
+#: an arm's suggestion succeeds when its score is at least this quantile of the scores before it
+SUCCESS_QUANTILE = 0.9
+#: discount of an arm's success counts per suggestion of that arm
+DISCOUNT = 0.9
+#: least and most share of suggestions the ei arm gets
+EI_SHARE = (0.2, 0.8)
 
 
-class PortfolioGP(TrustRegionGP):
-    """GP-arbitrated CMA-ES + trust-region + random candidates; see the module docstring."""
+class PortfolioGP(SurrogateCMA, TrustRegionGP):
+    """GP-screened CMA-ES and GP expected-improvement steps, allocated by recent success; see the module docstring."""
 
     name = "PortfolioGP"
 
     def _setup_engine(  # type: ignore[override]
         self,
-        cma_oversample: int = 4,
-        sigma0: float = 0.25,
         local_candidates: int = 512,
         random_candidates: int = 256,
         refine: int = 2,
-        additive: bool = True,
-        ard: int = 0,
+        ei_share: float = -1.0,
         **options: Any,
     ) -> None:
-        if options:
-            raise OptimizerError(
-                f"{self.name} has no option {', '.join(sorted(options))}; it accepts cma_oversample, sigma0, "
-                "local_candidates, random_candidates, refine, additive, ard"
-            )
-        if not isinstance(additive, (bool, int)):
-            raise OptimizerError(f"{self.name}: additive must be true or false, got {additive!r}")
-        if not 0.0 < float(sigma0) <= 1.0:
-            raise OptimizerError(f"{self.name}: sigma0 must be in (0, 1] (a fraction of each block's range), got {sigma0!r}")
-        super()._setup_engine(
-            local_candidates=local_candidates, random_candidates=random_candidates, refine=refine, ard=ard, continuous=0
+        if not (float(ei_share) == -1.0 or 0.0 <= float(ei_share) <= 1.0):
+            raise OptimizerError(f"{self.name}: ei_share must be in [0, 1] (or -1: adapt), got {ei_share!r}")
+        try:
+            SurrogateCMA._setup_engine(self, **options)
+        except OptimizerError as exc:
+            raise OptimizerError(str(exc).replace("SurrogateCMA", self.name) + ", local_candidates, random_candidates, refine, ei_share") from None
+        rng = self._rng
+        TrustRegionGP._setup_engine(
+            self, local_candidates=local_candidates, random_candidates=random_candidates, refine=refine, ard=0, continuous=0
         )
-        self.additive = bool(additive)
-        self.cma_oversample = max(1, int(cma_oversample))
-        self.sigma0 = float(sigma0)
-        self._cma: Any = None
-        self._cma_restarts = 0
-        self._cma_rng = np.random.default_rng([self.seed, 5])
+        self._rng = rng
+        self.ei_share = float(ei_share)
+        self._arm_rng = np.random.default_rng([self.seed, 6])
+        self._arms = {"cma": [1.0, 2.0], "ei": [1.0, 2.0]}  # discounted (successes + 1, trials + 2)
+        self._pulls = {"cma": 0, "ei": 0}
 
-    def __getstate__(self) -> dict[str, Any]:
-        """The state, with the CMA-ES random generator that ``cmaes`` leaves out of its pickles."""
-        state = dict(self.__dict__)
-        state["_cma_rng_state"] = self._cma._rng.get_state() if self._cma is not None else None
-        return state
+    # ----- allocation -------------------------------------------------------------------------------
+    def _ei_probability(self) -> float:
+        if self.ei_share >= 0:
+            return self.ei_share
+        rate = {arm: s / t for arm, (s, t) in self._arms.items()}
+        return float(np.clip(rate["ei"] / (rate["ei"] + rate["cma"]), *EI_SHARE))
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        rng_state = state.pop("_cma_rng_state", None)
-        self.__dict__.update(state)
-        if self._cma is not None and rng_state is not None:
-            self._cma._rng.set_state(rng_state)
-
-    # ----- model ------------------------------------------------------------------------------------
-    def _new_model(self, n: int) -> GaussianProcess:
-        ard = bool(self.ard) and n >= self.ard
-        return GaussianProcess(self.space.ndim, hyper=self._hyper, ard=ard, additive=self.additive)
-
-    def _refit_interval(self, n: int) -> int:
-        """Hyperparameters move little once there are many scores: refit every 10th score from 200 on."""
-        return 1 if n < 60 else 3 if n < 120 else 5 if n < 200 else 10
-
-    def _model_means(self, points: list[Point]) -> tuple[np.ndarray, str] | None:
-        if len(self.cache) < 3:
-            return None
-        search = self._fitted()
-        x, y = self._data()
-        robust = GaussianProcess(self.space.ndim, hyper=search.hyper, ard=search.ard, additive=self.additive).set_data(x, y)
-        flagged = robust.downweight_outliers()
-        mean, _ = robust.predict(self.space.unit(points))
-        note = f", {flagged} contradicted score(s) down-weighted" if flagged else ""
-        return mean, f"highest posterior mean of the search's Gaussian process ({self.cache.n_observations} scores{note})"
-
-    # ----- CMA-ES -----------------------------------------------------------------------------------
-    def _cma_candidates(self, gp: GaussianProcess, best_mean: float) -> np.ndarray:
-        """This step's CMA-ES generation (grid points), after stepping CMA-ES on the GP's posterior mean."""
-        from cmaes import CMA
-
-        d = self.space.ndim
-        if self._cma is None:
-            ranked = self._ranked_by(gp)
-            mean = self.space.unit([ranked[0]])[0] if self._cma_restarts and ranked else np.full(d, 0.5)
-            self._cma = CMA(
-                mean=np.clip(mean, 1e-6, 1 - 1e-6),
-                sigma=self.sigma0,
-                bounds=np.tile([0.0, 1.0], (d, 1)),
-                seed=int(self._cma_rng.integers(2**31 - 1)),
-            )
-        lam = self._cma.population_size
-        samples = np.array([self._cma.ask() for _ in range(lam * self.cma_oversample)])
-        mean, var = gp.predict(samples)
-        keep = np.argsort(-log_expected_improvement(mean, np.sqrt(var), best_mean), kind="stable")[:lam]
-        self._cma.tell([(samples[i], -float(mean[i])) for i in keep])
-        if self._cma.should_stop():
-            self._cma_restarts += 1
-            self._cma = None
-        return self.space.from_unit(samples[keep])
-
-    def _ranked_by(self, gp: GaussianProcess) -> list[Point]:
-        points = self.cache.points()
-        mean, _ = gp.predict(self.space.unit(points))
-        return [points[i] for i in np.argsort(-mean, kind="stable")]
+    def _engine_tell(self, token: Any, score: float | None) -> None:
+        if token not in self._arms:
+            return
+        before = [s for _, s in self.cache.order[:-1]]
+        success = score is not None and len(before) > 0 and score >= float(np.quantile(before, SUCCESS_QUANTILE))
+        wins, trials = self._arms[token]
+        self._arms[token] = [DISCOUNT * wins + float(success), DISCOUNT * trials + 1.0]
 
     # ----- suggestions -------------------------------------------------------------------------------
-    def _extra_candidates(self, model: GaussianProcess, best_mean: float) -> np.ndarray:
-        return self._cma_candidates(model, best_mean)
+    def _engine_ask(self, n: int) -> list[tuple[Point, Any]]:
+        out: list[tuple[Point, Any]] = []
+        taken: set[Point] = set()
+        for _ in range(n):
+            use_ei = len(self.cache) >= self.model_after and self._arm_rng.random() < self._ei_probability()
+            point = self._ei_point(taken) if use_ei else None
+            if point is not None:
+                out.append((point, "ei"))
+                self._pulls["ei"] += 1
+            else:
+                cma = SurrogateCMA._engine_ask(self, 1)
+                cma = [(p, t) for p, t in cma if p not in taken]
+                if not cma:
+                    break
+                out.append((cma[0][0], "cma"))
+                self._pulls["cma"] += 1
+            taken.add(out[-1][0])
+        return out
+
+    def _ei_point(self, taken: set[Point]) -> Point | None:
+        """The recipe of highest expected improvement among perturbations, random recipes and CMA-ES samples."""
+        gp = self._search_model()
+        observed = self.cache.points()
+        obs_mean, _ = gp.predict(self.space.unit(observed))
+        order = np.argsort(-obs_mean, kind="stable")
+        centers = np.array([observed[i] for i in order[: min(3, len(order))]], dtype=np.int64)
+        extra = None
+        if self._cma is not None:
+            extra = self.space.from_unit(np.array([self._cma.ask() for _ in range(self._cma.population_size)]))
+        return self._best_candidate(gp, centers, float(obs_mean[order[0]]), set(taken) | set(self.pending), extra)
 
     def _block_moves(self, point: np.ndarray) -> np.ndarray:
-        """One-block moves to every level of an even spread of up to 21 levels, plus the small steps.
+        """One-block moves by 1, 2, 4, ... levels, and jumps to every level of an even spread of up to 21.
 
         A block whose curve has several peaks can jump to another peak in one
-        move (the moves by 1, 2, 4, ... levels only climb the peak it is on).
+        move (the small moves only climb the peak it is on).
         """
         d, levels = self.space.ndim, self.space.levels
         spread = np.unique(np.round(np.linspace(0, levels - 1, min(levels, 21))).astype(np.int64))
         jumps = np.repeat(point[None, :], d * len(spread), axis=0)
         rows = np.arange(len(jumps))
         jumps[rows, rows // len(spread)] = np.tile(spread, d)
-        return np.unique(np.vstack([super()._block_moves(point), jumps]), axis=0)
+        return np.unique(np.vstack([TrustRegionGP._block_moves(self, point), jumps]), axis=0)
+
+    # ----- final choice ------------------------------------------------------------------------------
+    def _model_means(self, points: list[Point]) -> tuple[np.ndarray, str] | None:
+        gp = self._search_model()
+        if gp is None:
+            return None
+        mean, _ = gp.predict(self.space.unit(points))
+        return mean, f"highest posterior mean of the search's Gaussian process ({self.cache.n_observations} scores)"
 
     def _engine_describe(self) -> dict[str, Any]:
-        data = super()._engine_describe()
-        data["cma_restarts"] = self._cma_restarts
-        if self._cma is not None:
-            data["cma_sigma"] = round(float(self._cma._sigma), 5)
+        data = SurrogateCMA._engine_describe(self)
+        data["suggestions"] = dict(self._pulls)
+        data["ei_share_now"] = round(self._ei_probability(), 3)
         return data
 
 
@@ -165,8 +155,8 @@ register_strategy(
     StrategyInfo(
         name=PortfolioGP.name,
         description=(
-            "a Gaussian process (Matern + per-block curves) picks each recipe by expected improvement among CMA-ES, "
-            "trust-region and random candidates, refined by gradient and one-block moves; returns the best posterior mean"
+            "GP-screened CMA-ES and GP expected-improvement search (trust region, block jumps) on one Gaussian process, "
+            "each suggestion allocated by their recent success; returns the best posterior mean"
         ),
         engine="cmaes + auto-mbw Gaussian process (torch)",
         factory=PortfolioGP,
