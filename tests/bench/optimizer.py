@@ -54,7 +54,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from optimizer_families import FAMILIES, PROBLEMS  # noqa: E402
+from optimizer_families import FAMILIES, PROBLEMS, family_runs  # noqa: E402
 from optimizer_runners import COMMON, RUNNERS, facade_checkpoints, run  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -75,7 +75,7 @@ LABELS = {
 #: baselines run only on these families (the seed's GFO optimizer takes 10-70 minutes a run)
 ONLY_ON = {"seed": ("legacy",)}
 CHECKPOINTS = (30, 90, 270)
-QUICK_PROBLEMS = ("sparse", "multimodal", "bbob-f15", "bbob-f8")
+QUICK_PROBLEMS = ("sparse", "multimodal-smooth", "bbob-f3", "bbob-f2")
 PACKAGES = ("numpy", "scipy", "scikit-learn", "torch", "gradient-free-optimizers", "optuna", "bayesian-optimization", "cmaes", "coco-experiment")
 
 
@@ -194,10 +194,10 @@ def summarize(
     worst = {c: math.inf for c in checkpoints}
     worst_step = 0.0
     grid = facade_checkpoints(evals)
-    for family, family_runs in runs.items():
+    for family, planned in runs.items():
         table: dict[str, Any] = {}
         for label in labels:
-            have = [(p, s) for p, s in family_runs if job_id(label, p, s, evals) in results]
+            have = [(p, s) for p, s in planned if job_id(label, p, s, evals) in results]
             if not have:
                 continue
             gaps = [gap_at(results[job_id(label, p, s, evals)], p, s, evals) for p, s in have]
@@ -222,7 +222,7 @@ def summarize(
             if c != checkpoints[0]:
                 worst[c] = min(worst[c], value)
         worst_step = max(worst_step, table[default]["step_s"])
-        lines += ["", f"### {family} ({', '.join(sorted({p for p, _ in family_runs}))})", ""]
+        lines += ["", f"### {family} ({', '.join(sorted({p for p, _ in planned}))})", ""]
         head = "| strategy | runs | " + " | ".join(f"gap@{c}" for c in checkpoints) + " | step s @270 |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for label in sorted(table, key=lambda lb: -table[lb]["gap"][checkpoints[-1]]):
@@ -278,16 +278,48 @@ def plot(summary: dict[str, Any], labels: list[str], default: str, path: Path) -
 
 
 def timing(strategy: str, evals: int) -> int:
-    """Step time (tell + next ask) of ``strategy`` up to ``evals`` evaluations, on the cheap ``smooth`` objective."""
+    """Step time of ``strategy`` (``tell`` + next ``ask``, as the loop calls them) up to ``evals`` evaluations.
+
+    One run on the cheap ``smooth`` objective, one thread. Records wall and
+    CPU seconds per step: on a shared machine the wall time depends on the
+    load (reported), the CPU time is what a step costs on a free core.
+    """
+    from optimizer_runners import _limit_threads
+
+    from lib_mbw.search.optimizer import InitSettings, make_optimizer
+    from lib_mbw.search.space import SearchSpace
+
+    _limit_threads()
+    objective = PROBLEMS["smooth"](0)
+    space = SearchSpace()
+    rng = np.random.default_rng(7)
+    optimizer = make_optimizer(strategy, space, seed=0, init=InitSettings(random=10))
     load_before = os.getloadavg()
-    result = run(f"facade:{strategy}", "smooth", 0, evals)
-    load_after = os.getloadavg()
-    steps = np.array(result["ask_s"])
+    wall, cpu = [], []
+    recipe = optimizer.ask(1)[0]
+    for k in range(1, evals + 1):
+        x = np.array([recipe.weights[b] for b in space.blocks])
+        score = float(objective.noisy(x, rng)[0])
+        w0, c0 = time.perf_counter(), time.process_time()
+        optimizer.tell(recipe, score)
+        recipe = optimizer.ask(1)[0]
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+        if k % 100 == 0:
+            print(f"  {k}: wall {np.mean(wall[-10:]):.3f} s, cpu {np.mean(cpu[-10:]):.3f} s per step (last 10), load {os.getloadavg()[0]:.1f}", flush=True)
     marks = [k for k in (90, 270, 500, 1000) if k <= evals]
-    report = {str(k): round(float(np.mean(steps[k - 10 : k])), 4) for k in marks}
-    worst = {str(k): round(float(np.max(steps[k - 10 : k])), 4) for k in marks}
-    data = {"strategy": strategy, "evals": evals, "mean_step_s": report, "max_step_s": worst, "wall_s": result["wall_s"],
-            "load_before": [round(v, 2) for v in load_before], "load_after": [round(v, 2) for v in load_after], "cpus": os.cpu_count()}
+    data = {
+        "strategy": strategy,
+        "evals": evals,
+        "wall_s": {str(k): round(float(np.mean(wall[k - 10 : k])), 4) for k in marks},
+        "cpu_s": {str(k): round(float(np.mean(cpu[k - 10 : k])), 4) for k in marks},
+        "wall_s_50": {str(k): round(float(np.mean(wall[max(0, k - 50) : k])), 4) for k in marks},
+        "cpu_s_50": {str(k): round(float(np.mean(cpu[max(0, k - 50) : k])), 4) for k in marks},
+        "max_wall_s": round(float(np.max(wall)), 3),
+        "load_before": [round(v, 2) for v in load_before],
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps(data, indent=1))
     save_json(TIMING, data)
     return 0
@@ -320,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.problems.split(",")) - {""}
     if args.quick:
         seeds, wanted, args.cached_baselines = [0], set(QUICK_PROBLEMS), True
-    runs = {f: [(p, s) for p in FAMILIES[f] for s in seeds if not wanted or p in wanted] for f in families}
+    runs = {f: [(p, s) for p, s in family_runs(f, seeds) if not wanted or p in wanted] for f in families}
     runs = {f: r for f, r in runs.items() if r}
     default = f"facade:{args.default}"
     baselines = [b for b in args.baselines.split(",") if b]
@@ -333,11 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     jobs = []
     keys: dict[tuple[str, str], str] = {}
-    for family, family_runs in runs.items():
+    for family, planned in runs.items():
         for label in labels:
             if family not in ONLY_ON.get(label, (family,)):
                 continue
-            for problem, seed in family_runs:
+            for problem, seed in planned:
                 jid = job_id(label, problem, seed, evals)
                 key = keys.setdefault((label, problem), run_key(label, problem))
                 entry = cache.get(jid)

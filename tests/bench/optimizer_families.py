@@ -29,7 +29,8 @@ Families:
   thousandth of the median over random recipes, so that progress near the
   optimum still counts against the orders of magnitude bbob spans; the
   optimum is 0 (f_opt, usually off the 21-level grid, so gap 1 is out of
-  reach). Noise 5, 10 or 20 % of range by seed (seed mod 3).
+  reach). Noise 5, 10 or 20 % of range by seed (seed mod 3). Seed s runs
+  the family's function s mod 5 (``ROTATE``), so 5 seeds are 5 functions.
 
 Noise is Gaussian with the given fraction of the range, defined as in
 optimizer_objectives (optimum minus the 1 % quantile of random recipes).
@@ -141,6 +142,18 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "bbob-multimodal": ("bbob-f3", "bbob-f15", "bbob-f20", "bbob-f21", "bbob-f22"),
     "bbob-unimodal": ("bbob-f2", "bbob-f7", "bbob-f8", "bbob-f10", "bbob-f14"),
 }
+
+
+#: families whose seeds take turns over the problems (seed s runs problem s mod n): one run per seed, not n
+ROTATE = ("bbob-multimodal", "bbob-unimodal")
+
+
+def family_runs(family: str, seeds: list[int]) -> list[tuple[str, int]]:
+    """The (problem, seed) runs of ``family`` over ``seeds``."""
+    problems = FAMILIES[family]
+    if family in ROTATE:
+        return [(problems[s % len(problems)], s) for s in seeds]
+    return [(p, s) for p in problems for s in seeds]
 
 
 def family_of(problem: str) -> str:
