@@ -88,7 +88,7 @@ def test_default_strategy_beats_random_search():
     default = [gap_closed(DEFAULT_STRATEGY, s, make_objective) for s in SEEDS]
     random = [gap_closed("RandomSearch", s, make_objective) for s in SEEDS]
     assert np.median(default) > np.median(random) + 0.15, (default, random)
-    assert min(default) > max(random), (default, random)
+    assert all(d > r for d, r in zip(default, random)), (default, random)  # on every instance (same seed)
 
 
 def test_default_strategy_climbs_a_smooth_multimodal_landscape():

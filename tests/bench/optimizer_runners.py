@@ -1,15 +1,21 @@
-"""Runners of the optimizer benchmark: one search of one strategy on one objective, recorded step by step.
+"""Runners of the optimizer benchmark: one search of one strategy on one problem, recorded step by step.
 
-Every runner evaluates ``evals`` recipes one at a time and records, after each
-evaluation k, the TRUE value of the recipe the strategy would return if it
-stopped there (``returned``), the noisy score it saw (``observed``) and the
-seconds its suggestion took (``ask_s``). What a strategy "would return":
+Every runner evaluates ``evals`` recipes one at a time and records the TRUE
+value of the recipe the strategy would return if it stopped there
+(``returned``), the noisy score it saw (``observed``) and the seconds it took
+between two evaluations (``ask_s``). What a strategy "would return":
 
 * the tools we compare with return their best single observed score (the
-  seed's GFO ``best_para``, bayes_opt's ``max``, optuna's ``best_trial``);
+  seed's GFO ``best_para``, bayes_opt's ``max``, optuna's ``best_trial``,
+  CMA-ES's best sample); recorded after every evaluation;
 * auto-MBW's facade returns ``recommend()``: the evaluated recipe with the
-  highest posterior mean. Its best-observed value is recorded too
-  (``best_observed``) to show what the robust choice adds.
+  highest posterior mean, taken on a deep copy at ``facade_checkpoints``
+  (``returned_at``) so that it neither costs the timed steps nor changes the
+  search. Its best-observed value is recorded too (``best_observed``).
+
+A facade run is driven as the loop drives it: ask, evaluate, tell, ask, ...;
+``ask_s`` is ``tell`` plus the next ``ask`` (for optuna: ``ask`` plus
+``tell``; the other tools' ``ask``).
 
 Baselines run as their tools set them up, straight on their libraries (so the
 cached baselines do not depend on auto-MBW's code): the seed's GFO
@@ -17,8 +23,9 @@ cached baselines do not depend on auto-MBW's code): the seed's GFO
 random initial points, a repeated proposal answered from a score memory as
 Hyperactive's ``memory`` does; random search on the same grid; the peer
 sd-webui-bayesian-merger's ``bayes_opt`` GP (its defaults: UCB kappa 2.576,
-Matern-5/2, 5 restarts) and optuna TPE (its defaults), both on continuous
-weights with 10 random initial points.
+Matern-5/2, 5 restarts) and optuna TPE (its defaults); optuna TPE
+multivariate and GPSampler; plain CMA-ES (``cmaes``). All but the seed's on
+continuous weights, the model-based ones with 10 random initial points.
 
 ``bayes_opt`` spends nearly all its time in per-call overhead while it
 optimises its acquisition with numerical gradients (seconds per step here).
