@@ -27,8 +27,9 @@ loop calls it (``tell`` + the next ``ask``), mean over evaluations 261-270,
 median over runs; ``--timing N`` measures it to evaluation N (one run on the
 cheap ``smooth`` objective) and reports the machine's load.
 
-Last line:
-optimizer worst_ratio_90=<default/best peer at 90, worst family> worst_ratio_270=<...> step_s=<x>
+Last line (step_s: the worst family's median wall seconds per step at 270, as
+measured under the load given; step_cpu_s_*: CPU seconds from the --timing run):
+optimizer worst_ratio_90=<default/best peer at 90, worst family> worst_ratio_270=<...> step_s=<x> step_cpu_s_270=<> step_cpu_s_1000=<> load=<>
 """
 
 from __future__ import annotations
@@ -146,6 +147,20 @@ def save_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, separators=(",", ":")))
     os.replace(tmp, path)
+
+
+def add_to_cache(jid: str, entry: dict[str, Any]) -> None:
+    """Add one run to the cache file; a lock keeps bench processes running side by side from losing each other's runs."""
+    import fcntl
+
+    import tempfile
+
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / "auto-mbw-optimizer-bench.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = load_cache()
+        entries[jid] = entry
+        save_json(CACHE, {"entries": dict(sorted(entries.items()))})
 
 
 def job_id(label: str, problem: str, seed: int, evals: int) -> str:
@@ -271,6 +286,24 @@ def plot(summary: dict[str, Any], labels: list[str], default: str, path: Path) -
     axes[0].set_ylabel("gap closed by the returned recipe (median)")
     axes[-1].legend(loc="lower right", fontsize=7)
     fig.tight_layout()
+    _save(fig, path)
+    for family in families:  # and one file per family
+        one, ax = plt.subplots(figsize=(5.5, 4))
+        for label in labels:
+            data = summary["families"][family]["strategies"].get(label)
+            if data is not None:
+                name = LABELS.get(label, label.replace("facade:", ""))
+                ax.plot(x, data["curve"], label=name + (" (default)" if label == default else ""), lw=2.4 if label == default else 1.1)
+        ax.set_title(f"{family}: median gap closed by the returned recipe")
+        ax.set_xlabel("evaluations")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+        one.tight_layout()
+        _save(one, path.with_name(f"{path.stem}-{family}.png"))
+    plt.close("all")
+
+
+def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -387,9 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         results[jid] = result
         label, problem = jid.split("|")[:2]
         if not args.no_write:
-            fresh = load_cache()  # another bench process may have added runs meanwhile
-            fresh[jid] = {"key": keys[(label, problem)], "result": result}
-            save_json(CACHE, {"entries": dict(sorted(fresh.items()))})
+            add_to_cache(jid, {"key": keys[(label, problem)], "result": result})
 
     start = time.perf_counter()
     run_jobs(jobs, args.jobs, on_result)
@@ -403,11 +434,19 @@ def main(argv: list[str] | None = None) -> int:
         save_json(LATEST, {"default": args.default, "seeds": seeds, "evals": evals, "summary": summary})
         plot(summary, labels, default, PLOT)
         print(f"wrote {LATEST.relative_to(ROOT)} and {PLOT.relative_to(ROOT)}")
+    extra = ""
+    if TIMING.is_file():  # the --timing run: CPU seconds per step (what a free core takes) at 270 and 1000
+        timed = json.loads(TIMING.read_text())
+        cpu = timed.get("cpu_s_50", {})
+        print(f"step time of {timed['strategy']} (--timing, tell + ask, mean of the 50 steps before): "
+              + ", ".join(f"@{k}: wall {timed['wall_s_50'][k]:.3f} s, CPU {v:.3f} s" for k, v in cpu.items())
+              + f"; load {timed['load_before'][0]:.1f} -> {timed['load_after'][0]:.1f} on {timed['cpus']} CPUs")
+        extra = "".join(f" step_cpu_s_{k}={cpu[k]:.3f}" for k in ("270", "1000") if k in cpu)
     w = summary["worst_ratio"]
     print(
         "optimizer "
         + " ".join(f"worst_ratio_{c}={'inf' if w[str(c)] is None else format(w[str(c)], '.3f')}" for c in CHECKPOINTS[1:] if str(c) in w)
-        + f" step_s={summary['step_s']:.3f}"
+        + f" step_s={summary['step_s']:.3f}{extra} load={os.getloadavg()[0]:.1f}"
     )
     return 0
 
