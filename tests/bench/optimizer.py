@@ -228,7 +228,8 @@ def summarize(
                 table[label]["per_problem"][problem] = {c: float(np.median([g[c] for g in mine])) for c in checkpoints}
         if default not in table:
             continue
-        peers = [lb for lb in table if lb in BASELINES]
+        # a median over other landscapes is no comparison: the best peer is chosen among the peers that ran every run the default ran
+        peers = [lb for lb in table if lb in BASELINES and table[lb]["runs"] >= table[default]["runs"]]
         ratios = {}
         for c in checkpoints:
             best_peer = max(peers, key=lambda lb: table[lb]["gap"][c]) if peers else None
@@ -245,7 +246,8 @@ def summarize(
             if label == default:
                 name = f"**{name} (default)**"
             cells = " | ".join(f"{table[label]['gap'][c]:.3f}" for c in checkpoints)
-            lines.append(f"| {name} | {table[label]['runs']} | {cells} | {table[label]['step_s']:.3f} |")
+            runs_text = f"{table[label]['runs']}" + (" (not all: not in the ratio)" if label in BASELINES and label not in peers else "")
+            lines.append(f"| {name} | {runs_text} | {cells} | {table[label]['step_s']:.3f} |")
         ratio_text = ", ".join(f"@{c}: {v:.3f} (best peer {LABELS.get(p, p)})" for c, (v, p) in ratios.items())
         lines.append(f"\n{family}: default / best peer {ratio_text}; step {table[default]['step_s']:.3f} s")
         summary["families"][family] = {
@@ -375,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="write neither the cache nor the results")
     parser.add_argument("--only-baselines", action="store_true", help="fill the cache with baseline runs and stop")
     parser.add_argument("--cached-baselines", action="store_true", help="run no baseline; use the runs the cache has")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: report the runs the cache has")
     parser.add_argument("--timing", type=int, default=0, help="measure the default's step time up to this evaluation and stop")
     args = parser.parse_args(argv)
     if args.timing:
@@ -423,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             add_to_cache(jid, {"key": keys[(label, problem)], "result": result})
 
     start = time.perf_counter()
+    if args.report_only:
+        jobs = []
     run_jobs(jobs, args.jobs, on_result)
     if args.only_baselines:
         print(f"baselines cached in {time.perf_counter() - start:.0f} s")
