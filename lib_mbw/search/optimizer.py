@@ -28,8 +28,8 @@ What the facade owns, for every strategy alike (``Optimizer``):
 
 Engines (see ``STRATEGIES``): gradient-free-optimizers' ask/tell classes and
 optuna's samplers under the names Hyperactive 5 gives them, and auto-MBW's
-own: the default ``SurrogateCMA`` (``strategies.surrogate_cma``) and
-``TrustRegionGP`` (``strategies.trust_region``). ``DEFAULT_PATIENCE`` is the early-stop
+own: the default ``PortfolioGP`` (``strategies.portfolio``), ``SurrogateCMA``
+(``strategies.surrogate_cma``) and ``TrustRegionGP`` (``strategies.trust_region``). ``DEFAULT_PATIENCE`` is the early-stop
 patience the optimizer benchmark supports (docs/optimizer.md).
 """
 

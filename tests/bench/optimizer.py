@@ -104,12 +104,13 @@ def _code_hash(path: Path, names: tuple[str, ...] | None = None) -> str:
 
 
 def facade_files(strategy: str) -> list[Path]:
-    """The files of lib_mbw a facade strategy's runs depend on: the facade, the space, the GP and the strategy's module."""
+    """The files of lib_mbw a facade strategy's runs depend on: the facade, the space, the GP, the two strategies
+    the default is built from and the strategy's own module."""
     from lib_mbw.search.optimizer import resolve_strategy
 
     search = ROOT / "lib_mbw" / "search"
     module = resolve_strategy(strategy).factory.__module__.rsplit(".", 1)[-1]  # type: ignore[union-attr]
-    names = ["optimizer.py", "space.py", "strategies/gp.py", "strategies/trust_region.py", f"strategies/{module}.py"]
+    names = ["optimizer.py", "space.py", "strategies/gp.py", "strategies/trust_region.py", "strategies/surrogate_cma.py", f"strategies/{module}.py"]
     return sorted({search / n for n in names})
 
 

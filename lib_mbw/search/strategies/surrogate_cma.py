@@ -1,4 +1,4 @@
-"""CMA-ES assisted by a Gaussian process: the default strategy.
+"""CMA-ES assisted by a Gaussian process: the default strategy's cma arm (and the default before ``PortfolioGP``).
 
 CMA-ES (the ``cmaes`` package; Hansen's covariance matrix adaptation) keeps a
 search distribution N(m, sigma^2 C) over the unit cube of block weights and
@@ -227,8 +227,8 @@ register_strategy(
     StrategyInfo(
         name=SurrogateCMA.name,
         description=(
-            "the default: CMA-ES (cmaes) whose candidates a Gaussian process screens and scores, so few evaluations "
-            "move it far; returns the recipe with the best posterior mean. Best on the benchmark, milliseconds per suggestion"
+            "CMA-ES (cmaes) whose candidates a Gaussian process screens and scores, so few evaluations move it far; "
+            "returns the recipe with the best posterior mean. The default until issue 17 (now the default's cma arm)"
         ),
         engine="cmaes + auto-mbw Gaussian process (torch)",
         factory=SurrogateCMA,
