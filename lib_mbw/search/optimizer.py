@@ -29,8 +29,8 @@ What the facade owns, for every strategy alike (``Optimizer``):
 
 Engines (see ``STRATEGIES``): gradient-free-optimizers' ask/tell classes and
 optuna's samplers under the names Hyperactive 5 gives them, and auto-MBW's
-own: the default ``SurrogateCMA`` (``strategies.surrogate_cma``) and
-``TrustRegionGP`` (``strategies.trust_region``). ``DEFAULT_PATIENCE`` is the early-stop
+own: the default ``PortfolioGP`` (``strategies.portfolio``), ``SurrogateCMA``
+(``strategies.surrogate_cma``) and ``TrustRegionGP`` (``strategies.trust_region``). ``DEFAULT_PATIENCE`` is the early-stop
 patience the optimizer benchmark supports (docs/optimizer.md).
 """
 
@@ -49,7 +49,7 @@ from ..recipe import Recipe
 from .space import Point, SearchSpace
 
 #: Strategy used when the user picks none: the winner of tests/bench/optimizer.py.
-DEFAULT_STRATEGY = "SurrogateCMA"
+DEFAULT_STRATEGY = "PortfolioGP"
 #: The seed's choice (auto-MBW-rt): kept selectable and used as the benchmark baseline.
 SEED_STRATEGY = "BayesianOptimizer"
 #: Evaluations without a new best score before a search stops early (docs/optimizer.md "Early stop").
@@ -504,7 +504,7 @@ def register_strategy(info: StrategyInfo) -> None:
 
 
 def _load_builtin_strategies() -> None:
-    from .strategies import gfo, optuna_samplers, surrogate_cma, trust_region  # noqa: F401  (they register themselves)
+    from .strategies import gfo, optuna_samplers, portfolio, surrogate_cma, trust_region  # noqa: F401  (they register themselves)
 
 
 def strategy_names() -> list[str]:

@@ -1,28 +1,35 @@
-"""Optimizer benchmark: the default strategy against the seed's optimizer, random search and the peer's.
+"""Optimizer benchmark: the default strategy against the peers' optimizers on several families of landscapes.
 
-    python tests/bench/optimizer.py            # 3 objectives x 5 seeds x 270 evaluations
-    python tests/bench/optimizer.py --quick    # 1 seed, 2 objectives (a few minutes with cached baselines)
+    python tests/bench/optimizer.py                 # every family, 5 seeds, 270 evaluations (hours: cached per run)
+    python tests/bench/optimizer.py --quick         # 1 seed of 4 problems, cached baselines (a few minutes)
+    python tests/bench/optimizer.py --timing 1000   # step time of the default up to evaluation 1000
 
-Three synthetic noisy objectives over 27 blocks x 21 levels (optimizer_objectives.py)
-with known optima. Quality = fraction of the gap closed between a random recipe
-(0) and the optimum (1), measured with the TRUE value of the recipe each
-strategy would return (optimizer_runners.py). Reports per strategy and objective
-the median gap closed at 30/90/270 evaluations, evaluations needed to reach the
-seed's and the best peer's 270-evaluation value, suggestion seconds at step 270,
-and what early stopping (patience 27/54/81/none) saves and loses on the recorded
-traces.
+Families (optimizer_families.py): the three objectives of the old benchmark
+(``legacy``), a smooth multimodal landscape (``multimodal``) and COCO's bbob
+functions (``bbob-multimodal``, ``bbob-unimodal``), 27 blocks x 21 levels,
+noise 5-20 % of range. Quality = fraction of the gap closed between a random
+recipe (0) and the optimum (1), measured with the TRUE value of the recipe
+each strategy returns (optimizer_runners.py): ours ``recommend()``, the
+peers' their best observed score.
 
-Baselines (seed, random, peer-gp, peer-tpe) are slow (the seed's GFO optimizer and
-the peer's GP take seconds per step) and use fixed seeds: they are cached in
-tests/bench/results/optimizer_baselines.json under a hash of the objective and
-runner code (docstrings and comments excluded) and the package versions; a change
-recomputes them. Baselines run straight on their libraries, not through auto-MBW.
-Runs go in parallel processes (--jobs, default 2), one thread each.
---cached-baselines runs no baseline and uses the seeds each one has cached
-(the tables give the number of seeds per row).
+Peers, straight on their libraries: random search, the peer
+sd-webui-bayesian-merger's bayes_opt GP and optuna TPE, optuna TPE
+(multivariate) and GPSampler, plain CMA-ES (cmaes), and on ``legacy`` the
+seed's GFO BayesianOptimizer (the runs that finished; it takes 10-70 minutes
+a run). Every run (baselines and facade strategies) is cached in
+tests/bench/results/optimizer_runs.json under a key that hashes the code it
+depends on (the runner's functions, the problem's module, for facade runs
+lib_mbw/search) and the package versions, so a run is never repeated and
+interrupted benchmarks resume; ``--cached-baselines`` runs no baseline.
 
-Last line:
-optimizer evals_ratio=<default/seed, worst objective> peer_ratio=<default/best peer, worst objective> step_s=<x>
+Step time: everything the optimizer does between two evaluations as the
+loop calls it (``tell`` + the next ``ask``), mean over evaluations 261-270,
+median over runs; ``--timing N`` measures it to evaluation N (one run on the
+cheap ``smooth`` objective) and reports the machine's load.
+
+Last line (step_s: the worst family's median wall seconds per step at 270, as
+measured under the load given; step_cpu_s_*: CPU seconds from the --timing run):
+optimizer worst_ratio_90=<default/best peer at 90, worst family> worst_ratio_270=<...> step_s=<x> step_cpu_s_270=<> step_cpu_s_1000=<> load=<>
 """
 
 from __future__ import annotations
@@ -48,49 +55,89 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from optimizer_objectives import OBJECTIVES  # noqa: E402
-from optimizer_runners import INIT_POINTS, run  # noqa: E402
+from optimizer_families import FAMILIES, PROBLEMS, family_runs  # noqa: E402
+from optimizer_runners import COMMON, RUNNERS, facade_checkpoints, run  # noqa: E402
 
 RESULTS = HERE / "results"
-CACHE = RESULTS / "optimizer_baselines.json"
+CACHE = RESULTS / "optimizer_runs.json"
 LATEST = RESULTS / "optimizer_latest.json"
+TIMING = RESULTS / "optimizer_timing.json"
 PLOT = ROOT / "docs" / "img" / "optimizer-convergence.png"
-BASELINES = ("seed", "random", "peer-gp", "peer-tpe")
-PEERS = ("peer-gp", "peer-tpe")
+BASELINES = ("random", "peer-gp", "peer-tpe", "tpe-mv", "optuna-gp", "cma", "seed")
 LABELS = {
     "seed": "seed: GFO BayesianOptimizer",
     "random": "random search",
     "peer-gp": "peer: bayes_opt GP",
     "peer-tpe": "peer: optuna TPE",
+    "tpe-mv": "optuna TPE multivariate",
+    "optuna-gp": "optuna GPSampler",
+    "cma": "CMA-ES (cmaes)",
 }
-PATIENCES = (27, 54, 81, None)
+#: baselines run only on these families (the seed's GFO optimizer takes 10-70 minutes a run)
+ONLY_ON = {"seed": ("legacy",)}
 CHECKPOINTS = (30, 90, 270)
+QUICK_PROBLEMS = ("sparse", "multimodal-smooth", "bbob-f3", "bbob-f2")
+PACKAGES = ("numpy", "scipy", "scikit-learn", "torch", "gradient-free-optimizers", "optuna", "bayesian-optimization", "cmaes", "coco-experiment")
 
 
-def _code_hash(path: Path) -> str:
-    """Hash of a Python file's code without its docstrings and comments (so doc edits keep the cache)."""
-    tree = ast.parse(path.read_text())
+# ----- cache keys ----------------------------------------------------------------------------------
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
             if isinstance(body[0].value.value, str):
                 node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _code_hash(path: Path, names: tuple[str, ...] | None = None) -> str:
+    """Hash of a Python file's code (or of its top-level definitions ``names``), docstrings and comments excluded."""
+    tree = _strip_docstrings(ast.parse(path.read_text()))
+    if names is not None:
+        wanted = []
+        for node in tree.body:  # type: ignore[attr-defined]
+            node_names = {getattr(node, "name", None)} | {getattr(t, "id", None) for t in getattr(node, "targets", [])}
+            if node_names & set(names):
+                wanted.append(node)
+        tree = ast.Module(body=wanted, type_ignores=[])
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
-def baseline_key(label: str) -> str:
-    """Hash of everything the cached runs of ``label`` depend on (bench code, package versions)."""
+def facade_files(strategy: str) -> list[Path]:
+    """The files of lib_mbw a facade strategy's runs depend on: the facade, the space, the GP, the two strategies
+    the default is built from and the strategy's own module."""
+    from lib_mbw.search.optimizer import resolve_strategy
+
+    search = ROOT / "lib_mbw" / "search"
+    module = resolve_strategy(strategy).factory.__module__.rsplit(".", 1)[-1]  # type: ignore[union-attr]
+    names = ["optimizer.py", "space.py", "strategies/gp.py", "strategies/trust_region.py", "strategies/surrogate_cma.py", f"strategies/{module}.py"]
+    return sorted({search / n for n in names})
+
+
+def run_key(label: str, problem: str) -> str:
+    """Hash of everything a cached run of ``label`` on ``problem`` depends on."""
     digest = hashlib.sha256()
-    for path in (HERE / "optimizer_objectives.py", HERE / "optimizer_runners.py"):
-        digest.update(_code_hash(path).encode())
-    for package in ("numpy", "scipy", "scikit-learn", "gradient-free-optimizers", "optuna", "bayesian-optimization"):
-        digest.update(f"{package}={metadata.version(package)};".encode())
+    digest.update(_code_hash(HERE / "optimizer_objectives.py").encode())
+    if problem not in ("smooth", "sparse", "near_uniform"):
+        maker = "bbob" if problem.startswith("bbob") else "multimodal"
+        names = (maker, "_calibrate", "NOISE_BY_SEED", "CALIBRATION_SAMPLES", "WIDTHS")
+        digest.update(f"{problem};".encode() + _code_hash(HERE / "optimizer_families.py", names).encode())
+    if label.startswith("facade:"):
+        digest.update(_code_hash(HERE / "optimizer_runners.py", COMMON + ("run_facade", "facade_checkpoints")).encode())
+        for path in facade_files(label.split(":", 1)[1]):
+            digest.update(_code_hash(path).encode())
+    else:
+        digest.update(_code_hash(HERE / "optimizer_runners.py", COMMON + RUNNERS[label][1]).encode())
+    for package in PACKAGES:
+        try:
+            digest.update(f"{package}={metadata.version(package)};".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package}=;".encode())
     digest.update(platform.python_version().encode())
     return digest.hexdigest()[:16]
 
 
 def load_cache() -> dict[str, Any]:
-    """Cached baseline runs: job id -> {"key": ..., "result": ...}; stale entries are skipped by the caller."""
     if CACHE.is_file():
         return json.loads(CACHE.read_text()).get("entries", {})
     return {}
@@ -103,21 +150,34 @@ def save_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def job_id(label: str, objective: str, seed: int, evals: int) -> str:
-    return f"{label}|{objective}|{seed}|{evals}"
+def add_to_cache(jid: str, entry: dict[str, Any]) -> None:
+    """Add one run to the cache file; a lock keeps bench processes running side by side from losing each other's runs."""
+    import fcntl
+
+    import tempfile
+
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / "auto-mbw-optimizer-bench.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = load_cache()
+        entries[jid] = entry
+        save_json(CACHE, {"entries": dict(sorted(entries.items()))})
+
+
+def job_id(label: str, problem: str, seed: int, evals: int) -> str:
+    return f"{label}|{problem}|{seed}|{evals}"
 
 
 def _run_job(args: tuple[str, str, int, int]) -> tuple[str, dict[str, Any]]:
-    label, objective, seed, evals = args
-    return job_id(*args), run(label, objective, seed, evals)
+    label, problem, seed, evals = args
+    return job_id(*args), run(label, problem, seed, evals)
 
 
 def run_jobs(jobs: list[tuple[str, str, int, int]], processes: int, on_result: Any) -> None:
     if not jobs:
         return
-    # slow jobs first, so the pool does not end waiting on one long run
-    weight = {"seed": 0, "peer-gp": 1}
-    jobs = sorted(jobs, key=lambda j: weight.get(j[0], 2))
+    weight = {"seed": 0, "peer-gp": 1, "optuna-gp": 2}
+    jobs = sorted(jobs, key=lambda j: weight.get(j[0], 3))
     context = mp.get_context("spawn")
     with context.Pool(processes, maxtasksperchild=1) as pool:
         for key, result in pool.imap_unordered(_run_job, jobs):
@@ -126,211 +186,273 @@ def run_jobs(jobs: list[tuple[str, str, int, int]], processes: int, on_result: A
 
 
 # ----- metrics -------------------------------------------------------------------------------------
-def gap_curves(runs: list[dict[str, Any]], objective: str, seeds: list[int], field: str = "returned") -> np.ndarray:
-    """Gap closed per run (rows) and evaluation (columns)."""
-    rows = []
-    for run_data, seed in zip(runs, seeds):
-        obj = OBJECTIVES[objective](seed)
-        rows.append(obj.gap_closed(np.array(run_data[field])))
-    return np.array(rows)
+def gap_at(result: dict[str, Any], problem: str, seed: int, evals: int) -> dict[int, float]:
+    """Gap closed by the returned recipe at each recorded evaluation count."""
+    obj = PROBLEMS[problem](seed)
+    values = np.asarray(result["returned"], dtype=float)
+    at = result.get("returned_at") or list(range(1, len(values) + 1))
+    gaps = obj.gap_closed(values)
+    return {int(k): float(g) for k, g in zip(at, gaps) if k <= evals}
 
 
-def reach(curve: np.ndarray, target: float) -> int | None:
-    """First evaluation count from which ``curve`` stays at or above ``target`` until the end."""
-    below = np.nonzero(curve < target - 1e-12)[0]
-    if len(below) == 0:
-        return 1
-    k = int(below[-1]) + 2
-    return k if k <= len(curve) else None
-
-
-def stop_point(observed: list[float], patience: int | None) -> int:
-    """Evaluations a search runs when it stops after ``patience`` evaluations without a new best score."""
-    if patience is None:
-        return len(observed)
-    best, last = -math.inf, 0
-    for k, score in enumerate(observed, start=1):
-        if score > best:
-            best, last = score, k
-        elif k - last >= patience and k > INIT_POINTS:
-            return k
-    return len(observed)
-
-
-def fmt_ratio(value: float) -> str:
-    return "inf" if not math.isfinite(value) else f"{value:.3f}"
+def step_time(result: dict[str, Any], evals: int) -> float:
+    steps = result["ask_s"][:evals]
+    return float(np.mean(steps[max(0, evals - 10) :]))
 
 
 def summarize(
-    results: dict[str, dict[str, Any]], labels: list[str], objectives: list[str], seeds: list[int], evals: int, default: str
+    results: dict[str, dict[str, Any]], labels: list[str], runs: dict[str, list[tuple[str, int]]], evals: int, default: str
 ) -> tuple[list[str], dict[str, Any]]:
-    lines: list[str] = []
-    summary: dict[str, Any] = {"objectives": {}}
-    curves: dict[tuple[str, str], np.ndarray] = {}
-    have: dict[tuple[str, str], list[int]] = {}  # seeds with a run (all, unless --cached-baselines left some out)
-    for objective in objectives:
-        for label in labels:
-            have[(label, objective)] = [s for s in seeds if job_id(label, objective, s, evals) in results]
-            runs = [results[job_id(label, objective, s, evals)] for s in have[(label, objective)]]
-            curves[(label, objective)] = gap_curves(runs, objective, have[(label, objective)])
+    """Tables per family and the ratios of the default to the best peer."""
     checkpoints = [c for c in CHECKPOINTS if c <= evals]
-    header = "| strategy | objective | seeds | " + " | ".join(f"gap@{c}" for c in checkpoints)
-    header += " | evals to seed@270 | evals to best peer@270 | best-observed gap@270 | suggest s @270 |"
-    lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
-    worst_seed, worst_peer, worst_step = 0.0, 0.0, 0.0
-    for objective in objectives:
-        median = {label: np.median(curves[(label, objective)], axis=0) for label in labels}
-        seed_target = float(median["seed"][-1])
-        peer_target = max(float(median[p][-1]) for p in PEERS)
-        per_objective: dict[str, Any] = {"seed_target": seed_target, "peer_target": peer_target, "strategies": {}}
+    summary: dict[str, Any] = {"families": {}, "problems": {}}
+    lines: list[str] = []
+    worst = {c: math.inf for c in checkpoints}
+    worst_step = 0.0
+    grid = facade_checkpoints(evals)
+    for family, planned in runs.items():
+        table: dict[str, Any] = {}
         for label in labels:
-            runs = [results[job_id(label, objective, s, evals)] for s in have[(label, objective)]]
-            best_obs = np.median(gap_curves(runs, objective, have[(label, objective)], "best_observed"), axis=0)
-            k_seed, k_peer = reach(median[label], seed_target), reach(median[label], peer_target)
-            step = float(np.median([np.mean(r["ask_s"][max(0, evals - 10) :]) for r in runs]))
-            cells = [f"{median[label][c - 1]:.3f}" for c in checkpoints]
-            row = f"| {LABELS.get(label, label)} | {objective} | {len(runs)} | " + " | ".join(cells)
-            row += f" | {k_seed or '>' + str(evals)} | {k_peer or '>' + str(evals)} | {best_obs[-1]:.3f} | {step:.3f} |"
-            lines.append(row)
-            per_objective["strategies"][label] = {
-                "gap": {str(c): round(float(median[label][c - 1]), 4) for c in checkpoints},
-                "evals_to_seed": k_seed,
-                "evals_to_peer": k_peer,
-                "best_observed_gap": round(float(best_obs[-1]), 4),
-                "seeds": len(runs),
-                "step_s": round(step, 4),
+            have = [(p, s) for p, s in planned if job_id(label, p, s, evals) in results]
+            if not have:
+                continue
+            gaps = [gap_at(results[job_id(label, p, s, evals)], p, s, evals) for p, s in have]
+            table[label] = {
+                "runs": len(have),
+                "gap": {c: float(np.median([g[c] for g in gaps])) for c in checkpoints},
+                "curve": [float(np.median([g[k] for g in gaps])) for k in grid],
+                "step_s": float(np.median([step_time(results[job_id(label, p, s, evals)], evals) for p, s in have])),
+                "per_problem": {},
             }
+            for problem in sorted({p for p, _ in have}):
+                mine = [g for (p, _), g in zip(have, gaps) if p == problem]
+                table[label]["per_problem"][problem] = {c: float(np.median([g[c] for g in mine])) for c in checkpoints}
+        if default not in table:
+            continue
+        # a median over other landscapes is no comparison: the best peer is chosen among the peers that ran every run the default ran
+        peers = [lb for lb in table if lb in BASELINES and table[lb]["runs"] >= table[default]["runs"]]
+        ratios = {}
+        for c in checkpoints:
+            best_peer = max(peers, key=lambda lb: table[lb]["gap"][c]) if peers else None
+            value = table[default]["gap"][c] / table[best_peer]["gap"][c] if best_peer and table[best_peer]["gap"][c] > 0 else math.inf
+            ratios[c] = (value, best_peer)
+            if c != checkpoints[0]:
+                worst[c] = min(worst[c], value)
+        worst_step = max(worst_step, table[default]["step_s"])
+        lines += ["", f"### {family} ({', '.join(sorted({p for p, _ in planned}))})", ""]
+        head = "| strategy | runs | " + " | ".join(f"gap@{c}" for c in checkpoints) + " | step s @270 |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for label in sorted(table, key=lambda lb: -table[lb]["gap"][checkpoints[-1]]):
+            name = LABELS.get(label, label.replace("facade:", ""))
             if label == default:
-                worst_seed = max(worst_seed, (k_seed or math.inf) / evals)
-                worst_peer = max(worst_peer, (k_peer or math.inf) / evals)
-                worst_step = max(worst_step, step)
-        summary["objectives"][objective] = per_objective
-
-    lines += ["", "Early stop (stop after P evaluations without a new best score), median over seeds:", ""]
-    head = "| strategy | objective | " + " | ".join(f"P={p or 'none'}: evals, gap" for p in PATIENCES) + " |"
-    lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    early: dict[str, Any] = {}
-    for label in labels:
-        for objective in objectives:
-            runs = [results[job_id(label, objective, s, evals)] for s in have[(label, objective)]]
-            gaps = gap_curves(runs, objective, have[(label, objective)])
-            cells = []
-            for patience in PATIENCES:
-                stops = [stop_point(r["observed"], patience) for r in runs]
-                at_stop = [g[k - 1] for g, k in zip(gaps, stops)]
-                cells.append(f"{int(np.median(stops))}, {np.median(at_stop):.3f}")
-                early.setdefault(label, {}).setdefault(objective, {})[str(patience)] = {
-                    "evals": float(np.median(stops)),
-                    "gap": round(float(np.median(at_stop)), 4),
-                    "loss": round(float(np.median(gaps[:, -1] - np.array(at_stop))), 4),
-                }
-            lines.append(f"| {LABELS.get(label, label)} | {objective} | " + " | ".join(cells) + " |")
-    summary["early_stop"] = early
-    summary["evals_ratio"] = worst_seed
-    summary["peer_ratio"] = worst_peer
+                name = f"**{name} (default)**"
+            cells = " | ".join(f"{table[label]['gap'][c]:.3f}" for c in checkpoints)
+            runs_text = f"{table[label]['runs']}" + (" (not all: not in the ratio)" if label in BASELINES and label not in peers else "")
+            lines.append(f"| {name} | {runs_text} | {cells} | {table[label]['step_s']:.3f} |")
+        ratio_text = ", ".join(f"@{c}: {v:.3f} (best peer {LABELS.get(p, p)})" for c, (v, p) in ratios.items())
+        lines.append(f"\n{family}: default / best peer {ratio_text}; step {table[default]['step_s']:.3f} s")
+        summary["families"][family] = {
+            "ratios": {str(c): {"ratio": round(v, 4), "best_peer": p} for c, (v, p) in ratios.items()},
+            "strategies": {
+                lb: {"runs": t["runs"], "gap": {str(c): round(v, 4) for c, v in t["gap"].items()}, "step_s": round(t["step_s"], 4),
+                     "per_problem": {p: {str(c): round(v, 4) for c, v in g.items()} for p, g in t["per_problem"].items()},
+                     "curve": [round(v, 4) for v in t["curve"]]}
+                for lb, t in table.items()
+            },
+        }
+    summary["curve_at"] = grid
+    summary["worst_ratio"] = {str(c): (None if not math.isfinite(v) else round(v, 4)) for c, v in worst.items()}
     summary["step_s"] = worst_step
-    summary["curves"] = {f"{label}|{objective}": curves[(label, objective)].tolist() for label, objective in curves}
     return lines, summary
 
 
-def plot(summary: dict[str, Any], labels: list[str], objectives: list[str], path: Path) -> None:
+def plot(summary: dict[str, Any], labels: list[str], default: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(objectives), figsize=(5 * len(objectives), 4), sharey=True)
+    families = list(summary["families"])
+    fig, axes = plt.subplots(1, len(families), figsize=(4.6 * len(families), 4), sharey=True)
     axes = np.atleast_1d(axes)
-    for ax, objective in zip(axes, objectives):
+    x = summary["curve_at"]
+    for ax, family in zip(axes, families):
         for label in labels:
-            data = np.array(summary["curves"][f"{label}|{objective}"])
-            x = np.arange(1, data.shape[1] + 1)
-            med = np.median(data, axis=0)
-            ax.plot(x, med, label=LABELS.get(label, label), lw=2 if label not in BASELINES else 1.2)
-            ax.fill_between(x, np.quantile(data, 0.25, axis=0), np.quantile(data, 0.75, axis=0), alpha=0.15)
-        ax.set_title(objective)
+            data = summary["families"][family]["strategies"].get(label)
+            if data is None:
+                continue
+            name = LABELS.get(label, label.replace("facade:", ""))
+            ax.plot(x, data["curve"], label=name + (" (default)" if label == default else ""), lw=2.4 if label == default else 1.1)
+        ax.set_title(family)
         ax.set_xlabel("evaluations")
-        ax.set_ylim(-0.2, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("gap closed (true value of the returned recipe)")
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].set_ylabel("gap closed by the returned recipe (median)")
+    axes[-1].legend(loc="lower right", fontsize=7)
     fig.tight_layout()
+    _save(fig, path)
+    for family in families:  # and one file per family
+        one, ax = plt.subplots(figsize=(5.5, 4))
+        for label in labels:
+            data = summary["families"][family]["strategies"].get(label)
+            if data is not None:
+                name = LABELS.get(label, label.replace("facade:", ""))
+                ax.plot(x, data["curve"], label=name + (" (default)" if label == default else ""), lw=2.4 if label == default else 1.1)
+        ax.set_title(f"{family}: median gap closed by the returned recipe")
+        ax.set_xlabel("evaluations")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+        one.tight_layout()
+        _save(one, path.with_name(f"{path.stem}-{family}.png"))
+    plt.close("all")
+
+
+def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=100)
     os.replace(tmp, path)
+
+
+def timing(strategy: str, evals: int) -> int:
+    """Step time of ``strategy`` (``tell`` + next ``ask``, as the loop calls them) up to ``evals`` evaluations.
+
+    One run on the cheap ``smooth`` objective, one thread. Records wall and
+    CPU seconds per step: on a shared machine the wall time depends on the
+    load (reported), the CPU time is what a step costs on a free core.
+    """
+    from optimizer_runners import _limit_threads
+
+    from lib_mbw.search.optimizer import InitSettings, make_optimizer
+    from lib_mbw.search.space import SearchSpace
+
+    _limit_threads()
+    objective = PROBLEMS["smooth"](0)
+    space = SearchSpace()
+    rng = np.random.default_rng(7)
+    optimizer = make_optimizer(strategy, space, seed=0, init=InitSettings(random=10))
+    load_before = os.getloadavg()
+    wall, cpu = [], []
+    recipe = optimizer.ask(1)[0]
+    for k in range(1, evals + 1):
+        x = np.array([recipe.weights[b] for b in space.blocks])
+        score = float(objective.noisy(x, rng)[0])
+        w0, c0 = time.perf_counter(), time.process_time()
+        optimizer.tell(recipe, score)
+        recipe = optimizer.ask(1)[0]
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+        if k % 100 == 0:
+            print(f"  {k}: wall {np.mean(wall[-10:]):.3f} s, cpu {np.mean(cpu[-10:]):.3f} s per step (last 10), load {os.getloadavg()[0]:.1f}", flush=True)
+    marks = [k for k in (90, 270, 500, 1000) if k <= evals]
+    data = {
+        "strategy": strategy,
+        "evals": evals,
+        "wall_s": {str(k): round(float(np.mean(wall[k - 10 : k])), 4) for k in marks},
+        "cpu_s": {str(k): round(float(np.mean(cpu[k - 10 : k])), 4) for k in marks},
+        "wall_s_50": {str(k): round(float(np.mean(wall[max(0, k - 50) : k])), 4) for k in marks},
+        "cpu_s_50": {str(k): round(float(np.mean(cpu[max(0, k - 50) : k])), 4) for k in marks},
+        "max_wall_s": round(float(np.max(wall)), 3),
+        "load_before": [round(v, 2) for v in load_before],
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(data, indent=1))
+    save_json(TIMING, data)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     from lib_mbw.search.optimizer import DEFAULT_STRATEGY
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, two objectives")
+    parser.add_argument("--quick", action="store_true", help="seed 0 of 4 problems, cached baselines only")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="tune on other seeds than the reported 0..4")
     parser.add_argument("--evals", type=int, default=270)
-    parser.add_argument("--jobs", type=int, default=2, help="parallel processes")
-    parser.add_argument("--objectives", default=",".join(OBJECTIVES))
+    parser.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--problems", default="", help="only these problems (comma separated)")
+    parser.add_argument("--baselines", default=",".join(BASELINES), help="which baselines to compare")
     parser.add_argument("--default", default=DEFAULT_STRATEGY, help="facade strategy measured as the default")
     parser.add_argument("--extra", default="", help="more facade strategies to compare, comma separated")
-    parser.add_argument("--no-write", action="store_true", help="do not write results and the plot")
-    parser.add_argument("--only-baselines", action="store_true", help="fill the baseline cache and stop")
-    parser.add_argument(
-        "--cached-baselines",
-        action="store_true",
-        help="run no baseline: each baseline uses the seeds it has in the cache (the tables say how many)",
-    )
+    parser.add_argument("--no-write", action="store_true", help="write neither the cache nor the results")
+    parser.add_argument("--only-baselines", action="store_true", help="fill the cache with baseline runs and stop")
+    parser.add_argument("--cached-baselines", action="store_true", help="run no baseline; use the runs the cache has")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: report the runs the cache has")
+    parser.add_argument("--timing", type=int, default=0, help="measure the default's step time up to this evaluation and stop")
     args = parser.parse_args(argv)
+    if args.timing:
+        return timing(args.default, args.timing)
 
-    objectives = args.objectives.split(",")
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    families = [f for f in args.families.split(",") if f]
+    wanted = set(args.problems.split(",")) - {""}
     if args.quick:
-        seeds, objectives = [0], ["smooth", "near_uniform"]
+        seeds, wanted, args.cached_baselines = [0], set(QUICK_PROBLEMS), True
+    runs = {f: [(p, s) for p, s in family_runs(f, seeds) if not wanted or p in wanted] for f in families}
+    runs = {f: r for f, r in runs.items() if r}
     default = f"facade:{args.default}"
-    labels = list(BASELINES) + [f"facade:{s}" for s in args.extra.split(",") if s] + [default]
+    baselines = [b for b in args.baselines.split(",") if b]
+    labels = baselines + [f"facade:{s}" for s in args.extra.split(",") if s] + [default]
     if args.only_baselines:
-        labels = list(BASELINES)
+        labels = baselines
     evals = args.evals
 
-    keys = {label: baseline_key(label) for label in BASELINES}
     cache = load_cache()
     results: dict[str, dict[str, Any]] = {}
     jobs = []
-    for label in labels:
-        for objective in objectives:
-            for seed in seeds:
-                jid = job_id(label, objective, seed, evals)
+    keys: dict[tuple[str, str], str] = {}
+    for family, planned in runs.items():
+        for label in labels:
+            if family not in ONLY_ON.get(label, (family,)):
+                continue
+            for problem, seed in planned:
+                jid = job_id(label, problem, seed, evals)
+                key = keys.setdefault((label, problem), run_key(label, problem))
                 entry = cache.get(jid)
-                if label in BASELINES and entry and entry.get("key") == keys[label]:
+                if entry and entry.get("key") == key:
                     results[jid] = entry["result"]
-                elif label in BASELINES and args.cached_baselines:
+                elif label in BASELINES and (args.cached_baselines or label == "seed"):
                     continue
                 else:
-                    jobs.append((label, objective, seed, evals))
-    print(f"optimizer bench: {len(objectives)} objectives x {len(seeds)} seeds x {evals} evaluations, "
-          f"{len(jobs)} runs to do ({sum(j[0] in BASELINES for j in jobs)} baselines), {args.jobs} processes", flush=True)
+                    jobs.append((label, problem, seed, evals))
+    print(f"optimizer bench: {sum(map(len, runs.values()))} (problem, seed) runs in {len(runs)} families x {evals} evaluations, "
+          f"{len(jobs)} runs to do ({sum(j[0] in BASELINES for j in jobs)} baselines), {args.jobs} processes, "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
 
     def on_result(jid: str, result: dict[str, Any]) -> None:
         results[jid] = result
-        label = jid.split("|")[0]
-        if label in BASELINES and not args.no_write:
-            cache[jid] = {"key": keys[label], "result": result}
-            save_json(CACHE, {"entries": dict(sorted(cache.items()))})
+        label, problem = jid.split("|")[:2]
+        if not args.no_write:
+            add_to_cache(jid, {"key": keys[(label, problem)], "result": result})
 
     start = time.perf_counter()
+    if args.report_only:
+        jobs = []
     run_jobs(jobs, args.jobs, on_result)
     if args.only_baselines:
         print(f"baselines cached in {time.perf_counter() - start:.0f} s")
         return 0
-    lines, summary = summarize(results, labels, objectives, seeds, evals, default)
-    print(f"ran in {time.perf_counter() - start:.0f} s; machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    lines, summary = summarize(results, labels, runs, evals, default)
+    print(f"ran in {time.perf_counter() - start:.0f} s; machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     print("\n".join(lines))
-    if not args.no_write and not args.quick:
+    if not args.no_write and not args.quick and args.first_seed == 0:
         save_json(LATEST, {"default": args.default, "seeds": seeds, "evals": evals, "summary": summary})
-        plot(summary, labels, objectives, PLOT)
+        plot(summary, labels, default, PLOT)
         print(f"wrote {LATEST.relative_to(ROOT)} and {PLOT.relative_to(ROOT)}")
+    extra = ""
+    if TIMING.is_file():  # the --timing run: CPU seconds per step (what a free core takes) at 270 and 1000
+        timed = json.loads(TIMING.read_text())
+        cpu = timed.get("cpu_s_50", {})
+        print(f"step time of {timed['strategy']} (--timing, tell + ask, mean of the 50 steps before): "
+              + ", ".join(f"@{k}: wall {timed['wall_s_50'][k]:.3f} s, CPU {v:.3f} s" for k, v in cpu.items())
+              + f"; load {timed['load_before'][0]:.1f} -> {timed['load_after'][0]:.1f} on {timed['cpus']} CPUs")
+        extra = "".join(f" step_cpu_s_{k}={cpu[k]:.3f}" for k in ("270", "1000") if k in cpu)
+    w = summary["worst_ratio"]
     print(
-        f"optimizer evals_ratio={fmt_ratio(summary['evals_ratio'])} "
-        f"peer_ratio={fmt_ratio(summary['peer_ratio'])} step_s={summary['step_s']:.3f}"
+        "optimizer "
+        + " ".join(f"worst_ratio_{c}={'inf' if w[str(c)] is None else format(w[str(c)], '.3f')}" for c in CHECKPOINTS[1:] if str(c) in w)
+        + f" step_s={summary['step_s']:.3f}{extra} load={os.getloadavg()[0]:.1f}"
     )
     return 0
 

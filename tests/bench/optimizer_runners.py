@@ -1,15 +1,21 @@
-"""Runners of the optimizer benchmark: one search of one strategy on one objective, recorded step by step.
+"""Runners of the optimizer benchmark: one search of one strategy on one problem, recorded step by step.
 
-Every runner evaluates ``evals`` recipes one at a time and records, after each
-evaluation k, the TRUE value of the recipe the strategy would return if it
-stopped there (``returned``), the noisy score it saw (``observed``) and the
-seconds its suggestion took (``ask_s``). What a strategy "would return":
+Every runner evaluates ``evals`` recipes one at a time and records the TRUE
+value of the recipe the strategy would return if it stopped there
+(``returned``), the noisy score it saw (``observed``) and the seconds it took
+between two evaluations (``ask_s``). What a strategy "would return":
 
 * the tools we compare with return their best single observed score (the
-  seed's GFO ``best_para``, bayes_opt's ``max``, optuna's ``best_trial``);
+  seed's GFO ``best_para``, bayes_opt's ``max``, optuna's ``best_trial``,
+  CMA-ES's best sample); recorded after every evaluation;
 * auto-MBW's facade returns ``recommend()``: the evaluated recipe with the
-  highest posterior mean. Its best-observed value is recorded too
-  (``best_observed``) to show what the robust choice adds.
+  highest posterior mean, taken on a deep copy at ``facade_checkpoints``
+  (``returned_at``) so that it neither costs the timed steps nor changes the
+  search. Its best-observed value is recorded too (``best_observed``).
+
+A facade run is driven as the loop drives it: ask, evaluate, tell, ask, ...;
+``ask_s`` is ``tell`` plus the next ``ask`` (for optuna: ``ask`` plus
+``tell``; the other tools' ``ask``).
 
 Baselines run as their tools set them up, straight on their libraries (so the
 cached baselines do not depend on auto-MBW's code): the seed's GFO
@@ -17,8 +23,9 @@ cached baselines do not depend on auto-MBW's code): the seed's GFO
 random initial points, a repeated proposal answered from a score memory as
 Hyperactive's ``memory`` does; random search on the same grid; the peer
 sd-webui-bayesian-merger's ``bayes_opt`` GP (its defaults: UCB kappa 2.576,
-Matern-5/2, 5 restarts) and optuna TPE (its defaults), both on continuous
-weights with 10 random initial points.
+Matern-5/2, 5 restarts) and optuna TPE (its defaults); optuna TPE
+multivariate and GPSampler; plain CMA-ES (``cmaes``). All but the seed's on
+continuous weights, the model-based ones with 10 random initial points.
 
 ``bayes_opt`` spends nearly all its time in per-call overhead while it
 optimises its acquisition with numerical gradients (seconds per step here).
@@ -37,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from optimizer_objectives import DIM, LEVELS, OBJECTIVES, Objective
+from optimizer_families import PROBLEMS
+from optimizer_objectives import DIM, LEVELS, Objective
 
 INIT_POINTS = 10
 
@@ -80,39 +88,14 @@ class Recorder:
         self.best_observed.append(self._best_true)
 
     def result(self) -> dict[str, Any]:
-        returned = self.returned if self.returned else self.best_observed
-        return {
-            "returned": [round(v, 6) for v in returned],
-            "best_observed": [round(v, 6) for v in self.best_observed],
+        out = {
+            "returned": [round(v, 6) for v in (self.returned or self.best_observed)],
             "observed": [round(v, 6) for v in self.observed],
             "ask_s": [round(v, 5) for v in self.ask_s],
         }
-
-
-def run_facade(strategy: str, objective_name: str, seed: int, evals: int, robust: bool) -> dict[str, Any]:
-    """A facade strategy on the 21-level grid; ``robust``: record ``recommend()`` as the returned recipe."""
-    _limit_threads()
-    from lib_mbw.search.optimizer import InitSettings, make_optimizer
-    from lib_mbw.search.space import SearchSpace
-
-    objective = OBJECTIVES[objective_name](seed)
-    space = SearchSpace(levels=LEVELS)
-    rng = np.random.default_rng([seed, 7])
-    optimizer = make_optimizer(strategy, space, seed=seed, init=InitSettings(random=INIT_POINTS))
-    rec = Recorder(objective)
-    for _ in range(evals):
-        start = time.perf_counter()
-        recipe = optimizer.ask(1)[0]
-        rec.ask_s.append(time.perf_counter() - start)
-        x = np.array([recipe.weights[b] for b in space.blocks])
-        score = float(objective.noisy(x, rng)[0])
-        optimizer.tell(recipe, score)
-        rec.observe(x, score)
-        if robust:
-            chosen = optimizer.recommend().recipe
-            xr = np.array([chosen.weights[b] for b in space.blocks])
-            rec.returned.append(float(objective.true(xr[None])[0]))
-    return rec.result()
+        if self.returned:
+            out["best_observed"] = [round(v, 6) for v in self.best_observed]
+        return out
 
 
 def _grid(x: np.ndarray) -> np.ndarray:
@@ -126,7 +109,7 @@ def run_gfo_seed(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
 
     from gradient_free_optimizers.ask_tell import BayesianOptimizer
 
-    objective = OBJECTIVES[objective_name](seed)
+    objective = PROBLEMS[objective_name](seed)
     rng = np.random.default_rng([seed, 7])
     init_rng = np.random.default_rng([seed, 8])
     keys = [f"b{i:02d}" for i in range(DIM)]
@@ -163,7 +146,7 @@ def run_gfo_seed(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
 
 def run_random(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
     """Random search on the 21-level grid."""
-    objective = OBJECTIVES[objective_name](seed)
+    objective = PROBLEMS[objective_name](seed)
     rng = np.random.default_rng([seed, 7])
     init_rng = np.random.default_rng([seed, 8])
     rec = Recorder(objective)
@@ -223,7 +206,7 @@ def run_bayes_opt(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
     fast_bayes_opt()
     from bayes_opt import BayesianOptimization
 
-    objective = OBJECTIVES[objective_name](seed)
+    objective = PROBLEMS[objective_name](seed)
     rng = np.random.default_rng([seed, 7])
     init_rng = np.random.default_rng([seed, 8])
     keys = [f"b{i:02d}" for i in range(DIM)]
@@ -254,7 +237,7 @@ def run_optuna_tpe(objective_name: str, seed: int, evals: int) -> dict[str, Any]
     from optuna.distributions import FloatDistribution
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    objective = OBJECTIVES[objective_name](seed)
+    objective = PROBLEMS[objective_name](seed)
     rng = np.random.default_rng([seed, 7])
     dists = {f"b{i:02d}": FloatDistribution(0.0, 1.0) for i in range(DIM)}
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=INIT_POINTS))
@@ -270,18 +253,137 @@ def run_optuna_tpe(objective_name: str, seed: int, evals: int) -> dict[str, Any]
     return rec.result()
 
 
+def run_optuna_tpe_mv(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
+    """optuna ``TPESampler(multivariate=True)`` (a joint density over all blocks), 10 startup trials."""
+    return _run_optuna(objective_name, seed, evals, "tpe-mv")
+
+
+def run_optuna_gp(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
+    """optuna ``GPSampler`` (its GP with log-EI, optimised by its own acquisition search), 10 startup trials."""
+    return _run_optuna(objective_name, seed, evals, "gp")
+
+
+def _run_optuna(objective_name: str, seed: int, evals: int, kind: str) -> dict[str, Any]:
+    _limit_threads()
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    objective = PROBLEMS[objective_name](seed)
+    rng = np.random.default_rng([seed, 7])
+    dists = {f"b{i:02d}": FloatDistribution(0.0, 1.0) for i in range(DIM)}
+    if kind == "tpe-mv":
+        sampler: Any = optuna.samplers.TPESampler(seed=seed, n_startup_trials=INIT_POINTS, multivariate=True)
+    else:
+        sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=INIT_POINTS)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    rec = Recorder(objective)
+    for _ in range(evals):
+        start = time.perf_counter()
+        trial = study.ask(dists)
+        rec.ask_s.append(time.perf_counter() - start)
+        x = np.array([trial.params[k] for k in dists])
+        score = float(objective.noisy(x, rng)[0])
+        start = time.perf_counter()
+        study.tell(trial, score)
+        rec.ask_s[-1] += time.perf_counter() - start
+        rec.observe(x, score)
+    return rec.result()
+
+
+def run_cma(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
+    """Plain CMA-ES (``cmaes.CMA``, its default population) from the centre, step 0.25 of the range, on continuous weights."""
+    from cmaes import CMA
+
+    objective = PROBLEMS[objective_name](seed)
+    rng = np.random.default_rng([seed, 7])
+    cma = CMA(mean=np.full(DIM, 0.5), sigma=0.25, bounds=np.tile([0.0, 1.0], (DIM, 1)), seed=seed)
+    rec = Recorder(objective)
+    generation: list[tuple[np.ndarray, float]] = []
+    while len(rec.observed) < evals:
+        start = time.perf_counter()
+        if cma.should_stop():
+            cma = CMA(mean=np.full(DIM, 0.5), sigma=0.25, bounds=np.tile([0.0, 1.0], (DIM, 1)), seed=seed + len(rec.observed))
+        x = cma.ask()
+        rec.ask_s.append(time.perf_counter() - start)
+        score = float(objective.noisy(x, rng)[0])
+        rec.observe(x, score)
+        generation.append((x, -score))
+        if len(generation) == cma.population_size:
+            cma.tell(generation)
+            generation = []
+    return rec.result()
+
+
+#: evaluation counts at which a facade run records its returned recipe (recommend() on a copy)
+def facade_checkpoints(evals: int) -> list[int]:
+    return sorted({k for k in range(10, evals + 1, 10)} | {k for k in (15, 20, 25, 30, 90, 270, evals) if k <= evals})
+
+
+def run_facade(strategy: str, objective_name: str, seed: int, evals: int) -> dict[str, Any]:
+    """A facade strategy on the 21-level grid, driven as the loop drives it (ask, evaluate, tell, ask, ...).
+
+    ``step_s[k]``: the seconds the optimizer took between evaluation k and k+1
+    (``tell`` of k plus ``ask`` of k+1; the first entry is the first ask).
+    The returned recipe (``recommend()``) is taken at ``facade_checkpoints``
+    on a deep copy, untimed, so that its model fit neither helps the timed
+    steps nor changes the search.
+    """
+    _limit_threads()
+    import copy
+
+    from lib_mbw.search.optimizer import InitSettings, make_optimizer
+    from lib_mbw.search.space import SearchSpace
+
+    objective = PROBLEMS[objective_name](seed)
+    space = SearchSpace(levels=LEVELS)
+    rng = np.random.default_rng([seed, 7])
+    optimizer = make_optimizer(strategy, space, seed=seed, init=InitSettings(random=INIT_POINTS))
+    rec = Recorder(objective)
+    checkpoints = set(facade_checkpoints(evals))
+    returned_at: list[int] = []
+    start = time.perf_counter()
+    recipe = optimizer.ask(1)[0]
+    for k in range(1, evals + 1):
+        rec.ask_s.append(time.perf_counter() - start)
+        x = np.array([recipe.weights[b] for b in space.blocks])
+        score = float(objective.noisy(x, rng)[0])
+        rec.observe(x, score)
+        start = time.perf_counter()
+        optimizer.tell(recipe, score)
+        if k < evals:
+            recipe = optimizer.ask(1)[0]
+        pause = time.perf_counter()
+        if k in checkpoints:
+            chosen = copy.deepcopy(optimizer).recommend().recipe
+            xr = np.array([chosen.weights[b] for b in space.blocks])
+            rec.returned.append(float(objective.true(xr[None])[0]))
+            returned_at.append(k)
+        start += time.perf_counter() - pause
+    result = rec.result()
+    result["returned_at"] = returned_at
+    return result
+
+
+#: label -> (runner, the functions of this module its result depends on, for the cache key)
+RUNNERS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "seed": (run_gfo_seed, ("run_gfo_seed",)),
+    "random": (run_random, ("run_random",)),
+    "peer-gp": (run_bayes_opt, ("run_bayes_opt", "fast_bayes_opt", "_check_fast_predict")),
+    "peer-tpe": (run_optuna_tpe, ("run_optuna_tpe",)),
+    "tpe-mv": (run_optuna_tpe_mv, ("run_optuna_tpe_mv", "_run_optuna")),
+    "optuna-gp": (run_optuna_gp, ("run_optuna_gp", "_run_optuna")),
+    "cma": (run_cma, ("run_cma",)),
+}
+COMMON = ("_limit_threads", "Recorder", "_grid", "INIT_POINTS")
+
+
 def run(label: str, objective_name: str, seed: int, evals: int) -> dict[str, Any]:
     start = time.perf_counter()
-    if label == "seed":
-        result = run_gfo_seed(objective_name, seed, evals)
-    elif label == "random":
-        result = run_random(objective_name, seed, evals)
-    elif label == "peer-gp":
-        result = run_bayes_opt(objective_name, seed, evals)
-    elif label == "peer-tpe":
-        result = run_optuna_tpe(objective_name, seed, evals)
-    elif label.startswith("facade:"):
-        result = run_facade(label.split(":", 1)[1], objective_name, seed, evals, robust=True)
+    if label.startswith("facade:"):
+        result = run_facade(label.split(":", 1)[1], objective_name, seed, evals)
+    elif label in RUNNERS:
+        result = RUNNERS[label][0](objective_name, seed, evals)
     else:
         raise ValueError(f"unknown strategy label {label!r}")
     result["wall_s"] = round(time.perf_counter() - start, 2)

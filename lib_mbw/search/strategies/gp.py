@@ -171,6 +171,7 @@ class GaussianProcess:
     def __getstate__(self) -> dict:
         """Tensors as numpy arrays, so a saved optimizer state holds no torch storage."""
         state = dict(self.__dict__)
+        state.pop("_fx", None)
         for key in ("_x", "_y", "_alpha", "_chol", "_extra_noise"):
             if state.get(key) is not None:
                 state[key] = state[key].numpy()
@@ -311,6 +312,7 @@ class GaussianProcess:
                 k = k + 1e-4 * torch.eye(x.shape[0], dtype=x.dtype)
                 chol = torch.linalg.cholesky(k)
             self._x = x
+            self._fx = None
             self._y = y
             self._chol = chol
             self._alpha = torch.cholesky_solve((y - h.mean)[:, None], chol)
@@ -335,7 +337,7 @@ class GaussianProcess:
         xs = xs.reshape(-1, self.dim)
         ls, os_, qs, aw = self._tensors()
         fs = _features(xs) if aw is not None else None
-        ks = _kernel(xs, self._x, ls, os_, qs, aw, None if fs is None else (fs, _features(self._x)))
+        ks = _kernel(xs, self._x, ls, os_, qs, aw, None if fs is None else (fs, self._train_features()))
         mean = self.hyper.mean + (ks @ self._alpha)[:, 0]
         v = torch.linalg.solve_triangular(self._chol, ks.T, upper=False)
         prior_var = os_ if qs is None else os_ + qs * (1.0 + (((xs - 0.5) * (2.0 / math.sqrt(self.dim))) ** 2).sum(-1)) ** 2
@@ -343,6 +345,14 @@ class GaussianProcess:
             prior_var = prior_var + ((fs**2).sum(-1) * aw).sum(-1)
         var = (prior_var - (v * v).sum(0)).clamp_min(1e-12)
         return mean * self._y_std + self._y_mean, var * self._y_std**2
+
+    def _train_features(self) -> torch.Tensor:
+        """The additive part's bump features of the training inputs, computed once per conditioning."""
+        cached = getattr(self, "_fx", None)
+        if cached is None or cached.shape[0] != self._x.shape[0]:
+            cached = _features(self._x)
+            self._fx = cached
+        return cached
 
     @single_threaded
     def downweight_outliers(self, threshold: float = 4.0, extra: float = 1e4) -> int:

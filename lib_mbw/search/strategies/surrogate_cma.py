@@ -1,4 +1,4 @@
-"""CMA-ES assisted by a Gaussian process: the default strategy.
+"""CMA-ES assisted by a Gaussian process: the default strategy's cma arm (and the default before ``PortfolioGP``).
 
 CMA-ES (the ``cmaes`` package; Hansen's covariance matrix adaptation) keeps a
 search distribution N(m, sigma^2 C) over the unit cube of block weights and
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..optimizer import Optimizer, OptimizerError, StrategyInfo, register_strategy
+from ..optimizer import MAX_MODEL_POINTS, Optimizer, OptimizerError, StrategyInfo, model_subset, register_strategy
 from ..space import Point
 from .trust_region import log_expected_improvement
 
@@ -101,6 +101,39 @@ class SurrogateCMA(Optimizer):
         if self._cma is not None and rng_state is not None:
             self._cma._rng.set_state(rng_state)
 
+    # ----- model ------------------------------------------------------------------------------------
+    def _search_model(self) -> Any:
+        """The GP the search steers by, conditioned on every score; None with fewer than 3 recipes.
+
+        Its hyperparameters are refitted (warm-started; from fixed starting
+        points too every 10th fit) only every ``_refit_interval`` new scores;
+        in between it is only conditioned on the new scores (one Cholesky
+        factorisation), which keeps a step far under 0.3 s at 270 scores.
+        """
+        from .gp import GaussianProcess
+
+        n = self.cache.n_observations
+        if len(self.cache) < 3:
+            return None
+        cached = getattr(self, "_search_gp", None)
+        if cached is not None and cached[0] == n:
+            return cached[1]
+        keep = model_subset([s for _, s in self.cache.order], MAX_MODEL_POINTS)
+        x = self.space.unit([self.cache.order[i][0] for i in keep])
+        y = np.array([self.cache.order[i][1] for i in keep])
+        ard = bool(self._gp_ard_from) and n >= self._gp_ard_from
+        gp = GaussianProcess(self.space.ndim, hyper=self._gp_hyper, ard=ard, pool=self._gp_pool, additive=self._gp_additive)
+        fitted_at = getattr(self, "_search_fitted_at", -(10**9))
+        if self._gp_hyper is None or n - fitted_at >= _refit_interval(n):
+            restart = self._gp_fits % 10 == 0
+            gp.fit(x, y, max_iter=80 if restart else 30, restart=restart)
+            self._gp_hyper, self._gp_fits, self._search_fitted_at = gp.hyper, self._gp_fits + 1, n
+        else:
+            gp.set_data(x, y)
+        gp.downweight_outliers()
+        self._search_gp = (n, gp)
+        return gp
+
     # ----- CMA-ES -----------------------------------------------------------------------------------
     def _new_cma(self) -> Any:
         from cmaes import CMA
@@ -126,7 +159,7 @@ class SurrogateCMA(Optimizer):
         if self._cma is None:
             self._cma = self._new_cma()
         lam = self._cma.population_size
-        gp = self._score_model(min_points=3) if len(self.cache) >= self.model_after else None
+        gp = self._search_model() if len(self.cache) >= self.model_after else None
         samples = np.array([self._cma.ask() for _ in range(lam * (self.oversample if gp is not None else 1))])
         points = self.space.from_unit(samples)
         if gp is None:
@@ -149,7 +182,7 @@ class SurrogateCMA(Optimizer):
 
     def _finish_generation(self) -> None:
         """Tell CMA-ES the generation's fitness (GP mean, or the observed mean score) and restart it if it stalled."""
-        gp = self._score_model(min_points=3)
+        gp = self._search_model()
         points = [p for _, p in self._generation]
         if self.fitness == "model" and gp is not None:
             values, _ = gp.predict(self.space.unit(points))
@@ -185,12 +218,17 @@ class SurrogateCMA(Optimizer):
         return data
 
 
+def _refit_interval(n: int) -> int:
+    """New scores between hyperparameter fits at ``n`` scores: every generation early, every 12th score from 200 on."""
+    return 1 if n < 60 else 3 if n < 120 else 6 if n < 200 else 12
+
+
 register_strategy(
     StrategyInfo(
         name=SurrogateCMA.name,
         description=(
-            "the default: CMA-ES (cmaes) whose candidates a Gaussian process screens and scores, so few evaluations "
-            "move it far; returns the recipe with the best posterior mean. Best on the benchmark, milliseconds per suggestion"
+            "CMA-ES (cmaes) whose candidates a Gaussian process screens and scores, so few evaluations move it far; "
+            "returns the recipe with the best posterior mean. The default until issue 17 (now the default's cma arm)"
         ),
         engine="cmaes + auto-mbw Gaussian process (torch)",
         factory=SurrogateCMA,

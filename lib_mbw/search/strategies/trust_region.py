@@ -124,9 +124,8 @@ class TrustRegionGP(Optimizer):
         if self._model is not None and self._model_n == n:
             return self._model
         x, y = self._data()
-        interval = 1 if n < 60 else 3 if n < 150 else 5
-        gp = GaussianProcess(self.space.ndim, hyper=self._hyper, ard=bool(self.ard) and n >= self.ard, quadratic=self.quadratic)
-        if self._hyper is None or n - self._fitted_at >= interval:
+        gp = self._new_model(n)
+        if self._hyper is None or n - self._fitted_at >= self._refit_interval(n):
             restart = self._fits % self.full_refit_every == 0
             gp.fit(x, y, max_iter=80 if restart else 30, restart=restart)
             self._hyper = gp.hyper
@@ -136,6 +135,18 @@ class TrustRegionGP(Optimizer):
             gp.set_data(x, y)
         self._model, self._model_n = gp, n
         return gp
+
+    def _refit_interval(self, n: int) -> int:
+        """New scores between hyperparameter fits at ``n`` scores (conditioning on new scores is every step)."""
+        return 1 if n < 60 else 3 if n < 150 else 5
+
+    def _new_model(self, n: int) -> GaussianProcess:
+        """An unfitted GP with the last hyperparameters (``n``: scores it will see)."""
+        return GaussianProcess(self.space.ndim, hyper=self._hyper, ard=bool(self.ard) and n >= self.ard, quadratic=self.quadratic)
+
+    def _extra_candidates(self, model: GaussianProcess, best_mean: float) -> np.ndarray:
+        """More candidate grid points for this step, besides the perturbations and random ones (subclasses)."""
+        return np.zeros((0, self.space.ndim), dtype=np.int64)
 
     def _model_means(self, points: list[Point]) -> tuple[np.ndarray, str] | None:
         if len(self.cache) < 3:
@@ -155,17 +166,19 @@ class TrustRegionGP(Optimizer):
         centers = np.array([observed[i] for i in order[: min(3, len(order))]], dtype=np.int64)
 
         x, y = self._data()
+        extra = self._extra_candidates(gp, best_mean)
         fantasies = [p for p in self.pending]
         chosen: list[Point] = []
         out: list[tuple[Point, Any]] = []
         for _ in range(n):
             model = gp
-            extra = fantasies + chosen
-            if extra:
-                fx = self.space.unit(extra)
+            believed = fantasies + chosen
+            if believed:
+                fx = self.space.unit(believed)
                 fy, _ = gp.predict(fx)
-                model = GaussianProcess(self.space.ndim, hyper=gp.hyper, quadratic=gp.quadratic).set_data(np.vstack([x, fx]), np.concatenate([y, fy]))
-            point = self._best_candidate(model, centers, best_mean, set(chosen))
+                model = GaussianProcess(self.space.ndim, hyper=gp.hyper, quadratic=gp.quadratic, additive=gp.additive)
+                model.set_data(np.vstack([x, fx]), np.concatenate([y, fy]))
+            point = self._best_candidate(model, centers, best_mean, set(chosen), extra)
             if point is None:
                 break
             chosen.append(point)
@@ -173,9 +186,11 @@ class TrustRegionGP(Optimizer):
         return out
 
     def _best_candidate(
-        self, model: GaussianProcess, centers: np.ndarray, best_mean: float, taken: set[Point]
+        self, model: GaussianProcess, centers: np.ndarray, best_mean: float, taken: set[Point], extra: np.ndarray | None = None
     ) -> Point | None:
         cands = self._candidates(model, centers)
+        if extra is not None and len(extra):
+            cands = np.unique(np.vstack([cands, extra]), axis=0)
         keep = [i for i, p in enumerate(map(tuple, cands)) if not self._is_known(p) and p not in taken]
         if not keep:
             return None
@@ -255,14 +270,9 @@ class TrustRegionGP(Optimizer):
         self, model: GaussianProcess, point: np.ndarray, value: float, best_mean: float, taken: set[Point], rounds: int = 3
     ) -> tuple[Point, float]:
         """Improve ``point`` by moving one block at a time by a few levels (acquisition only, no evaluations)."""
-        d, levels = self.space.ndim, self.space.levels
-        moves = _level_moves(levels)
         best_point, best_value = tuple(int(v) for v in point), value
         for _ in range(rounds):
-            trial = np.repeat(point[None, :], d * len(moves), axis=0)
-            rows = np.arange(len(trial))
-            trial[rows, rows // len(moves)] += np.tile(moves, d)
-            trial = np.unique(np.clip(trial, 0, levels - 1), axis=0)
+            trial = self._block_moves(point)
             score = self._acquisition(model, trial, best_mean)
             improved = False
             for i in np.argsort(-score):
@@ -275,6 +285,15 @@ class TrustRegionGP(Optimizer):
             if not improved:
                 break
         return best_point, best_value
+
+    def _block_moves(self, point: np.ndarray) -> np.ndarray:
+        """The grid points one block away from ``point``: each block moved by 1, 2, 4, ... levels both ways."""
+        d, levels = self.space.ndim, self.space.levels
+        moves = _level_moves(levels)
+        trial = np.repeat(point[None, :], d * len(moves), axis=0)
+        rows = np.arange(len(trial))
+        trial[rows, rows // len(moves)] += np.tile(moves, d)
+        return np.unique(np.clip(trial, 0, levels - 1), axis=0)
 
     def _engine_describe(self) -> dict[str, Any]:
         data: dict[str, Any] = {"fits": self._fits}

@@ -1,0 +1,164 @@
+"""PortfolioGP: GP-screened CMA-ES and GP expected-improvement search, sharing one model, allocated by success.
+
+Two ways to pick the next recipe share one Gaussian process (``strategies.gp``:
+Matern-5/2 over all blocks plus the additive per-block curves; hyperparameters
+refitted on a schedule, conditioned on every score):
+
+* **cma**: ``SurrogateCMA``'s step. CMA-ES samples 4x its population, the GP
+  keeps the best by expected improvement, the best 3 are evaluated and CMA-ES
+  is told the GP's posterior mean of the generation. Strong where a good
+  region must be climbed patiently (interacting blocks, narrow peaks, most
+  blocks irrelevant).
+* **ei**: ``TrustRegionGP``'s step. Expected improvement maximised over
+  perturbations of the 3 best recipes, uniform random recipes and CMA-ES
+  samples, refined by one-block moves, including jumps of a block to any of
+  (up to) 21 levels. Strong where a block has several peaks and the model
+  can see a better one elsewhere (smooth multimodal landscapes), which CMA-ES
+  with a small step does not reach.
+
+Each suggestion goes to one of them at random (seeded, so a search is
+reproducible) with a probability that follows their recent success: a
+suggestion succeeds when its score is among the best 10 % so far; each arm
+keeps a discounted success rate, and the ei arm gets its share of the rate
+sum, clipped to [0.2, 0.8] so neither arm dies out. Before ``model_after``
+scores only CMA-ES runs.
+
+The returned recipe (``recommend``) is the evaluated one with the highest
+posterior mean of the search GP after scores the rest contradict were
+down-weighted (``GaussianProcess.downweight_outliers``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..optimizer import OptimizerError, StrategyInfo, register_strategy
+from ..space import Point
+from .surrogate_cma import SurrogateCMA
+from .trust_region import TrustRegionGP
+
+#: an arm's suggestion succeeds when its score is at least this quantile of the scores before it
+SUCCESS_QUANTILE = 0.9
+#: discount of an arm's success counts per suggestion of that arm
+DISCOUNT = 0.9
+#: least and most share of suggestions the ei arm gets
+EI_SHARE = (0.2, 0.8)
+
+
+class PortfolioGP(SurrogateCMA, TrustRegionGP):
+    """GP-screened CMA-ES and GP expected-improvement steps, allocated by recent success; see the module docstring."""
+
+    name = "PortfolioGP"
+
+    def _setup_engine(  # type: ignore[override]
+        self,
+        local_candidates: int = 512,
+        random_candidates: int = 256,
+        refine: int = 2,
+        ei_share: float = -1.0,
+        **options: Any,
+    ) -> None:
+        if not (float(ei_share) == -1.0 or 0.0 <= float(ei_share) <= 1.0):
+            raise OptimizerError(f"{self.name}: ei_share must be in [0, 1] (or -1: adapt), got {ei_share!r}")
+        try:
+            SurrogateCMA._setup_engine(self, **options)
+        except OptimizerError as exc:
+            raise OptimizerError(str(exc).replace("SurrogateCMA", self.name) + ", local_candidates, random_candidates, refine, ei_share") from None
+        rng = self._rng
+        TrustRegionGP._setup_engine(
+            self, local_candidates=local_candidates, random_candidates=random_candidates, refine=refine, ard=0, continuous=0
+        )
+        self._rng = rng
+        self.ei_share = float(ei_share)
+        self._arm_rng = np.random.default_rng([self.seed, 6])
+        self._arms = {"cma": [1.0, 2.0], "ei": [1.0, 2.0]}  # discounted (successes + 1, trials + 2)
+        self._pulls = {"cma": 0, "ei": 0}
+
+    # ----- allocation -------------------------------------------------------------------------------
+    def _ei_probability(self) -> float:
+        if self.ei_share >= 0:
+            return self.ei_share
+        rate = {arm: s / t for arm, (s, t) in self._arms.items()}
+        return float(np.clip(rate["ei"] / (rate["ei"] + rate["cma"]), *EI_SHARE))
+
+    def _engine_tell(self, token: Any, score: float | None) -> None:
+        if token not in self._arms:
+            return
+        before = [s for _, s in self.cache.order[:-1]]
+        success = score is not None and len(before) > 0 and score >= float(np.quantile(before, SUCCESS_QUANTILE))
+        wins, trials = self._arms[token]
+        self._arms[token] = [DISCOUNT * wins + float(success), DISCOUNT * trials + 1.0]
+
+    # ----- suggestions -------------------------------------------------------------------------------
+    def _engine_ask(self, n: int) -> list[tuple[Point, Any]]:
+        out: list[tuple[Point, Any]] = []
+        taken: set[Point] = set()
+        for _ in range(n):
+            use_ei = len(self.cache) >= self.model_after and self._arm_rng.random() < self._ei_probability()
+            point = self._ei_point(taken) if use_ei else None
+            if point is not None:
+                out.append((point, "ei"))
+                self._pulls["ei"] += 1
+            else:
+                cma = SurrogateCMA._engine_ask(self, 1)
+                cma = [(p, t) for p, t in cma if p not in taken]
+                if not cma:
+                    break
+                out.append((cma[0][0], "cma"))
+                self._pulls["cma"] += 1
+            taken.add(out[-1][0])
+        return out
+
+    def _ei_point(self, taken: set[Point]) -> Point | None:
+        """The recipe of highest expected improvement among perturbations, random recipes and CMA-ES samples."""
+        gp = self._search_model()
+        observed = self.cache.points()
+        obs_mean, _ = gp.predict(self.space.unit(observed))
+        order = np.argsort(-obs_mean, kind="stable")
+        centers = np.array([observed[i] for i in order[: min(3, len(order))]], dtype=np.int64)
+        extra = None
+        if self._cma is not None:
+            extra = self.space.from_unit(np.array([self._cma.ask() for _ in range(self._cma.population_size)]))
+        return self._best_candidate(gp, centers, float(obs_mean[order[0]]), set(taken) | set(self.pending), extra)
+
+    def _block_moves(self, point: np.ndarray) -> np.ndarray:
+        """One-block moves by 1, 2, 4, ... levels, and jumps to every level of an even spread of up to 21.
+
+        A block whose curve has several peaks can jump to another peak in one
+        move (the small moves only climb the peak it is on).
+        """
+        d, levels = self.space.ndim, self.space.levels
+        spread = np.unique(np.round(np.linspace(0, levels - 1, min(levels, 21))).astype(np.int64))
+        jumps = np.repeat(point[None, :], d * len(spread), axis=0)
+        rows = np.arange(len(jumps))
+        jumps[rows, rows // len(spread)] = np.tile(spread, d)
+        return np.unique(np.vstack([TrustRegionGP._block_moves(self, point), jumps]), axis=0)
+
+    # ----- final choice ------------------------------------------------------------------------------
+    def _model_means(self, points: list[Point]) -> tuple[np.ndarray, str] | None:
+        gp = self._search_model()
+        if gp is None:
+            return None
+        mean, _ = gp.predict(self.space.unit(points))
+        return mean, f"highest posterior mean of the search's Gaussian process ({self.cache.n_observations} scores)"
+
+    def _engine_describe(self) -> dict[str, Any]:
+        data = SurrogateCMA._engine_describe(self)
+        data["suggestions"] = dict(self._pulls)
+        data["ei_share_now"] = round(self._ei_probability(), 3)
+        return data
+
+
+register_strategy(
+    StrategyInfo(
+        name=PortfolioGP.name,
+        description=(
+            "GP-screened CMA-ES and GP expected-improvement search (trust region, block jumps) on one Gaussian process, "
+            "each suggestion allocated by their recent success; returns the best posterior mean"
+        ),
+        engine="cmaes + auto-mbw Gaussian process (torch)",
+        factory=PortfolioGP,
+    )
+)
