@@ -3,7 +3,13 @@
 The merger owns the live UNet's parameter storage while it is open: every
 parameter becomes a view into one flat buffer per block (Parameter objects
 keep their identity; only ``param.data`` is re-pointed), and models A and B
-are held in flat buffers of the same layout. ``apply(recipe)`` then runs one
+are held in flat buffers of the same layout. Parameters the host made in
+inference mode (Forge builds its models under ``torch.inference_mode()``)
+cannot be re-pointed at a normal tensor: every later forward pass would
+raise ``Inference tensors do not track version counter``. The module gets a
+new normal Parameter for each of them instead (same name, attributes and
+``requires_grad``), and ``close()`` gives it back an inference Parameter
+holding the original values, so the host's model ends as it began. ``apply(recipe)`` then runs one
 ``torch.lerp(A, B, w, out=live)`` per changed block (a plain copy for weights
 0 and 1, which makes them bit-exact copies of A or B) at the live dtype.
 
@@ -57,6 +63,8 @@ from .placement import (
     compute_dtype_for,
     empty_store,
 )
+from . import memory as _memory
+from .memory import release_memory
 from .sources import ModelSource, OpenedModel, check_fits_live, live_architecture, open_model, refuse_same_source
 
 log = logging.getLogger(__name__)
@@ -189,6 +197,9 @@ class RuntimeMerger:
             self.unet_bytes = unet_bytes
             self.mode = choose_mode(mode, self.device, unet_bytes, max(block_bytes.values()), headroom_bytes=headroom_bytes)
             self._a_device, self._b_device = _store_devices(self.mode, self.device)
+            self.plan = _memory.plan_for(self.mode, self.device, unet_bytes, max(block_bytes.values()))
+            log.info("runtime merger: %s", self.plan.describe())
+            _memory.check_fits(self.plan)
             with _normal_tensor_mode():
                 self._segments = self._build_segments(slots, a, b)
         finally:
@@ -253,15 +264,22 @@ class RuntimeMerger:
     def _adopt(self, seg: Segment, device: torch.device, dtype: torch.dtype) -> None:
         """Give ``seg`` a new live buffer holding the host's current values and point its parameters into it.
 
-        Parameter objects keep their identity; the storage they held before is
-        freed unless the host keeps another reference to it.
+        Parameter objects keep their identity, except inference-mode ones,
+        which are replaced by normal Parameters (module docstring); the
+        storage they held before is freed unless the host keeps another
+        reference to it.
         """
         live = torch.empty(seg.numel, dtype=dtype, device=device)
         for slot in seg.slots:
             param = slot.current()
             assert param is not None
-            slot.view(live).copy_(param)
-            param.data = slot.view(live)
+            view = slot.view(live)
+            view.copy_(param)
+            if _tracks_versions(param):
+                param.data = view
+            else:
+                param = _put_parameter(slot, param, view)
+                slot.inference = True
             slot.param = param
             slot.ptr = param.data_ptr()
             slot.version = _version_of(param)
@@ -335,17 +353,26 @@ class RuntimeMerger:
             yield self
 
     def close(self) -> None:
-        """Restore the original weights, give each parameter its own storage again, free A and B."""
+        """Restore the original weights, free A and B, give each parameter its own storage again.
+
+        A and B are freed before the parameters get their own storage, one
+        segment at a time, so closing never holds more than the model and one
+        block beyond it; the freed memory is then returned to the system
+        (``runtime.memory.release_memory``).
+        """
         if self._closed:
             return
         with self._locked("close()"):
             try:
                 self._restore_locked()
             finally:
-                with _normal_tensor_mode():
+                try:
+                    self._release_stores()
                     self._unview()
-                self._release_buffers()
-                self._closed = True
+                finally:
+                    self._release_buffers()
+                    self._closed = True
+        release_memory()
 
     def __enter__(self) -> "RuntimeMerger":
         return self
@@ -655,13 +682,34 @@ class RuntimeMerger:
 
     # ------------------------------------------------------------------ closing
 
+    def _release_stores(self) -> None:
+        """Free A, B, the restore copies and the staging buffers (the live buffers stay)."""
+        empty = torch.empty(0)
+        for seg in self._segments:
+            seg.a = seg.b = empty
+            seg.original = None
+        self._staging.clear()
+
     def _unview(self) -> None:
-        """Give every parameter still viewing a merger buffer its own storage (no shared-storage surprises)."""
+        """Give every parameter still viewing a merger buffer its own storage (no shared-storage surprises).
+
+        One segment at a time: its flat buffer is freed as soon as its last
+        parameter has moved out. Parameters the host made in inference mode
+        get an inference Parameter again.
+        """
         for seg in self._segments:
             for slot in seg.slots:
                 param = slot.current()
-                if param is not None and param is slot.param and param.data_ptr() == slot.ptr:
-                    param.data = param.data.clone(memory_format=torch.preserve_format)
+                if param is None or param is not slot.param or param.data_ptr() != slot.ptr:
+                    continue
+                if slot.inference:
+                    with torch.inference_mode():
+                        _put_parameter(slot, param, param.detach().clone(memory_format=torch.preserve_format))
+                else:
+                    with _normal_tensor_mode():
+                        param.data = param.data.clone(memory_format=torch.preserve_format)
+                slot.param = None
+            seg.live = torch.empty(0)
 
     def _release_buffers(self) -> None:
         self._segments = []
@@ -745,6 +793,30 @@ def _slot_change(slot: Slot) -> str | None:
     if _version_of(param) != slot.version:
         return "written"
     return None
+
+
+def _tracks_versions(param: torch.Tensor) -> bool:
+    """Whether ``param`` has a version counter, so its ``.data`` may be re-pointed at a normal tensor.
+
+    Inference tensors have none; neither has a Parameter made in inference
+    mode whose ``.data`` was already re-pointed (it fails in every forward).
+    """
+    try:
+        param._version  # noqa: B018 - the access itself is the test
+    except RuntimeError:
+        return False
+    return True
+
+
+def _put_parameter(slot: Slot, old: nn.Parameter, data: torch.Tensor) -> nn.Parameter:
+    """Install a new Parameter over ``data`` under ``slot``'s name, keeping ``old``'s flag and attributes.
+
+    An inference tensor when called inside ``torch.inference_mode()``, else a normal one.
+    """
+    new = nn.Parameter(data, requires_grad=old.requires_grad)
+    new.__dict__.update(old.__dict__)
+    slot.module._parameters[slot.attr] = new  # noqa: SLF001 - same effect as setattr, without hooks
+    return new
 
 
 def _version_of(param: torch.Tensor) -> int:
