@@ -352,8 +352,11 @@ class RuntimeMerger:
         with self._locked("generating()"):
             yield self
 
-    def close(self) -> None:
+    def close(self, restore: bool = True) -> None:
         """Restore the original weights, free A and B, give each parameter its own storage again.
+
+        ``restore=False`` keeps the live values as they are (the host loaded
+        weights of its own under the merger).
 
         A and B are freed before the parameters get their own storage, one
         segment at a time, so closing never holds more than the model and one
@@ -364,7 +367,8 @@ class RuntimeMerger:
             return
         with self._locked("close()"):
             try:
-                self._restore_locked()
+                if restore:
+                    self._restore_locked()
             finally:
                 try:
                     self._release_stores()
@@ -372,6 +376,21 @@ class RuntimeMerger:
                 finally:
                     self._release_buffers()
                     self._closed = True
+        release_memory()
+
+    def abandon(self) -> None:
+        """Let go of a UNet the host has replaced, without writing to it: free A, B and the staging buffers.
+
+        For hosts that load a checkpoint into a new model object (Forge):
+        restoring or unviewing the discarded module would spend time and a
+        model's worth of memory on weights nobody uses.
+        """
+        if self._closed:
+            return
+        with self._locked("abandon()"):
+            self._release_stores()
+            self._release_buffers()
+            self._closed = True
         release_memory()
 
     def __enter__(self) -> "RuntimeMerger":
