@@ -8,18 +8,24 @@ Rules:
 
 * Install only what is missing, with the launcher's own helpers
   (``launch.is_installed``, ``launch.run_pip``).
-* Never replace a version the WebUI has: every pip call gets a constraints
+* Never replace a version the WebUI pins: every pip call gets a constraints
   file pinning the installed versions of the WebUI's own requirements
   (``requirements_versions.txt``) and of the big shared packages (torch,
   gradio, transformers, diffusers, numpy, pydantic, fastapi, ...).
+* Every other package gets the version auto-MBW is tested with
+  (``requirements.txt``, ``constraints.txt`` beside this file) in the same
+  constraints file, so no dependency floats to a release that does not work
+  with the WebUI's pins (e.g. pyarrow >= 20 needs numpy 2). Where a tested
+  pin cannot work beside a version the WebUI pins, ``HOST_COMPAT`` names the
+  version used instead (measured in the real WebUIs, see docs/webui.md).
+  On Python 3.10 a few pins that need 3.11 fall back to a compatible range.
 * ``image-reward`` pins old versions of transformers/diffusers/timm; it is
   installed with ``--no-deps``, followed by only the packages it needs to be
   imported that the venv lacks.
-* Versions are the ones auto-MBW is tested with (``requirements.txt``,
-  ``constraints.txt`` beside this file); on Python 3.10 (A1111's usual
-  Python) a few pins that need 3.11 fall back to the newest compatible range.
-* Print what was done, and what to run by hand if something failed; never
-  stop the WebUI from starting.
+* Every start imports what auto-MBW needs in a fresh interpreter (a few
+  seconds) and says clearly when that fails, with the error.
+* Print what was done, pip's whole reason when something failed, and what
+  to run by hand; never stop the WebUI from starting.
 """
 
 from __future__ import annotations
@@ -77,6 +83,34 @@ REQUIREMENTS: tuple[Requirement, ...] = (
 #: Pins that need Python >= 3.11, and the range used on older Pythons.
 PY310_SPECS: dict[str, str] = {"matplotlib": "matplotlib>=3.8,<3.11"}
 
+
+@dataclass(frozen=True)
+class HostCompat:
+    """When the WebUI has ``host_package`` older than ``below``, use ``pins`` instead of our tested ones.
+
+    A value of None drops our pin (pip chooses within the other constraints).
+    """
+
+    host_package: str
+    below: str
+    pins: tuple[tuple[str, str | None], ...]
+    why: str
+
+
+#: Tested pins that cannot work beside what a WebUI pins, and what works there (checked in the real WebUIs).
+HOST_COMPAT: tuple[HostCompat, ...] = (
+    HostCompat(
+        "transformers", "4.41",
+        (("diffusers", "diffusers==0.29.2"),),
+        "diffusers >= 0.30 imports SiglipImageProcessor, which transformers < 4.41 (AUTOMATIC1111: 4.30.2) lacks",
+    ),
+    HostCompat(
+        "tqdm", "4.66.3",
+        (("datasets", "datasets==2.19.2"), ("fsspec", None)),
+        "datasets >= 2.20 needs tqdm >= 4.66.3 (Forge pins 4.66.1); datasets 2.19 needs fsspec <= 2024.3.1",
+    ),
+)
+
 _REQ_LINE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(==|>=|<=|~=|<|>)\s*([^\s;#]+)")
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -97,6 +131,40 @@ def read_pins(*files: Path) -> dict[str, str]:
             if match:
                 pins.setdefault(normalize(match.group(1)), f"{match.group(1)}{match.group(2)}{match.group(3)}")
     return pins
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Numeric release parts of a version (``4.66.1`` -> (4, 66, 1)); enough to compare the releases in HOST_COMPAT."""
+    parts = []
+    for part in re.split(r"[.+-]", version):
+        match = re.match(r"\d+", part)
+        if not match:
+            break
+        parts.append(int(match.group()))
+    return tuple(parts)
+
+
+def host_adjusted_pins(pins: dict[str, str], version_of: Callable[[str], str | None]) -> tuple[dict[str, str], list[str]]:
+    """Our pins with ``HOST_COMPAT`` applied for the WebUI's installed versions; also the reasons that applied."""
+    adjusted = dict(pins)
+    reasons = []
+    for rule in HOST_COMPAT:
+        installed = version_of(rule.host_package)
+        if installed is None or version_key(installed) >= version_key(rule.below):
+            continue
+        reasons.append(f"{rule.host_package} {installed}: {rule.why}")
+        for name, spec in rule.pins:
+            if spec is None:
+                adjusted.pop(normalize(name), None)
+            else:
+                adjusted[normalize(name)] = spec
+    return adjusted, reasons
+
+
+def constraint_lines(host: list[str], pins: dict[str, str]) -> list[str]:
+    """The WebUI's ``name==installed`` lines, then our pins for every package the WebUI does not pin."""
+    taken = {normalize(_REQ_NAME.match(line).group(1)) for line in host}
+    return host + [spec for name, spec in sorted(pins.items()) if name not in taken]
 
 
 def spec_for(requirement: Requirement, pins: dict[str, str], python: tuple[int, int]) -> str:
@@ -153,10 +221,29 @@ def install_missing(
         try:
             launch.run_pip(command, f"{spec} for auto-MBW")
         except RuntimeError as error:
-            report.failed.append((spec, str(error).splitlines()[0] if str(error) else "pip failed"))
+            report.failed.append((spec, pip_reason(str(error))))
         else:
             report.installed.append(spec)
     return report
+
+
+#: pip output lines that say nothing about why an install failed.
+_PIP_NOISE = re.compile(r"^\s*(WARNING: |Looking in |Collecting |Downloading |Using cached |Requirement already |Obtaining |\S+ \d+(\.\d+)* ?[kKMG]?B)|━")
+
+
+def pip_reason(error_text: str, max_lines: int = 40) -> str:
+    """Why pip failed, from the launcher's RuntimeError (command, exit code, stdout, stderr): the lines that matter."""
+    text = error_text.replace("\r", "")
+    if "stderr:" in text:
+        text = text.split("stderr:", 1)[1]
+    elif "stdout:" in text:
+        text = text.split("stdout:", 1)[1]
+    lines = [line.rstrip() for line in text.splitlines() if line.strip() and not _PIP_NOISE.match(line)]
+    if not lines:
+        return error_text.strip().splitlines()[0] if error_text.strip() else "pip failed"
+    if len(lines) > max_lines:
+        lines = lines[: max_lines // 2] + ["..."] + lines[-max_lines // 2 :]
+    return "\n".join(lines)
 
 
 def check_imports(python_executable: str, modules: Iterable[str]) -> str | None:
@@ -166,7 +253,7 @@ def check_imports(python_executable: str, modules: Iterable[str]) -> str | None:
     if result.returncode == 0:
         return None
     lines = (result.stderr or result.stdout).strip().splitlines()
-    return lines[-1] if lines else f"exit code {result.returncode}"
+    return "\n".join(lines[-12:]) if lines else f"exit code {result.returncode}"
 
 
 def main(
@@ -174,25 +261,32 @@ def main(
     webui_root: Path | None = None,
     python: tuple[int, int] | None = None,
     check_imports: Callable[[str, Iterable[str]], str | None] = check_imports,
+    version_of: Callable[[str], str | None] = installed_version,
 ) -> Report:
     if launch is None:
         import launch  # the WebUI's launcher module (on PYTHONPATH while installers run)
     webui_root = webui_root or Path.cwd()
     python = python or sys.version_info[:2]
-    pins = read_pins(EXTENSION_DIR / "requirements.txt", EXTENSION_DIR / "constraints.txt")
+    pins, compat = host_adjusted_pins(read_pins(EXTENSION_DIR / "requirements.txt", EXTENSION_DIR / "constraints.txt"), version_of)
     with tempfile.TemporaryDirectory(prefix="auto-mbw-") as tmp:
         constraints_file = Path(tmp) / "webui-constraints.txt"
-        constraints_file.write_text("\n".join(webui_constraints(webui_root, installed_version)) + "\n", encoding="utf-8")
+        lines = constraint_lines(webui_constraints(webui_root, version_of), pins)
+        constraints_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
         report = install_missing(launch, REQUIREMENTS, pins, constraints_file, python)
-    if report.installed and not report.failed:
+    if report.installed and compat:
+        print(f"{TAG} versions chosen to fit the WebUI's pins: " + "; ".join(compat))
+    missing = [spec for spec, _ in report.failed]
+    if not missing:
         problem = check_imports(getattr(launch, "python", sys.executable), [r.module for r in REQUIREMENTS])
         if problem:
             report.failed.append(("import check", problem))
     for spec, reason in report.failed:
-        print(f"{TAG} could not install {spec}: {reason}")
+        heading = "the import check failed" if spec == "import check" else f"could not install {spec}"
+        print(f"{TAG} {heading}:\n" + "\n".join(f"{TAG}   {line}" for line in reason.splitlines()))
     if report.failed:
         print(
-            f"{TAG} auto-MBW may not work until this is fixed. Install by hand with the WebUI's python, e.g.\n"
+            f"{TAG} auto-MBW may not work until this is fixed (the ImageReward scorer and optimizers need these packages).\n"
+            f"{TAG} Install by hand with the WebUI's python, e.g.\n"
             f'{TAG}   "{getattr(launch, "python", sys.executable)}" -m pip install "<package>"\n'
             f"{TAG} and see docs/webui.md (Troubleshooting) in the extension's folder."
         )

@@ -54,11 +54,90 @@ def run(installer, launch, webui_root, python=(3, 11), checks=None):
     return report, checked
 
 
-def test_nothing_is_installed_when_everything_is_there(installer, launch, webui_root, capsys):
+def test_nothing_is_installed_when_everything_is_there_but_imports_are_checked_at_every_start(installer, launch, webui_root, capsys):
     launch.reset(present=[r.name for r in installer.REQUIREMENTS])
     report, checked = run(installer, launch, webui_root)
-    assert launch.pip_calls == [] and report.installed == [] and checked == []
-    assert capsys.readouterr().out == ""
+    assert launch.pip_calls == [] and report.installed == []
+    assert checked == [[r.module for r in installer.REQUIREMENTS]], "a later start still finds a broken import"
+    assert capsys.readouterr().out == "", "silent when all is well"
+
+
+#: Installed versions as in AUTOMATIC1111 1.10.1's and Forge's venvs (what HOST_COMPAT is about).
+A1111_VERSIONS = {"numpy": "1.26.2", "transformers": "4.30.2", "tqdm": "4.70.1", "gradio": "3.41.2", "torch": "2.14.1"}
+FORGE_VERSIONS = {"numpy": "1.26.2", "transformers": "4.46.1", "tqdm": "4.66.1", "diffusers": "0.31.0", "gradio": "4.40.0"}
+
+
+def run_with_versions(installer, launch, webui_root, versions):
+    report = installer.main(launch, webui_root, (3, 11), check_imports=lambda python, modules: None, version_of=versions.get)
+    constraints = launch.constraints_seen[0].splitlines() if launch.constraints_seen else []
+    return report, [c.split('"')[1] for c in installs(launch)], constraints
+
+
+def test_constraints_hold_the_webuis_versions_and_our_tested_pins_for_everything_else(installer, launch, webui_root):
+    launch.reset(present=["safetensors", "requests", "matplotlib"])
+    _, specs, constraints = run_with_versions(installer, launch, webui_root, A1111_VERSIONS)
+    assert "numpy==1.26.2" in constraints and not any(c.startswith("numpy==1.26.4") for c in constraints), "the WebUI's pin wins"
+    pins = installer.read_pins(ROOT / "requirements.txt", ROOT / "constraints.txt")
+    assert pins["pyarrow"] in constraints, "datasets cannot float to a pyarrow that needs numpy 2"
+    assert pins["datasets"] in constraints and pins["fsspec"] in constraints
+    names = [installer.normalize(installer._REQ_NAME.match(c).group(1)) for c in constraints]
+    assert len(names) == len(set(names)), "one line per package"
+
+
+def test_a1111s_old_transformers_gets_a_diffusers_that_imports_beside_it(installer, launch, webui_root, capsys):
+    launch.reset(present=["safetensors", "requests", "matplotlib"])
+    _, specs, constraints = run_with_versions(installer, launch, webui_root, A1111_VERSIONS)
+    assert "diffusers==0.29.2" in specs and "diffusers==0.29.2" in constraints
+    assert not any(c.startswith("diffusers==0.35") for c in constraints)
+    assert "SiglipImageProcessor" in capsys.readouterr().out, "the log says why another version was chosen"
+
+
+def test_forges_tqdm_pin_gets_a_datasets_that_accepts_it(installer, launch, webui_root):
+    (webui_root / "requirements_versions.txt").write_text("tqdm==4.66.1\ndiffusers==0.31.0\n")
+    launch.reset(present=["safetensors", "requests", "matplotlib", "diffusers"])
+    _, specs, constraints = run_with_versions(installer, launch, webui_root, FORGE_VERSIONS)
+    assert "datasets==2.19.2" in specs and "tqdm==4.66.1" in constraints and "diffusers==0.31.0" in constraints
+    assert not any(c.startswith("fsspec") for c in constraints), "datasets 2.19 needs an older fsspec than our pin"
+    assert not any(s.startswith("diffusers") for s in specs), "Forge's own diffusers is kept"
+
+
+def test_a_new_enough_host_keeps_our_tested_pins(installer):
+    pins = installer.read_pins(ROOT / "requirements.txt", ROOT / "constraints.txt")
+    adjusted, reasons = installer.host_adjusted_pins(pins, {"transformers": "4.55.4", "tqdm": "4.70.1"}.get)
+    assert adjusted == pins and reasons == []
+
+
+LAUNCHER_ERROR = """Couldn't install datasets==3.6.0 for auto-MBW.
+Command: "/venv/bin/python" -m pip install "datasets==3.6.0" -c "/tmp/c.txt" --prefer-binary
+Error code: 1
+stdout: Collecting datasets==3.6.0
+  Downloading datasets-3.6.0-py3-none-any.whl (491 kB)
+
+stderr: WARNING: Location 'x' is ignored.
+ERROR: Cannot install datasets==3.6.0 because these package versions have conflicting dependencies.
+
+The conflict is caused by:
+    The user requested tqdm==4.66.1
+    datasets 3.6.0 depends on tqdm>=4.66.3
+
+To fix this you could try to:
+1. loosen the range of package versions you've specified
+ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/dependency-resolution/
+"""
+
+
+def test_pips_whole_reason_is_shown_not_just_the_first_line(installer, launch, webui_root, capsys):
+    reason = installer.pip_reason(LAUNCHER_ERROR)
+    assert "datasets 3.6.0 depends on tqdm>=4.66.3" in reason and "The user requested tqdm==4.66.1" in reason
+    assert "WARNING" not in reason and "Downloading" not in reason
+    launch.reset(present=["safetensors", "requests", "matplotlib"], fail=["fairscale"])
+    launch.failure_text = LAUNCHER_ERROR
+    try:
+        run(installer, launch, webui_root)
+    finally:
+        launch.failure_text = None
+    out = capsys.readouterr().out
+    assert "could not install fairscale" in out and "depends on tqdm>=4.66.3" in out
 
 
 def test_missing_packages_get_our_tested_pins_and_the_webuis_versions_as_constraints(installer, launch, webui_root):
@@ -108,7 +187,9 @@ def test_a_failed_import_check_is_reported(installer, launch, webui_root, capsys
     launch.reset(present=[r.name for r in installer.REQUIREMENTS if r.name != "cmaes"])
     report, _ = run(installer, launch, webui_root, checks="ModuleNotFoundError: No module named 'diffusers'")
     assert report.failed == [("import check", "ModuleNotFoundError: No module named 'diffusers'")]
-    assert "No module named 'diffusers'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "the import check failed" in out and "No module named 'diffusers'" in out
+    assert "could not install import check" not in out
 
 
 def test_check_imports_runs_a_fresh_interpreter(installer):

@@ -16,6 +16,7 @@ installed: set[str] = set()
 failing: set[str] = set()
 pip_calls: list[tuple[str, str | None]] = []
 constraints_seen: list[str] = []  #: text of every ``-c FILE`` given to pip, read while the call runs
+failure_text: str | None = None  #: what a failing run_pip raises (default: the launcher's first lines only)
 
 
 def is_installed(package):
@@ -30,7 +31,7 @@ def run_pip(command, desc=None, live=False):
     if match:
         constraints_seen.append(Path(match.group(1)).read_text())
     if any(name in command for name in failing):
-        raise RuntimeError(f"Couldn't install {desc}.\nCommand: pip {command}\nError code: 1")
+        raise RuntimeError(failure_text or f"Couldn't install {desc}.\nCommand: pip {command}\nError code: 1")
     return ""
 
 
