@@ -161,10 +161,15 @@ def host_adjusted_pins(pins: dict[str, str], version_of: Callable[[str], str | N
     return adjusted, reasons
 
 
-def constraint_lines(host: list[str], pins: dict[str, str]) -> list[str]:
-    """The WebUI's ``name==installed`` lines, then our pins for every package the WebUI does not pin."""
+def constraint_lines(host: list[str], pins: dict[str, str], version_of: Callable[[str], str | None]) -> list[str]:
+    """The WebUI's ``name==installed`` lines, then our pins for the packages the WebUI does not have.
+
+    A package the WebUI has but does not pin (e.g. scipy, fsspec) gets no pin:
+    pip keeps its version unless a new package needs another (our scipy pin
+    would need a newer numpy than the WebUI's).
+    """
     taken = {normalize(_REQ_NAME.match(line).group(1)) for line in host}
-    return host + [spec for name, spec in sorted(pins.items()) if name not in taken]
+    return host + [spec for name, spec in sorted(pins.items()) if name not in taken and version_of(name) is None]
 
 
 def spec_for(requirement: Requirement, pins: dict[str, str], python: tuple[int, int]) -> str:
@@ -228,16 +233,19 @@ def install_missing(
 
 
 #: pip output lines that say nothing about why an install failed.
-_PIP_NOISE = re.compile(r"^\s*(WARNING: |Looking in |Collecting |Downloading |Using cached |Requirement already |Obtaining |\S+ \d+(\.\d+)* ?[kKMG]?B)|━")
+_PIP_NOISE = re.compile(
+    r"^\s*(WARNING: |INFO: |Looking in |Collecting |Processing |Downloading |Using cached |Requirement already |Obtaining |"
+    r"Installing build |Getting requirements |Preparing metadata |\S+ \d+(\.\d+)* ?[kKMG]?B)|━"
+)
 
 
 def pip_reason(error_text: str, max_lines: int = 40) -> str:
     """Why pip failed, from the launcher's RuntimeError (command, exit code, stdout, stderr): the lines that matter."""
     text = error_text.replace("\r", "")
-    if "stderr:" in text:
-        text = text.split("stderr:", 1)[1]
-    elif "stdout:" in text:
-        text = text.split("stdout:", 1)[1]
+    # the launcher's text: description, "Command: ...", "Error code: N", then "stdout: ..." and "stderr: ..."
+    # (pip explains a conflict on stdout and names it on stderr)
+    text = re.split(r"^Error code: .*$", text, maxsplit=1, flags=re.MULTILINE)[-1]
+    text = re.sub(r"^(stdout|stderr): ", "", text, flags=re.MULTILINE)
     lines = [line.rstrip() for line in text.splitlines() if line.strip() and not _PIP_NOISE.match(line)]
     if not lines:
         return error_text.strip().splitlines()[0] if error_text.strip() else "pip failed"
@@ -270,7 +278,7 @@ def main(
     pins, compat = host_adjusted_pins(read_pins(EXTENSION_DIR / "requirements.txt", EXTENSION_DIR / "constraints.txt"), version_of)
     with tempfile.TemporaryDirectory(prefix="auto-mbw-") as tmp:
         constraints_file = Path(tmp) / "webui-constraints.txt"
-        lines = constraint_lines(webui_constraints(webui_root, version_of), pins)
+        lines = constraint_lines(webui_constraints(webui_root, version_of), pins, version_of)
         constraints_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
         report = install_missing(launch, REQUIREMENTS, pins, constraints_file, python)
     if report.installed and compat:

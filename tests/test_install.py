@@ -80,6 +80,7 @@ def test_constraints_hold_the_webuis_versions_and_our_tested_pins_for_everything
     pins = installer.read_pins(ROOT / "requirements.txt", ROOT / "constraints.txt")
     assert pins["pyarrow"] in constraints, "datasets cannot float to a pyarrow that needs numpy 2"
     assert pins["datasets"] in constraints and pins["fsspec"] in constraints
+    assert not any(c.startswith("tqdm") for c in constraints), "a package the WebUI has but does not pin keeps its version"
     names = [installer.normalize(installer._REQ_NAME.match(c).group(1)) for c in constraints]
     assert len(names) == len(set(names)), "one line per package"
 
@@ -129,7 +130,9 @@ ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics
 def test_pips_whole_reason_is_shown_not_just_the_first_line(installer, launch, webui_root, capsys):
     reason = installer.pip_reason(LAUNCHER_ERROR)
     assert "datasets 3.6.0 depends on tqdm>=4.66.3" in reason and "The user requested tqdm==4.66.1" in reason
-    assert "WARNING" not in reason and "Downloading" not in reason
+    assert "WARNING" not in reason and "Downloading" not in reason and "Command:" not in reason
+    stdout_explains = LAUNCHER_ERROR.replace("stdout: Collecting", "stdout: The conflict is caused by:\n    scipy 1.17.1 depends on numpy>=1.26.4\nCollecting")
+    assert "scipy 1.17.1 depends on numpy>=1.26.4" in installer.pip_reason(stdout_explains), "pip explains conflicts on stdout"
     launch.reset(present=["safetensors", "requests", "matplotlib"], fail=["fairscale"])
     launch.failure_text = LAUNCHER_ERROR
     try:

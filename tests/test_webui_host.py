@@ -124,6 +124,27 @@ def test_session_loads_model_a_through_the_webui_and_reloads_the_users_model_aft
             fake.close()
 
 
+def test_the_users_chosen_checkpoint_survives_an_override_settings_call_and_a_session(host, webui):
+    """An API call with override_settings leaves B loaded but the setting on A: the session gives back A (the choice)."""
+    from modules import processing, shared, sd_models
+
+    webui.sd_model()
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="x", steps=1, width=64, height=64,
+                                                    override_settings={"sd_model_checkpoint": "b.safetensors"},
+                                                    do_not_save_samples=True, do_not_save_grid=True)
+    processing.process_images(p)
+    assert shared.opts.sd_model_checkpoint.startswith("a.safetensors"), "the WebUI put its setting back"
+    assert webui.sd_model().sd_checkpoint_info.name == "b.safetensors", "and left B loaded (the real hosts do)"
+    session = host.session("a.safetensors", "b.safetensors", "auto")
+    assert session.previous.name == "a.safetensors", "the user's choice is the setting, not the leftover model"
+    session.apply(recipe(0.5))
+    host.close_session()
+    assert shared.opts.sd_model_checkpoint.startswith("a.safetensors"), "the setting still names the user's model"
+    assert webui.sd_model().sd_checkpoint_info.name == "a.safetensors", "and the loaded model agrees with it"
+    live, file_a = live_state(webui.unet()), checkpoint_unet(sd_models.get_closet_checkpoint_match("a.safetensors").filename)
+    assert all(torch.equal(live[k], file_a[k].to(live[k].dtype)) for k in file_a), "A's weights, exactly"
+
+
 def test_other_checkpoint_loaded_during_a_session_stops_it_with_a_clear_error(host, webui):
     webui.sd_model()
     session = host.session("a.safetensors", "b.safetensors", "auto")

@@ -204,6 +204,19 @@ def checkpoint_of(sd_model: Any) -> Any | None:
     return getattr(sd_model, "sd_checkpoint_info", None)
 
 
+def chosen_checkpoint() -> Any | None:
+    """The checkpoint the user chose: the ``sd_model_checkpoint`` setting as a CheckpointInfo (None if unset/unknown).
+
+    Not the loaded model: after an API call with ``override_settings`` naming
+    another checkpoint, both A1111 and Forge put the setting back but leave
+    the other model loaded until the next generation.
+    """
+    from modules import sd_models, shared
+
+    title = str(getattr(shared.opts, "sd_model_checkpoint", "") or "").strip()
+    return sd_models.get_closet_checkpoint_match(title) if title else None
+
+
 def load_checkpoint(info: Any, flavour: str) -> None:
     """Load ``info`` through the WebUI's own loading path (it fires on_model_loaded).
 
@@ -218,7 +231,9 @@ def load_checkpoint(info: Any, flavour: str) -> None:
     if flavour == FORGE:
         from modules_forge import main_entry
 
-        main_entry.checkpoint_change(info.title, save=False, refresh=True)
+        if not main_entry.checkpoint_change(info.title, save=False, refresh=True):
+            # the setting already names it (put back after an override_settings call) while another model is loaded
+            main_entry.refresh_model_loading_parameters()
         run_on_main_thread(flavour, sd_models.forge_model_reload)
     else:
         sd_models.reload_model_weights(info=info)
@@ -339,7 +354,9 @@ class MergeSession:
     ``open()`` loads A through the WebUI (when it is not the loaded model),
     un-merges LoRA, and snapshots the live weights as A; ``apply`` sets a
     recipe; ``restore`` gives A back bit-exactly; ``close`` restores, frees A
-    and B, and reloads the checkpoint the user had loaded before.
+    and B, and loads the checkpoint the user had chosen (the checkpoint
+    setting, which may differ from the model that was loaded), so the setting
+    and the loaded model agree afterwards.
     """
 
     def __init__(self, key: SessionKey, info_a: Any, info_b: Any, flavour: str, merger_factory: MergerFactory) -> None:
@@ -351,7 +368,7 @@ class MergeSession:
         self._rules = lora_rules(flavour)
         self.merger: Any = None
         self.unet: Any = None
-        self.previous: Any = None  #: checkpoint the user had loaded before (reloaded on close)
+        self.previous: Any = None  #: checkpoint the user had chosen before (loaded again on close)
         self.applies = 0
         self.recipe: Recipe | None = None
         self._model_changed = False
@@ -360,8 +377,9 @@ class MergeSession:
     # -- lifecycle
 
     def open(self) -> None:
-        self.previous = checkpoint_of(_loaded_model())
-        if self.previous is None or not same_file(self.previous, self.info_a):
+        loaded = checkpoint_of(_loaded_model())
+        self.previous = chosen_checkpoint() or loaded
+        if loaded is None or not same_file(loaded, self.info_a):
             log.info("auto-MBW: loading model A %s", self.info_a.title)
             self._load(self.info_a)
         self._attach()
@@ -395,7 +413,7 @@ class MergeSession:
             raise MBWError(problem.format(a=self.info_a.title, loaded=getattr(loaded, "title", None) or "nothing"))
 
     def close(self, reload_previous: bool = True) -> None:
-        """Restore A, release the merger, and reload the user's checkpoint if A was not it.
+        """Restore A, release the merger, and load the user's chosen checkpoint if A was not it.
 
         When the WebUI loaded other weights under the merger, those are kept
         (never overwritten with A) and the user's newer choice is not undone.
@@ -408,7 +426,7 @@ class MergeSession:
             self._drop_merger(keep_live=replaced)
             still_a = same_file(checkpoint_of(_loaded_model()), self.info_a)
             if reload_previous and still_a and self.previous is not None and not same_file(self.previous, self.info_a):
-                log.info("auto-MBW: reloading %s", self.previous.title)
+                log.info("auto-MBW: loading the checkpoint you had chosen, %s", self.previous.title)
                 self._load(self.previous)
 
     def _drop_merger(self, keep_live: bool = False) -> None:

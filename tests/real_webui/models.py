@@ -36,6 +36,7 @@ class ModelSet:
     model_b: str
     folder: Path
     env: dict[str, str] = field(default_factory=dict)
+    lora: str = "mbw-test-lora"  #: name of a LoRA in models/Lora for ``<lora:NAME:1>`` (empty: none)
 
     @property
     def path_a(self) -> Path:
@@ -44,9 +45,6 @@ class ModelSet:
     @property
     def path_b(self) -> Path:
         return self.folder / self.model_b
-
-    def title_stem(self, name: str) -> str:
-        return Path(name).stem
 
 
 def a1111_yaml(webui_root: Path) -> str:
@@ -91,6 +89,7 @@ def write_a1111_models(webui_root: Path, work: Path, seed: int = 0) -> ModelSet:
     for name, state, role in zip(names, (state_a, state_b), "AB"):
         save_file(state, str(folder / name), metadata={"auto_mbw_test": json.dumps({"model": role, "seed": seed})})
         (folder / name).with_suffix(".yaml").write_text(config, encoding="utf-8")
+    write_kohya_lora(webui_root / "models" / "Lora" / "mbw-test-lora.safetensors", state_a)
     hf_home = work / "hf-home"
     write_hf_clip_cache(hf_home, work)
     env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -101,3 +100,51 @@ ModelWriter = Callable[[Path, Path], ModelSet]
 
 #: Host name -> the function that writes that host's test checkpoints.
 MODEL_WRITERS: dict[str, ModelWriter] = {"a1111": write_a1111_models}
+
+
+def _diffusers_attention_name(compvis: str) -> str | None:
+    """kohya/diffusers module name (``down_blocks_0_attentions_1``) of an SD1 UNet attention block, or None."""
+    parts = compvis.split(".")
+    if parts[0] == "input_blocks" and parts[2] == "1":
+        number = int(parts[1])
+        return f"down_blocks_{(number - 1) // 3}_attentions_{(number - 1) % 3}"
+    if parts[0] == "output_blocks" and parts[2] == "1":
+        number = int(parts[1])
+        return f"up_blocks_{number // 3}_attentions_{number % 3}"
+    if parts[0] == "middle_block" and parts[1] == "1":
+        return "mid_block_attentions_0"
+    return None
+
+
+#: The attention projections the test LoRA changes (diffusers names after ``transformer_blocks_0_``).
+LORA_TARGETS: tuple[str, ...] = ("attn1.to_q", "attn1.to_v", "attn2.to_out.0")
+
+
+def write_kohya_lora(path: Path, unet_state: dict, rank: int = 4, seed: int = 7, scale: float = 0.5) -> Path:
+    """A small LoRA for an SD1-layout checkpoint, with kohya key names (``lora_unet_down_blocks_0_...``).
+
+    ``unet_state`` is the checkpoint's state dict (``model.diffusion_model.*`` keys give the shapes).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    prefix = "model.diffusion_model."
+    for key, weight in sorted(unet_state.items()):
+        if not key.startswith(prefix) or not key.endswith(".weight") or weight.ndim != 2:
+            continue
+        module = key[len(prefix) : -len(".weight")]
+        head, sep, tail = module.partition(".transformer_blocks.0.")
+        block = _diffusers_attention_name(head) if sep else None
+        if block is None or tail not in LORA_TARGETS:
+            continue
+        name = f"lora_unet_{block}_transformer_blocks_0_{tail.replace('.', '_')}"
+        out_features, in_features = weight.shape
+        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=generator) * scale
+        tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    if not tensors:
+        raise ValueError("no SD1 attention weights found for the test LoRA")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(rank)})
+    return path

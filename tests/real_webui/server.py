@@ -33,6 +33,12 @@ from .venvs import RELAXED, overlay_venv
 
 EXTENSION_NAME = "auto-MBW"
 
+#: The payload every real-host search renders: one 64x64 image, 2 steps, fixed seed (a fraction of a second on CPU).
+TINY_PAYLOAD: dict[str, Any] = {
+    "prompt": "a red fox in the snow, detailed", "negative_prompt": "", "steps": 2, "cfg_scale": 5.0,
+    "sampler_name": "Euler", "width": 64, "height": 64, "seed": 1234, "batch_size": 1,
+}
+
 
 class HostStartError(RuntimeError):
     """The WebUI could not be prepared or did not come up; the message says why (and ends with the log tail)."""
@@ -97,6 +103,16 @@ class WebUIServer:
     def extension_dir(self) -> Path:
         return self.root / "extensions" / EXTENSION_NAME
 
+    @property
+    def payload_dir(self) -> Path:
+        """auto-MBW's payload folder (setting ``auto_mbw_payload_dir``), holding ``tiny.json``."""
+        return self.workdir / "mbw" / "payloads"
+
+    @property
+    def history_dir(self) -> Path:
+        """auto-MBW's run folders (setting ``auto_mbw_history_dir``)."""
+        return self.workdir / "mbw" / "history"
+
     # -- preparing
 
     def prepare(self) -> ModelSet:
@@ -116,7 +132,15 @@ class WebUIServer:
         if writer is None:
             raise HostStartError(f"no test checkpoints for host {self.spec.name!r} (tests/real_webui/models.py)")
         self.models = writer(self.root, self.workdir)
-        config = {"sd_model_checkpoint": self.models.model_a, **self.settings}
+        self.payload_dir.mkdir(parents=True)
+        self.history_dir.mkdir(parents=True)
+        (self.payload_dir / "tiny.json").write_text(json.dumps(TINY_PAYLOAD, indent=2), encoding="utf-8")
+        config = {
+            "sd_model_checkpoint": self.models.model_a,
+            "auto_mbw_payload_dir": str(self.payload_dir),
+            "auto_mbw_history_dir": str(self.history_dir),
+            **self.settings,
+        }
         (self.root / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         self.python = overlay_venv(self.base_venv, self.workdir / "venv")
         return self.models
