@@ -7,7 +7,8 @@ from the full-size configs in the tree's ``backend/huggingface/runwayml/stable-d
 can be made small by giving all four levels 320 channels (``channel_mult`` (1, 1, 1, 1): 111 M parameters
 instead of 860 M, 446 MB in fp32), and CLIP-L and the VAE keep their real sizes. Weights are random, shaped
 as ``lib_mbw.demo_models`` shapes the demo models (A and B are fine-tunes of one base, smooth VAE decoder),
-and stored in fp16 (634 MB per file).
+and stored in fp16 (634 MB per file). The LoRA ``models.lora`` (``models.write_kohya_lora``) is written for
+these shapes into ``models/Lora``, where Forge's built-in ``sd_forge_lora`` finds it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lib_mbw.keyspec import SD1, SD1_UNET, UNET_PREFIX, checkpoint_layout
 from lib_mbw.synthetic import random_tensor
 
 from .hosts import cache_root
-from .models import MODEL_WRITERS, ModelSet
+from .models import MODEL_WRITERS, ModelSet, write_kohya_lora
 
 #: Bump when the generated files change, so cached copies are rebuilt.
 FORGE_MODELS_VERSION = 1
@@ -80,7 +81,10 @@ def write_forge_models(webui_root: Path, work: Path, seed: int = 0) -> ModelSet:
             os.link(source / name, folder / name)
         except OSError:
             shutil.copyfile(source / name, folder / name)
-    return ModelSet(NAMES[0], NAMES[1], folder, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    models = ModelSet(NAMES[0], NAMES[1], folder, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    shapes = {k: torch.empty(d, device="meta") for k, d in checkpoint_layout(FORGE_TEST_CONFIG).items() if k.startswith(UNET_PREFIX)}
+    write_kohya_lora(webui_root / "models" / "Lora" / f"{models.lora}.safetensors", shapes)
+    return models
 
 
 MODEL_WRITERS.setdefault("forge", write_forge_models)
