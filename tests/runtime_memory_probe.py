@@ -50,7 +50,8 @@ def main(out_dir: Path, searches: int) -> dict[str, object]:
     layout = unet_layout(replace(SD1_UNET, model_channels=CHANNELS))
     path_b = write_checkpoint(out_dir / "b.safetensors", layout, seed=2, dtype=torch.float16)
     prefix = "model.diffusion_model."
-    live = module_from_tensors({k[len(prefix) :]: v for k, v in random_state_dict(layout, seed=1).items()})
+    # fp32 live weights holding fp16 values, as a CPU WebUI runs an fp16 checkpoint
+    live = module_from_tensors({k[len(prefix) :]: v.half().float() for k, v in random_state_dict(layout, seed=1).items()})
     unet_bytes = sum(p.numel() * p.element_size() for p in live.parameters())
     rng = random.Random(0)
     blocks = present_blocks("sd1")

@@ -151,9 +151,15 @@ def release_memory() -> None:
         trim(0)
 
 
-def plan_for(mode: str, device: torch.device, unet_bytes: int, largest_block_bytes: int) -> MemoryPlan:
-    """The memory plan of placement ``mode`` for a UNet of ``unet_bytes`` running on ``device``."""
+def plan_for(
+    mode: str, device: torch.device, store_bytes: int, largest_block_bytes: int, transient_bytes: int | None = None
+) -> MemoryPlan:
+    """The memory plan of placement ``mode`` for stores of ``store_bytes`` (one of A/B) on a model on ``device``.
+
+    ``transient_bytes``: what applying needs besides the stores (default: one block's new live buffer).
+    """
     on_accelerator = device.type != "cpu"
-    cost = memory_cost(mode, unet_bytes, largest_block_bytes, on_accelerator=on_accelerator)
+    cost = memory_cost(mode, store_bytes, largest_block_bytes, on_accelerator=on_accelerator)
     free_device = free_device_bytes(device) if device.type == "cuda" else None
-    return MemoryPlan(cost, largest_block_bytes, device, available_ram_bytes(), free_device)
+    transient = largest_block_bytes if transient_bytes is None else transient_bytes
+    return MemoryPlan(cost, transient, device, available_ram_bytes(), free_device)

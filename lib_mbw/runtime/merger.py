@@ -57,6 +57,7 @@ from .layout import Segment, Slot, assign_offsets, bitwise_equal, dense_stride, 
 from .placement import (
     CPU,
     DEFAULT_HEADROOM_BYTES,
+    LERP_DTYPES,
     MemoryCost,
     StagingBuffers,
     choose_mode,
@@ -190,18 +191,24 @@ class RuntimeMerger:
             check_fits_live(b, live_shapes, self.arch)
 
             self.device = torch.device(device) if device is not None else _main_device(slots)
-            unet_bytes = sum(s.numel * s.param.element_size() for s in slots)  # type: ignore[union-attr]
+            self.unet_bytes = sum(s.numel * s.param.element_size() for s in slots)  # type: ignore[union-attr]
             block_bytes: dict[str, int] = {}
             for s in slots:
                 block_bytes[s.block] = block_bytes.get(s.block, 0) + s.numel * s.param.element_size()  # type: ignore[union-attr]
-            self.unet_bytes = unet_bytes
-            self.mode = choose_mode(mode, self.device, unet_bytes, max(block_bytes.values()), headroom_bytes=headroom_bytes)
+            groups = _group_slots(slots)
+            with _normal_tensor_mode():
+                store_dtypes = {key: _store_dtype(members, key[2], a, b) for key, members in groups.items()}
+            store_bytes = sum(sum(s.numel for s in groups[key]) * dt.itemsize for key, dt in store_dtypes.items())
+            largest = max(block_bytes.values())
+            compact = any(dt != compute_dtype_for(key[2]) for key, dt in store_dtypes.items())
+            self.mode = choose_mode(mode, self.device, store_bytes, largest, headroom_bytes=headroom_bytes)
             self._a_device, self._b_device = _store_devices(self.mode, self.device)
-            self.plan = _memory.plan_for(self.mode, self.device, unet_bytes, max(block_bytes.values()))
+            # compact stores are widened into two staging buffers of the largest block for each lerp
+            self.plan = _memory.plan_for(self.mode, self.device, store_bytes, largest, transient_bytes=largest * (3 if compact else 1))
             log.info("runtime merger: %s", self.plan.describe())
             _memory.check_fits(self.plan)
             with _normal_tensor_mode():
-                self._segments = self._build_segments(slots, a, b)
+                self._segments = self._build_segments(groups, store_dtypes, a, b)
         finally:
             for model in opened:
                 model.close()
@@ -226,21 +233,22 @@ class RuntimeMerger:
 
     # ------------------------------------------------------------------ building
 
-    def _build_segments(self, slots: list[Slot], a: OpenedModel | None, b: OpenedModel) -> list[Segment]:
+    def _build_segments(
+        self,
+        groups: Mapping[tuple[str, torch.device, torch.dtype], list[Slot]],
+        store_dtypes: Mapping[tuple[str, torch.device, torch.dtype], torch.dtype],
+        a: OpenedModel | None,
+        b: OpenedModel,
+    ) -> list[Segment]:
         """Flat stores for A, B (and the restore copy) per block; the live parameters are not touched yet.
 
         The live buffers are made later, one block at a time (``_adopt``), so
         building never holds more than A, B and one block beyond the model.
         """
-        groups: dict[tuple[str, torch.device, torch.dtype], list[Slot]] = {}
-        for slot in slots:
-            param = slot.param
-            assert param is not None
-            groups.setdefault((slot.block, param.device, param.dtype), []).append(slot)
         segments = []
         for (block, device, dtype), members in groups.items():
             numel = assign_offsets(members)
-            cdtype = compute_dtype_for(dtype)
+            cdtype = store_dtypes[(block, device, dtype)]
             a_store = self._load_store(members, numel, a, cdtype, self._a_device)
             b_store = self._load_store(members, numel, b, cdtype, self._b_device)
             original = None
@@ -502,21 +510,26 @@ class RuntimeMerger:
         if target == 1.0:
             return _copy_into(seg.live, seg.b)
         compute = seg.a.device
+        wide = _lerp_dtype(seg)
         nbytes = 0
-        b = seg.b
-        if b.device != compute:
-            staged = self._staging.get(compute, b.dtype, seg.numel, "b", self._max_numel)
+        a, b = seg.a, seg.b
+        if b.device != compute or b.dtype != wide:
+            staged = self._staging.get(compute, wide, seg.numel, "b", self._max_numel)
             nbytes += _copy_into(staged, b)
             b = staged
-        if seg.live.device == compute and seg.live.dtype == seg.a.dtype:
-            torch.lerp(seg.a, b, target, out=seg.live)
-            return nbytes + 3 * seg.numel * seg.a.element_size()
+        if a.dtype != wide:  # compact store: merge at the live precision
+            staged = self._staging.get(compute, wide, seg.numel, "a", self._max_numel)
+            nbytes += _copy_into(staged, a)
+            a = staged
+        if seg.live.device == compute and seg.live.dtype == wide:
+            torch.lerp(a, b, target, out=seg.live)
+            return nbytes + 3 * seg.numel * a.element_size()
         role = f"out{self._out_slot}"
         self._out_slot ^= 1
-        out = self._staging.get(compute, seg.a.dtype, seg.numel, role, self._max_numel)
-        torch.lerp(seg.a, b, target, out=out)
-        nbytes += 3 * seg.numel * seg.a.element_size() + _copy_into(seg.live, out)
-        self._staging.record(compute, seg.a.dtype, role, seg.live.device)
+        out = self._staging.get(compute, wide, seg.numel, role, self._max_numel)
+        torch.lerp(a, b, target, out=out)
+        nbytes += 3 * seg.numel * a.element_size() + _copy_into(seg.live, out)
+        self._staging.record(compute, wide, role, seg.live.device)
         return nbytes
 
     def _notify(self, names: list[str]) -> None:
@@ -610,8 +623,8 @@ class RuntimeMerger:
             return seg.a
         if state == 1.0:
             return seg.b
-        b = seg.b.to(seg.a.device)
-        return torch.lerp(seg.a, b, state)
+        wide = _lerp_dtype(seg)
+        return torch.lerp(seg.a.to(wide), seg.b.to(device=seg.a.device, dtype=wide), state)
 
     def _rebuild_block(self, block: str) -> None:
         """New flat buffers for a block from the host's current parameters; A/B/original follow the new layout."""
@@ -636,7 +649,7 @@ class RuntimeMerger:
                 groups.setdefault((param.device, param.dtype), []).append(slot)
         new_segments = []
         for (device, dtype), members in groups.items():
-            reusable = _reusable(old_segments, members, compute_dtype_for(dtype))
+            reusable = _reusable(old_segments, members, dtype)
             for slot in members:
                 slot.stride = dense_stride(slot.current())  # type: ignore[arg-type]
             numel = assign_offsets(members)
@@ -683,6 +696,8 @@ class RuntimeMerger:
         """The live values become the original weights (and A, when A is the live model)."""
         for seg in self._segments:
             if self._a_is_live:
+                if seg.a.dtype != seg.live.dtype and not _fits_dtype(seg.live, seg.a.dtype):
+                    seg.a = empty_store(seg.numel, compute_dtype_for(seg.live.dtype), seg.a.device)  # no longer compact
                 seg.a.copy_(seg.live)
                 seg.original = None
                 seg.identical = bitwise_equal(seg.a, seg.b)
@@ -737,6 +752,44 @@ class RuntimeMerger:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _group_slots(slots: list[Slot]) -> dict[tuple[str, torch.device, torch.dtype], list[Slot]]:
+    """Slots by (block, device, dtype): each group becomes one segment."""
+    groups: dict[tuple[str, torch.device, torch.dtype], list[Slot]] = {}
+    for slot in slots:
+        param = slot.param
+        assert param is not None
+        groups.setdefault((slot.block, param.device, param.dtype), []).append(slot)
+    return groups
+
+
+def _fits_dtype(values: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether ``values`` survive a round trip through ``dtype`` bit for bit."""
+    values = values.detach()
+    return bitwise_equal(values.to(dtype).to(values.dtype), values)
+
+
+def _store_dtype(members: list[Slot], live_dtype: torch.dtype, a: OpenedModel | None, b: OpenedModel) -> torch.dtype:
+    """The dtype A and B of a segment are stored in: fp16 for fp32 live weights that come from fp16 files, else the
+    compute dtype. Lossless (an fp16 value widened to fp32 and back is the same bits), and half the memory: a
+    CPU WebUI runs fp16 checkpoints in fp32."""
+    cdtype = compute_dtype_for(live_dtype)
+    if live_dtype != torch.float32:
+        return cdtype
+    compact = torch.float16
+    for model in (b,) if a is None else (a, b):
+        prefix = model.arch.unet_prefix
+        if any(model.checkpoint.dtypes.get(prefix + s.key) != compact for s in members):
+            return cdtype
+    if a is None and not all(_fits_dtype(s.param, compact) for s in members):  # type: ignore[arg-type]
+        return cdtype
+    return compact
+
+
+def _lerp_dtype(seg: Segment) -> torch.dtype:
+    """The dtype a segment's merge is computed in: the live dtype where lerp supports it, else the store's."""
+    return seg.live.dtype if seg.live.dtype in LERP_DTYPES and seg.live.dtype.itemsize >= seg.a.dtype.itemsize else seg.a.dtype
 
 
 def _collect_slots(unet: nn.Module, key_map: Mapping[str, str] | None) -> list[Slot]:
@@ -851,9 +904,11 @@ def _slot_matches(slot: Slot, param: torch.Tensor, store: torch.Tensor) -> bool:
     return bitwise_equal(param.detach(), slot.view(store).to(device=param.device, dtype=param.dtype))
 
 
-def _reusable(old_segments: list[Segment], members: list[Slot], cdtype: torch.dtype) -> Segment | None:
-    """The old segment whose stores can serve ``members`` unchanged (same slots in order, same compute dtype)."""
+def _reusable(old_segments: list[Segment], members: list[Slot], live_dtype: torch.dtype) -> Segment | None:
+    """The old segment whose stores can serve ``members`` unchanged: same slots in order, and stores at the compute
+    dtype of ``live_dtype`` or (compact stores) a live dtype that did not change."""
     for seg in old_segments:
-        if len(seg.slots) == len(members) and all(x is y for x, y in zip(seg.slots, members)) and seg.a.dtype == cdtype:
+        same_slots = len(seg.slots) == len(members) and all(x is y for x, y in zip(seg.slots, members))
+        if same_slots and (seg.a.dtype == compute_dtype_for(live_dtype) or seg.live.dtype == live_dtype):
             return seg
     return None
