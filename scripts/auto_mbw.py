@@ -19,11 +19,12 @@ if str(EXTENSION_DIR) not in sys.path:
 from modules import script_callbacks, shared  # noqa: E402
 
 from lib_mbw.hosts import worker_api  # noqa: E402
-from lib_mbw.hosts.webui import SETTINGS, SETTINGS_SECTION, WebUIHost  # noqa: E402
+from lib_mbw.hosts.webui import SETTINGS, SETTINGS_SECTION, WebUIHost, console_logging  # noqa: E402
 
 TAB_TITLE = "auto-MBW"
 TAB_ID = "auto_mbw"
 
+console_logging()
 host = WebUIHost()
 
 

@@ -16,6 +16,7 @@ from lib_mbw.search.history import read_history_rows
 from lib_mbw.ui import actions
 from lib_mbw.ui.controller import RatingError, SearchController, UIBusyError
 from lib_mbw.ui.form import FormValues, settings_from_form
+from lib_mbw.ui.live import status_line
 
 PAYLOAD = {"prompt": "a {red|blue} house", "steps": 2, "width": 64, "height": 64, "seed": 5, "batch_size": 2}
 
@@ -126,7 +127,8 @@ def test_pause_resume_and_stop_restore_the_model(host: RecordingHost) -> None:
     assert host.interrupts == 1, "Stop also interrupts the host's generation (the WebUI's Interrupt)"
     assert controller.wait(20)
     state = controller.snapshot()
-    assert state.state == "finished" and "restored" in state.message
+    assert state.state == "stopped" and "restored" in state.message and "interrupted" not in state.message
+    assert "**Stopped**" in status_line(state) and "Finished" not in status_line(state)
     assert state.evaluations < 200
     generator = host.made[0]
     assert generator.applied is None and generator.restores >= 1 and generator.closed
@@ -195,7 +197,7 @@ def test_stop_while_waiting_for_ratings_ends_the_run(host: RecordingHost) -> Non
     controller.stop()
     assert controller.wait(20)
     state = controller.snapshot()
-    assert state.state == "finished" and state.rating is None
+    assert state.state == "stopped" and state.rating is None
     assert host.made[0].applied is None
     rows = read_history_rows(state.run_dir)
     assert not any(r.status == "failed" for r in rows), "a stop while rating is no failed evaluation"
@@ -247,3 +249,36 @@ def test_the_registered_human_scorer_asks_the_ui(host: RecordingHost) -> None:
     state = controller.snapshot()
     assert state.state == "finished", state.message
     assert [r.score for r in state.rows if r.phase == "search"] == [4.5]
+
+
+def test_the_webuis_interrupt_ends_the_run_as_interrupted_not_finished(host: RecordingHost) -> None:
+    controller = SearchController(host)
+    start(host, controller, max_evaluations=200, generator_options='{"interrupt_after": 3}')
+    assert controller.wait(20)
+    state = controller.snapshot()
+    assert state.state == "stopped" and "interrupted in the WebUI" in state.message, state.message
+    line = status_line(state)
+    assert "**Stopped**" in line and "Finished" not in line and "interrupted" in line
+    assert host.made[0].applied is None and host.made[0].closed, "the model is restored"
+
+
+def test_a_scorer_that_cannot_load_fails_while_preparing_before_any_render(host: RecordingHost) -> None:
+    controller = SearchController(host)
+    start(host, controller, scorer="tests.ui_backend:make_broken_scorer")
+    assert controller.wait(20)
+    state = controller.snapshot()
+    assert state.state == "failed" and "cannot load the test model" in state.message, state.message
+    assert host.made and host.made[0].renders == 0, "no candidate was rendered"
+    assert state.run_id == "" and not (host.paths.history.exists() and any(host.paths.history.iterdir())), "no run folder"
+
+
+def test_the_hosts_scorer_cache_reaches_scorers_that_download_models(tmp_path: Path) -> None:
+    from lib_mbw.search.settings import ScorerSettings
+    from lib_mbw.ui.controller import make_ui_scorer
+
+    cache = tmp_path / "models" / "ImageReward"
+    scorer = make_ui_scorer(ScorerSettings("imagereward", {}), rater=None, model_cache=cache)
+    assert scorer.settings.download_root == str(cache), "the WebUI's models/ImageReward, not ~/.cache"
+    mine = make_ui_scorer(ScorerSettings("imagereward", {"download_root": "/elsewhere"}), rater=None, model_cache=cache)
+    assert mine.settings.download_root == "/elsewhere", "a folder in the scorer options wins"
+    assert make_ui_scorer(ScorerSettings("reference", {}), rater=None, model_cache=cache).name.startswith("reference")

@@ -265,3 +265,42 @@ def test_a_checkpoint_the_user_loads_during_a_session_is_kept_when_it_closes(hos
     host.close_session()
     assert webui.sd_model().sd_checkpoint_info.name == "c.safetensors"
     assert unet_hash(webui.unet()) == unet_hash(c_unet), "C's weights must not be overwritten with A's"
+
+
+def test_info_messages_reach_the_console_when_the_webui_leaves_logging_at_warning(monkeypatch):
+    import io
+    import logging
+
+    from lib_mbw.hosts.webui import ConsoleHandler, console_logging
+
+    logger, root = logging.getLogger("lib_mbw"), logging.getLogger()
+    saved = (list(logger.handlers), logger.level, list(root.handlers), root.level)
+    monkeypatch.delenv("SD_WEBUI_LOG_LEVEL", raising=False)
+
+    def reset(*root_handlers: logging.Handler) -> None:
+        logger.handlers[:], root.handlers[:] = [], list(root_handlers)
+        logger.setLevel(logging.NOTSET)
+        root.setLevel(logging.WARNING)  # what A1111 / Forge leave without SD_WEBUI_LOG_LEVEL
+
+    try:
+        reset()  # no logging configured: only Python's last-resort handler (warnings) would print
+        console = io.StringIO()
+        assert console_logging(console) is True
+        assert console_logging(console) is False, "once (Reload UI imports the script again)"
+        logging.getLogger("lib_mbw.hosts.webui").info("auto-MBW: loading model A %s", "a.safetensors")
+        logging.getLogger("lib_mbw.search").debug("not shown")
+        assert console.getvalue() == "[auto-MBW] INFO: auto-MBW: loading model A a.safetensors\n"
+
+        configured = io.StringIO()  # a library called logging.basicConfig(): a root handler, root at WARNING
+        reset(logging.StreamHandler(configured))
+        assert console_logging(console) is True and not any(isinstance(h, ConsoleHandler) for h in logger.handlers)
+        logging.getLogger("lib_mbw.hosts.webui").info("auto-MBW: loading model A")
+        assert configured.getvalue().count("auto-MBW: loading model A") == 1, "printed once, by the root handler"
+
+        reset()
+        monkeypatch.setenv("SD_WEBUI_LOG_LEVEL", "WARNING")  # the user chose a level
+        assert console_logging(console) is False and logger.level == logging.NOTSET
+    finally:
+        logger.handlers[:], root.handlers[:] = saved[0], saved[2]
+        logger.setLevel(saved[1])
+        root.setLevel(saved[3])

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from lib_mbw.blocks import BLOCKS
-from lib_mbw.errors import EvaluationFailed
+from lib_mbw.errors import EvaluationFailed, GenerationInterrupted
 from lib_mbw.generators.base import GeneratedImage
 from lib_mbw.payloads import Payload
 from lib_mbw.recipe import Recipe
@@ -57,6 +57,8 @@ class StripeGenerator:
     applied: Recipe | None = None
     closed: bool = False
     restores: int = 0
+    renders: int = 0
+    interrupt_after: int | None = None  #: renders after which the next one is interrupted (the WebUI's Interrupt)
 
     def apply(self, recipe: Recipe) -> float:
         self.applied = recipe
@@ -64,6 +66,9 @@ class StripeGenerator:
 
     def generate(self, payload: Payload, progress: Any = None) -> list[GeneratedImage]:
         assert self.applied is not None, "generate() before apply()"
+        if self.interrupt_after is not None and self.renders >= self.interrupt_after:
+            raise GenerationInterrupted("generation was interrupted in the WebUI; the search stops and the model is restored")
+        self.renders += 1
         images = []
         for index in range(payload.batch_size):
             if self.delay:
@@ -124,8 +129,27 @@ class RatingScorer:
         pass
 
 
-def make_generator(model_a: str | None = None, model_b: str | None = None, delay: float = 0.0, family: str = "sd1", **_: Any) -> StripeGenerator:
-    return StripeGenerator(delay=float(delay), family=family)
+def make_generator(model_a: str | None = None, model_b: str | None = None, delay: float = 0.0, family: str = "sd1",
+                   interrupt_after: int | None = None, **_: Any) -> StripeGenerator:
+    return StripeGenerator(delay=float(delay), family=family, interrupt_after=interrupt_after)
+
+
+def make_broken_scorer(**_: Any) -> Any:
+    """A model scorer whose model cannot load (as ImageReward offline without its weights)."""
+    from lib_mbw.errors import ScorerError
+    from lib_mbw.scorers.base import ModelScorer
+
+    def cannot_load() -> Any:
+        raise ScorerError("broken: cannot load the test model")
+
+    class BrokenScorer(ModelScorer):
+        name = "broken"
+        higher_is_better = True
+
+        def _forward(self, model: Any, images: Sequence[GeneratedImage]) -> list[float]:
+            return [0.0 for _ in images]
+
+    return BrokenScorer(cannot_load, "cpu", None, None)
 
 
 def make_scorer(**_: Any) -> RecipeScorer:

@@ -216,7 +216,7 @@ def drive(port: int, root: Path) -> dict[str, Any]:
     check("resuming" in press("resume"), "resume answered")
     check("stopping" in press("stop"), "stop answered")
     final = last_output(watcher, 120)
-    check("Finished" in str(plain(final[0])) and "restored" in str(plain(final[0])), f"stopped run says the model was restored, got {final[0]!r}")
+    check("Stopped" in str(plain(final[0])) and "restored" in str(plain(final[0])), f"stopped run says the model was restored, got {final[0]!r}")
     long_runs = [p for p in history.iterdir() if p.is_dir() and "long" in p.name]
     stopped_rows = (long_runs[0] / "history.csv").read_text().splitlines()
     check(3 <= len(stopped_rows) < 100, f"the long search stopped early, history has {len(stopped_rows) - 1} rows; button answers took {answers} s")

@@ -131,6 +131,46 @@ class WebUISettings:
         )
 
 
+# --------------------------------------------------------------------------- console
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """Writes to the console the process has now (``sys.stderr`` looked up per message, unless a stream is given)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._fixed = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        self.stream = self._fixed or sys.stderr
+        super().emit(record)
+
+
+def console_logging(stream: Any = None) -> bool:
+    """Make auto-MBW's INFO messages reach the WebUI's console; True if logging was changed.
+
+    Unless ``SD_WEBUI_LOG_LEVEL`` is set, AUTOMATIC1111 and Forge leave Python
+    logging at WARNING, so ``lib_mbw``'s INFO lines (model loading, waiting for
+    the queue) would never show. The ``lib_mbw`` logger is then set to INFO;
+    when no logging is configured at all (Python's last-resort handler prints
+    warnings only) it also gets a console handler. Records still propagate, so
+    each line prints once. With ``SD_WEBUI_LOG_LEVEL`` set, that level decides.
+    """
+    import os
+
+    logger = logging.getLogger("lib_mbw")
+    if os.environ.get("SD_WEBUI_LOG_LEVEL") or logger.getEffectiveLevel() <= logging.INFO:
+        return False
+    logger.setLevel(logging.INFO)
+    if not logging.getLogger().handlers and not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        handler = ConsoleHandler(stream)
+        handler.setFormatter(logging.Formatter("[auto-MBW] %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    return True
+
+
 # --------------------------------------------------------------------------- WebUI access
 
 
@@ -792,4 +832,5 @@ __all__ = [
     "UnsupportedModelError",
     "WebUIHost",
     "WebUISettings",
+    "console_logging",
 ]

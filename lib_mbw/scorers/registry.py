@@ -82,6 +82,39 @@ def make_scorer(name: str, settings: Any = None, **options: Any) -> Scorer:
     return entry.factory(settings, **{k: v for k, v in options.items() if k in entry.objects})
 
 
+def with_model_cache(name: str, options: Mapping[str, Any], folder: Any) -> dict[str, Any]:
+    """``options`` with ``download_root=folder`` when scorer ``name`` downloads model files and no folder is given.
+
+    Hosts pass their model folder (the WebUI's "Scorer model cache" setting,
+    default ``models/ImageReward``); the scorer's own default is ``~/.cache``.
+    """
+    result = dict(options)
+    if folder is None or ":" in name or result.get("download_root"):
+        return result
+    try:
+        entry = scorer_entry(name)
+    except ScorerError:
+        return result
+    if "download_root" in {f.name for f in dataclasses.fields(entry.settings_type)}:
+        result["download_root"] = str(folder)
+    return result
+
+
+def preload(scorer: Any) -> None:
+    """Load the model of ``scorer`` (and of the scorers it combines) now.
+
+    A search calls it while "Preparing", so a scorer that cannot load (missing
+    package, no weights, no network) fails before any candidate is rendered.
+    """
+    parts = [scorer] + [component[0] for component in getattr(scorer, "components", ())]
+    if getattr(scorer, "auto", None) is not None:
+        parts.append(scorer.auto)
+    for part in parts:
+        load = getattr(part, "load", None)
+        if callable(load):
+            load()
+
+
 def _imagereward(settings: ImageRewardSettings, loaded_model: Any = None) -> Scorer:
     return ImageRewardScorer(settings, model=loaded_model)
 

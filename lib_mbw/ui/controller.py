@@ -61,11 +61,16 @@ def title_for_path(host: Any, path: str | Path) -> str:
     raise UIBusyError(f"model {path} is not in this host's model list; put it back (or pick models again and start a new search)")
 
 
-def make_ui_scorer(settings: ScorerSettings, rater: Any) -> Scorer:
-    """The scorer of ``settings``; the human scorer (and any factory taking ``rater=``) gets the UI's rater."""
+def make_ui_scorer(settings: ScorerSettings, rater: Any, model_cache: Any = None) -> Scorer:
+    """The scorer of ``settings``; the human scorer (and any factory taking ``rater=``) gets the UI's rater.
+
+    ``model_cache``: the host's folder for scorer model files (``HostPaths.scorer_cache``), used when the
+    options name none.
+    """
+    from ..scorers.registry import with_model_cache
     from ..search.session import load_factory, make_scorer_from_settings
 
-    options = dict(settings.options)
+    options = with_model_cache(settings.name, settings.options, model_cache)
     if settings.name == "human":
         return make_scorer_from_settings("human", {**options, "rater": rater})
     if ":" in settings.name:
@@ -76,6 +81,12 @@ def make_ui_scorer(settings: ScorerSettings, rater: Any) -> Scorer:
             takes_rater = False
         return factory(**options, rater=rater) if takes_rater else factory(**options)
     return make_scorer_from_settings(settings.name, options)
+
+
+def stopped_message(stop_message: str, run_id: str) -> str:
+    """What the tab says after a search was stopped: by the WebUI's Interrupt (the loop says "interrupted: ...") or Stop."""
+    how = "interrupted in the WebUI (Interrupt)" if stop_message.startswith("interrupted") else "stopped"
+    return f"{how}; the model was restored. Resume it from Past runs ({run_id})."
 
 
 class UIRater:
@@ -239,7 +250,7 @@ class SearchController:
         def prepare() -> Any:
             generators = self._make_generators(model_a, model_b, settings.generator.options)
             try:
-                scorer = make_ui_scorer(settings.scorer, self.rater)
+                scorer = self._ready_scorer(settings)
                 return start_search(settings, host=self.host, listeners=[self.listener], generators=generators, scorer=scorer)
             except BaseException:
                 _close_all(generators)
@@ -260,7 +271,7 @@ class SearchController:
         def prepare() -> Any:
             generators = self._make_generators(model_a, model_b, settings.generator.options)
             try:
-                scorer = make_ui_scorer(settings.scorer, self.rater)
+                scorer = self._ready_scorer(settings)
                 return resume_search(run_dir, overrides=overrides, host=self.host, listeners=[self.listener], generators=generators, scorer=scorer)
             except BaseException:
                 _close_all(generators)
@@ -269,6 +280,15 @@ class SearchController:
         stop = dict((overrides or {}).get("stop", {}))
         max_evaluations = stop.get("max_evaluations", settings.stop.max_evaluations)
         self._launch(prepare, settings, manifest.get("family"), message=f"preparing to resume {Path(run_dir).name}", max_evaluations=max_evaluations)
+
+    def _ready_scorer(self, settings: SearchSettings) -> Scorer:
+        """The run's scorer with its model loaded (during "Preparing": a broken scorer fails before any render)."""
+        from ..scorers.registry import preload
+
+        paths = getattr(self.host, "paths", None)
+        scorer = make_ui_scorer(settings.scorer, self.rater, getattr(paths, "scorer_cache", None))
+        preload(scorer)
+        return scorer
 
     def _make_generators(self, model_a: str, model_b: str, options: Mapping[str, Any]) -> list[Generator]:
         return [self.host.make_generator(model_a, model_b, dict(options))]
@@ -308,7 +328,7 @@ class SearchController:
             self._notify()
         if stop_now:
             session.close()
-            self._finish("finished", f"stopped before the first evaluation; resume it from Past runs ({session.run_id})")
+            self._finish("stopped", f"stopped before the first evaluation; resume it from Past runs ({session.run_id})")
             return
         try:
             outcome = session.execute()
@@ -316,16 +336,17 @@ class SearchController:
             self._finish("failed", _message(exc, "the search ended with an error"))
             return
 
+        stopped = getattr(outcome.result.stop_reason, "value", None) == "user_abort"
+
         def done(state: LiveState) -> None:
             state.errors = list(outcome.errors)
             state.outputs.update({k: str(v) for k, v in outcome.outputs.items()})
-            stop_reason = getattr(outcome.result.stop_reason, "value", None)
-            if stop_reason == "user_abort":
-                state.message = f"stopped; the model was restored. Resume it from Past runs ({state.run_id})."
+            if stopped:
+                state.message = stopped_message(str(getattr(outcome.result, "stop_message", "") or ""), state.run_id)
             state.bump("final")
 
         self._update(done)
-        self._finish("finished", None)
+        self._finish("stopped" if stopped else "finished", None)
 
     def _finish(self, final_state: str, message: str | None) -> None:
         def change(state: LiveState) -> None:

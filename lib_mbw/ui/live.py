@@ -33,6 +33,7 @@ STATE_LABELS: dict[str, str] = {
     "paused": "Paused",
     "stopping": "Stopping",
     "finished": "Finished",
+    "stopped": "Stopped",
     "failed": "Failed",
 }
 

@@ -39,7 +39,15 @@ class WebUIClient:
         self.http = requests.Session()
 
     def request(self, method: str, path: str, payload: Any = None, timeout: float | None = None) -> Any:
-        response = self.http.request(method, self.url + path, json=payload, timeout=timeout or self.timeout)
+        for attempt in range(3):
+            try:
+                response = self.http.request(method, self.url + path, json=payload, timeout=timeout or self.timeout)
+                break
+            except requests.ConnectionError:
+                # the server may close an idle keep-alive connection just as it is reused; GETs are safe to repeat
+                if method != "GET" or attempt == 2:
+                    raise
+                time.sleep(0.2)
         if response.status_code >= 400:
             raise APIError(method, path, response.status_code, response.text)
         return response.json() if response.content else None

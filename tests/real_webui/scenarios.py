@@ -3,6 +3,7 @@ reference images, ImageReward in the host's python. Used by ``test_a1111.py`` an
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -10,10 +11,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lib_mbw.ui.form import FORM_FIELDS, GRID_HEADERS, SECTIONS, FormValues
 
+from .client import GradioStream
 from .harness import RunningHost
 from .server import TINY_PAYLOAD
 
@@ -51,10 +53,11 @@ def write_references(host: RunningHost, folder: Path) -> Path:
     return folder
 
 
-def txt2img_payload(host: RunningHost, **extra: Any) -> Any:
+def txt2img_payload(host: RunningHost, prompt: str | None = None, **extra: Any) -> Any:
+    """The WebUI's own txt2img (``/sdapi/v1/txt2img``) of the tiny payload, optionally with another prompt."""
     p = TINY_PAYLOAD
-    return host.client.txt2img(p["prompt"], seed=p["seed"], steps=p["steps"], size=p["width"], cfg_scale=p["cfg_scale"],
-                               sampler_name=p["sampler_name"], **extra)
+    return host.client.txt2img(prompt or p["prompt"], seed=p["seed"], steps=p["steps"], size=p["width"],
+                               cfg_scale=p["cfg_scale"], sampler_name=p["sampler_name"], **extra)
 
 
 def reference_scorer(folder: Path) -> dict[str, Any]:
@@ -106,6 +109,26 @@ def new_run_dir(host: RunningHost, before: set[Path], wait: float = 10.0) -> Pat
             return max(new, key=lambda p: p.stat().st_mtime)
         time.sleep(0.2)
     return None
+
+
+@contextlib.contextmanager
+def long_search(host: RunningHost, references: Path, payload: str = "slow") -> Iterator[GradioStream]:
+    """A search of many evaluations, pressed through the tab, with the live view followed; it is rendering on entry.
+
+    On exit the search is ended whatever the test did (the route's Stop), so the next test finds the WebUI idle.
+    """
+    (host.server.payload_dir / f"{payload}.json").write_text(json.dumps({**TINY_PAYLOAD, "steps": 30}), encoding="utf-8")
+    started = start_search(host, payload_names=[payload], max_evaluations=200, init_random=200, **reference_scorer(references))
+    assert plain(started[len(SECTIONS)]) == "starting the search", started
+    stream = host.stream("/auto_mbw_watch", [], timeout=600)
+    try:
+        wait_until_rendering(host)
+        yield stream
+    finally:
+        if host.client.mbw_status()["searching"]:
+            host.client.mbw_stop()
+        host.client.wait_search_end(300)
+        stream.close()
 
 
 def wait_until_rendering(host: RunningHost, timeout: float = 120.0) -> None:

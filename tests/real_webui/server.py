@@ -72,6 +72,18 @@ def copy_extension(target: Path, repo: Path = REPO_ROOT) -> None:
         shutil.copyfile(repo / name, dest)
 
 
+def mark_commit(folder: Path, commit: str) -> None:
+    """Give a helper repository copied without ``.git`` the commit the launcher checks (``git rev-parse HEAD``).
+
+    The launcher's ``git_clone`` fetches from GitHub when HEAD differs; a detached HEAD naming the commit is
+    all it reads (the files are that commit's).
+    """
+    if (folder / ".git").exists():
+        return
+    subprocess.run(["git", "init", "-q", str(folder)], check=True)
+    (folder / ".git" / "HEAD").write_text(commit + "\n", encoding="utf-8")
+
+
 def find_repository(spec: HostSpec, name: str) -> Path | None:
     for folder in repositories_sources(spec):
         if (folder / name).is_dir():
@@ -125,8 +137,11 @@ class WebUIServer:
                 f"{', '.join(map(str, repositories_sources(self.spec)))} (the launcher would clone them from GitHub)"
             )
         copy_tree(self.spec.source, self.root)
-        for name, _ in self.spec.repositories:
-            copy_tree(find_repository(self.spec, name), self.root / "repositories" / name)
+        for name, commit in self.spec.repositories:
+            target = self.root / "repositories" / name
+            if not target.exists():  # not already copied with the tree
+                copy_tree(find_repository(self.spec, name), target)
+            mark_commit(target, commit)
         copy_extension(self.extension_dir)
         writer = MODEL_WRITERS.get(self.spec.name)
         if writer is None:
@@ -137,6 +152,7 @@ class WebUIServer:
         (self.payload_dir / "tiny.json").write_text(json.dumps(TINY_PAYLOAD, indent=2), encoding="utf-8")
         config = {
             "sd_model_checkpoint": self.models.model_a,
+            "live_previews_enable": False,  # the Approx NN preview model would be downloaded at the first render
             "auto_mbw_payload_dir": str(self.payload_dir),
             "auto_mbw_history_dir": str(self.history_dir),
             **self.settings,
