@@ -22,12 +22,11 @@ from tests.real_webui.scenarios import (
     ALL_ONES,
     HALF,
     history_rows,
+    long_search,
     plain,
     reference_scorer,
     run_search,
-    start_search,
     txt2img_payload,
-    wait_until_rendering,
     watch_statuses,
     write_references,
 )
@@ -153,27 +152,20 @@ def test_a_lora_in_the_prompt_works_on_top_of_a_merge(forge: RunningHost, image_
     assert_users_model_is_a(forge, image_a)
 
 
-def _long_search(host: RunningHost, references: Path):
-    write_payload(host, "slow", steps=30)
-    started = start_search(host, payload_names=["slow"], max_evaluations=200, init_random=200, **reference_scorer(references))
-    stream = host.stream("/auto_mbw_watch", [], timeout=600)
-    wait_until_rendering(host)
-    return started, stream
-
-
 def test_forges_interrupt_mid_search_shows_an_interrupted_run(forge: RunningHost, image_a: bytes, references: Path) -> None:
-    _, stream = _long_search(forge, references)
-    forge.client.interrupt()
-    statuses = watch_statuses(stream.wait(300))
-    assert "**Finished**" not in statuses[-1] and "nterrupted" in statuses[-1], statuses[-3:]
+    with long_search(forge, references) as stream:
+        forge.client.interrupt()
+        statuses = watch_statuses(stream.wait(300))
+    final = statuses[-1]
+    assert "**Stopped**" in final and "interrupted in the WebUI" in final and "Finished" not in final, statuses[-3:]
     assert_users_model_is_a(forge, image_a)
 
 
 def test_the_tabs_stop_mid_search_restores_the_model(forge: RunningHost, image_a: bytes, references: Path) -> None:
-    _, stream = _long_search(forge, references)
-    forge.gradio("/auto_mbw_stop", [])
-    statuses = watch_statuses(stream.wait(300))
-    assert "**Stopped**" in statuses[-1] or "stopped" in statuses[-1], statuses[-3:]
+    with long_search(forge, references) as stream:
+        forge.gradio("/auto_mbw_stop", [])
+        statuses = watch_statuses(stream.wait(300))
+    assert "**Stopped**" in statuses[-1] and "the model was restored" in statuses[-1], statuses[-3:]
     assert_users_model_is_a(forge, image_a)
 
 
@@ -182,14 +174,10 @@ def test_a_checkpoint_change_mid_search_never_yields_a_scored_candidate(forge: R
     reference scorer rates best of all) and used to be recorded ``ok`` and become the best."""
     a, b = forge.models.model_a, forge.models.model_b
     mark = len(forge.server.log_text())
-    write_payload(forge, "slow", steps=30)
     before = set(forge.server.history_dir.iterdir())
-    start_search(forge, payload_names=["slow"], max_evaluations=200, init_random=200, **reference_scorer(references))
-    stream = forge.stream("/auto_mbw_watch", [], timeout=600)
-    wait_until_rendering(forge)
-    forge.client.set_options(sd_model_checkpoint=b)  # not queued: Forge loads B inside the next render
-    statuses = watch_statuses(stream.wait(300))
-    forge.client.wait_search_end(60)
+    with long_search(forge, references) as stream:
+        forge.client.set_options(sd_model_checkpoint=b)  # not queued: Forge loads B inside the next render
+        statuses = watch_statuses(stream.wait(300))
     run_dir = max((p for p in forge.server.history_dir.iterdir() if p not in before), key=lambda p: p.stat().st_mtime)
     rows = [r for r in history_rows(run_dir) if r["status"] != "selected"]
     changed = [i for i, r in enumerate(rows) if f"loaded {stem(b)}" in r["reason"]]
