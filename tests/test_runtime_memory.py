@@ -117,3 +117,25 @@ def test_fp32_live_weights_from_fp16_files_are_merged_exactly_from_half_size_sto
         merger.restore()
         assert tensor_hashes(live) == original
     assert tensor_hashes(live) == original
+
+
+def test_letting_go_of_a_replaced_model_writes_nothing_and_frees_the_stores(tiny_checkpoints) -> None:
+    """``close(restore=False)`` keeps values the host loaded; ``abandon()`` leaves a discarded module untouched."""
+    path_a, path_b = tiny_checkpoints["sd1"]
+    a, b = unet_tensors(path_a), unet_tensors(path_b)
+    live = live_unet(a)
+    merger = RuntimeMerger(live, None, path_b)
+    merger.apply(full_recipe(0.5))
+    with torch.no_grad():  # the host loads B's weights into the same Parameters (A1111's checkpoint switch)
+        for name, param in live.named_parameters():
+            param.copy_(b[name])
+    merger.close(restore=False)
+    assert tensor_hashes(live) == tensor_hashes(live_unet(b))
+    assert merger.memory.cpu_bytes == 0
+
+    discarded = live_unet(a)
+    merger = RuntimeMerger(discarded, None, path_b)
+    merger.apply(full_recipe(0.5))
+    merged = tensor_hashes(discarded)
+    merger.abandon()
+    assert tensor_hashes(discarded) == merged and merger.closed and merger.memory.cpu_bytes == 0
