@@ -22,8 +22,10 @@ Rules:
 * ``image-reward`` pins old versions of transformers/diffusers/timm; it is
   installed with ``--no-deps``, followed by only the packages it needs to be
   imported that the venv lacks.
-* Every start imports what auto-MBW needs in a fresh interpreter (a few
-  seconds) and says clearly when that fails, with the error.
+* Every start imports what auto-MBW needs in a fresh interpreter and says
+  clearly when that fails, with the error; the check is skipped only when
+  every installed distribution has the version the last passed check saw
+  (``.import-check.json``).
 * Print what was done, pip's whole reason when something failed, and what
   to run by hand; never stop the WebUI from starting.
 """
@@ -31,6 +33,7 @@ Rules:
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
 import subprocess
 import sys
@@ -254,6 +257,34 @@ def pip_reason(error_text: str, max_lines: int = 40) -> str:
     return "\n".join(lines)
 
 
+#: Where the last passed import check records the environment it passed in (not tracked by git).
+IMPORT_STAMP = EXTENSION_DIR / ".import-check.json"
+
+
+def environment_digest() -> str:
+    """A digest of every installed distribution and its version in this Python (well under a second)."""
+    import hashlib
+
+    versions = sorted({(normalize(d.metadata["Name"] or ""), d.version) for d in importlib.metadata.distributions()})
+    return hashlib.sha256(repr(versions).encode()).hexdigest()
+
+
+def stamped_digest(stamp: Path) -> str | None:
+    try:
+        return str(json.loads(stamp.read_text(encoding="utf-8"))["environment"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_stamp(stamp: Path, digest: str) -> None:
+    try:
+        partial = stamp.with_name(stamp.name + ".partial")
+        partial.write_text(json.dumps({"environment": digest}), encoding="utf-8")
+        partial.replace(stamp)
+    except OSError:
+        pass  # a read-only extension folder: the check then runs at every start
+
+
 def check_imports(python_executable: str, modules: Iterable[str]) -> str | None:
     """Import ``modules`` in a fresh interpreter; the error text if that fails."""
     code = "; ".join(f"import {m}" for m in modules)
@@ -270,6 +301,8 @@ def main(
     python: tuple[int, int] | None = None,
     check_imports: Callable[[str, Iterable[str]], str | None] = check_imports,
     version_of: Callable[[str], str | None] = installed_version,
+    import_stamp: Path = IMPORT_STAMP,
+    digest: Callable[[], str] = environment_digest,
 ) -> Report:
     if launch is None:
         import launch  # the WebUI's launcher module (on PYTHONPATH while installers run)
@@ -283,11 +316,16 @@ def main(
         report = install_missing(launch, REQUIREMENTS, pins, constraints_file, python)
     if report.installed and compat:
         print(f"{TAG} versions chosen to fit the WebUI's pins: " + "; ".join(compat))
-    missing = [spec for spec, _ in report.failed]
-    if not missing:
-        problem = check_imports(getattr(launch, "python", sys.executable), [r.module for r in REQUIREMENTS])
-        if problem:
-            report.failed.append(("import check", problem))
+    if not report.failed:
+        # At every start, unless the environment is exactly the one the last passed check saw: a package
+        # another extension or the user changed is then found before a search needs it.
+        environment = digest()
+        if stamped_digest(import_stamp) != environment:
+            problem = check_imports(getattr(launch, "python", sys.executable), [r.module for r in REQUIREMENTS])
+            if problem:
+                report.failed.append(("import check", problem))
+            else:
+                write_stamp(import_stamp, environment)
     for spec, reason in report.failed:
         heading = "the import check failed" if spec == "import check" else f"could not install {spec}"
         print(f"{TAG} {heading}:\n" + "\n".join(f"{TAG}   {line}" for line in reason.splitlines()))

@@ -50,7 +50,7 @@ def run(installer, launch, webui_root, python=(3, 11), checks=None):
         checked.append(list(modules))
         return checks
 
-    report = installer.main(launch, webui_root, python, check_imports=check)
+    report = installer.main(launch, webui_root, python, check_imports=check, import_stamp=webui_root / "stamp.json")
     return report, checked
 
 
@@ -62,13 +62,36 @@ def test_nothing_is_installed_when_everything_is_there_but_imports_are_checked_a
     assert capsys.readouterr().out == "", "silent when all is well"
 
 
+def test_the_import_check_runs_again_whenever_the_environment_changed_or_the_last_check_failed(installer, launch, webui_root, capsys):
+    launch.reset(present=[r.name for r in installer.REQUIREMENTS])
+    stamp, env, calls = webui_root / "stamp.json", {"digest": "one"}, []
+
+    def start(problem=None):
+        def check(python_executable, modules):
+            calls.append(problem)
+            return problem
+        return installer.main(launch, webui_root, (3, 11), check_imports=check, import_stamp=stamp, digest=lambda: env["digest"])
+
+    start()
+    assert calls == [None] and stamp.is_file()
+    start()
+    assert calls == [None], "same packages as the last passed check: no 5-second import"
+    env["digest"] = "two"  # e.g. another extension upgraded numpy
+    report = start("ImportError: pyarrow requires NumPy 2.0 or newer, found 1.26.2")
+    assert report.failed and calls[-1].startswith("ImportError")
+    start("ImportError: pyarrow requires NumPy 2.0 or newer, found 1.26.2")
+    assert len(calls) == 3, "a failed check is never stamped: every later start says it again"
+    assert capsys.readouterr().out.count("the import check failed") == 2
+
+
 #: Installed versions as in AUTOMATIC1111 1.10.1's and Forge's venvs (what HOST_COMPAT is about).
 A1111_VERSIONS = {"numpy": "1.26.2", "transformers": "4.30.2", "tqdm": "4.70.1", "gradio": "3.41.2", "torch": "2.14.1"}
 FORGE_VERSIONS = {"numpy": "1.26.2", "transformers": "4.46.1", "tqdm": "4.66.1", "diffusers": "0.31.0", "gradio": "4.40.0"}
 
 
 def run_with_versions(installer, launch, webui_root, versions):
-    report = installer.main(launch, webui_root, (3, 11), check_imports=lambda python, modules: None, version_of=versions.get)
+    report = installer.main(launch, webui_root, (3, 11), check_imports=lambda python, modules: None, version_of=versions.get,
+                            import_stamp=webui_root / "stamp.json")
     constraints = launch.constraints_seen[0].splitlines() if launch.constraints_seen else []
     return report, [c.split('"')[1] for c in installs(launch)], constraints
 

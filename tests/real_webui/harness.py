@@ -92,6 +92,7 @@ def running_host(name: str, settings: Mapping[str, Any] | None = None) -> Iterat
         server = WebUIServer(spec, workdir, venv, settings)
         start = time.monotonic()
         models = server.prepare()
+        assert models is not None
         timings["prepare_s"] = round(time.monotonic() - start, 1)
     except (VenvBuildError, HostStartError, OSError) as error:
         unavailable(f"{name}: cannot prepare the real WebUI: {error}")

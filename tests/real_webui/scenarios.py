@@ -156,3 +156,16 @@ def history_rows(run_dir: Path) -> list[dict[str, str]]:
     """The run's ``history.csv`` rows (one per evaluation, then the ``selected`` row)."""
     with (run_dir / "history.csv").open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def assert_users_model_is_a(host: RunningHost, image_a: bytes) -> None:
+    """The checkpoint setting and the loaded model are A, and the WebUI's own txt2img renders A's image."""
+    stem = Path(host.models.model_a).stem
+    assert host.client.options()["sd_model_checkpoint"].startswith(stem), "the checkpoint setting changed"
+    assert (host.client.mbw_status()["loaded_checkpoint"] or "").startswith(stem), "another model is loaded"
+    assert txt2img_payload(host).pixels() == image_a, "model A's image changed"
+
+
+def write_payload(host: RunningHost, name: str, **changes: Any) -> None:
+    """A payload file ``name.json``: the tiny payload with ``changes``."""
+    (host.server.payload_dir / f"{name}.json").write_text(json.dumps({**TINY_PAYLOAD, **changes}), encoding="utf-8")

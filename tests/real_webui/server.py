@@ -127,7 +127,8 @@ class WebUIServer:
 
     # -- preparing
 
-    def prepare(self) -> ModelSet:
+    def prepare(self, with_models: bool = True) -> ModelSet | None:
+        """Tree, helper repositories, extension, overlay venv and (``with_models``) test checkpoints and settings."""
         if not self.spec.source.is_dir():
             raise HostStartError(f"{self.spec.source} is missing (the real WebUI trees live in ../shared/webui)")
         missing = [name for name, _ in self.spec.repositories if find_repository(self.spec, name) is None]
@@ -143,6 +144,9 @@ class WebUIServer:
                 copy_tree(find_repository(self.spec, name), target)
             mark_commit(target, commit)
         copy_extension(self.extension_dir)
+        self.python = overlay_venv(self.base_venv, self.workdir / "venv")
+        if not with_models:
+            return None
         writer = MODEL_WRITERS.get(self.spec.name)
         if writer is None:
             raise HostStartError(f"no test checkpoints for host {self.spec.name!r} (tests/real_webui/models.py)")
@@ -158,7 +162,6 @@ class WebUIServer:
             **self.settings,
         }
         (self.root / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        self.python = overlay_venv(self.base_venv, self.workdir / "venv")
         return self.models
 
     def environment(self) -> dict[str, str]:
@@ -206,12 +209,20 @@ class WebUIServer:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def wait_ready(self, timeout: float = 600.0) -> float:
-        """Seconds until the API answered; HostStartError if the process exits or the time runs out."""
+        """Seconds until the API answered; HostStartError if the process exits or the time runs out.
+
+        No request is sent before the WebUI prints ``Startup time:`` (after it added its API): a request that
+        reaches the app earlier starts it, and the WebUI then dies adding its API middleware.
+        """
         start = time.monotonic()
+        marker = f"===== start {self.starts}:"
         while time.monotonic() - start < timeout:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 raise HostStartError(f"{self.spec.name} exited with {code} while starting; log ends:\n{self.log_tail()}")
+            if "Startup time:" not in self.log_text().rpartition(marker)[2]:
+                time.sleep(1.0)
+                continue
             try:
                 if requests.get(f"{self.url}/sdapi/v1/sd-models", timeout=5).status_code == 200:
                     return time.monotonic() - start

@@ -17,6 +17,7 @@ from tests.real_webui.harness import RunningHost
 from tests.real_webui.scenarios import (
     ALL_ONES,
     HALF,
+    assert_users_model_is_a,
     history_rows,
     plain,
     reference_scorer,
@@ -24,6 +25,7 @@ from tests.real_webui.scenarios import (
     long_search,
     txt2img_payload,
     watch_statuses,
+    write_payload,
     write_references,
 )
 from tests.real_webui.server import TINY_PAYLOAD
@@ -42,17 +44,6 @@ def references(a1111: RunningHost, image_a: bytes) -> Path:
     return write_references(a1111, a1111.server.workdir / "references")
 
 
-def assert_users_model_is_a(host: RunningHost, image_a: bytes) -> None:
-    """The checkpoint setting and the loaded model are A, and the WebUI's own txt2img renders A's image."""
-    assert host.client.options()["sd_model_checkpoint"].startswith("mbw-test-a"), "the checkpoint setting changed"
-    assert host.client.mbw_status()["loaded_checkpoint"].startswith("mbw-test-a"), "another model is loaded"
-    assert txt2img_payload(host).pixels() == image_a, "model A's image changed"
-
-
-def write_payload(host: RunningHost, name: str, **changes: object) -> None:
-    (host.server.payload_dir / f"{name}.json").write_text(json.dumps({**TINY_PAYLOAD, **changes}), encoding="utf-8")
-
-
 def test_the_tab_the_routes_and_the_installed_packages_load(a1111: RunningHost) -> None:
     assert {"auto_mbw_search", "auto_mbw_watch", "auto_mbw_stop", "auto_mbw_merge"} <= a1111.client.api_names()
     status = a1111.client.mbw_status()
@@ -69,7 +60,7 @@ def test_a_search_finishes_writes_its_run_folder_and_leaves_the_users_model(a111
     assert "**Finished**" in result.final_status, result.statuses
     assert result.run_dir is not None and (result.run_dir / "manifest.json").is_file()
     rows = history_rows(result.run_dir)
-    assert [r["status"] for r in rows if r["status"] != "selected"] == ["ok", "ok", "ok"], rows
+    assert [r["status"] for r in rows if r["status"] != "selected"] == ["ok", "ok", "ok"], [r["reason"] for r in rows]
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows if r["status"] == "ok")
     assert_users_model_is_a(a1111, image_a)
 
@@ -117,9 +108,11 @@ def test_a_lora_in_the_prompt_works_on_top_of_a_merge(a1111: RunningHost, image_
     assert a_lora not in (image_a, merged_lora), "the LoRA applies to A, not to a stale merge"
     a1111.client.mbw_stop()
     write_payload(a1111, "lora", prompt=TINY_PAYLOAD["prompt"] + lora)
+    (references / "lora.png").write_bytes((references / "tiny.png").read_bytes())  # the reference scorer's target
     result = run_search(a1111, payload_names=["lora"], max_evaluations=2, **reference_scorer(references))
     assert "**Finished**" in result.final_status, result.statuses
-    assert [r["status"] for r in history_rows(result.run_dir) if r["status"] != "selected"] == ["ok", "ok"]
+    rows = [r for r in history_rows(result.run_dir) if r["status"] != "selected"]
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r["reason"] for r in rows]
     assert_users_model_is_a(a1111, image_a)
 
 

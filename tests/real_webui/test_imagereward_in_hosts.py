@@ -39,7 +39,7 @@ def test_imagereward_imports_and_scores_in_the_webuis_venv(name: str) -> None:
     try:
         venv, _ = base_venv(HOSTS[name])
         server = WebUIServer(HOSTS[name], workdir, venv)
-        server.prepare()
+        server.prepare(with_models=False)
     except (VenvBuildError, HostStartError, OSError) as error:
         unavailable(f"{name}: cannot prepare the WebUI's venv: {error}")
     try:
