@@ -164,3 +164,84 @@ def test_lora_in_prompts_applies_on_top_of_every_new_merge(host, webui, lora_fir
             assert got_plain.tobytes() == reference_image(merged, "a fox", 7, 16).tobytes()
         gen.generate(lora)  # leave the LoRA merged at the end
     assert unet_hash(webui.unet()) == before
+
+
+def change_checkpoint_setting(webui, name: str) -> None:
+    """What the checkpoint dropdown does while a search holds the queue: the setting changes at once,
+    the model is loaded inside the next ``process_images`` (Forge: loading parameters; A1111: the option)."""
+    from modules import shared
+
+    if webui.flavour == "forge":
+        from modules_forge import main_entry
+
+        main_entry.checkpoint_change(name, save=False, refresh=True)
+    else:
+        shared.opts.data["sd_model_checkpoint"] = name
+
+
+def test_a_checkpoint_loaded_during_a_render_fails_that_evaluation_and_stops_the_next(host, webui, caplog):
+    from lib_mbw.generators.webui import CheckpointChangedError
+    from lib_mbw.hosts.webui import checkpoint_of
+
+    gen = host.make_generator("a.safetensors", "b.safetensors", {})
+    with caplog.at_level("INFO"), host.exclusive():
+        gen.apply(recipe(0.5))
+        assert len(gen.generate(payload(batch_size=1))) == 1
+        change_checkpoint_setting(webui, "c.safetensors")
+        with pytest.raises(EvaluationFailed, match=r"loaded c\.safetensors .* instead of the merge of a\.safetensors .*not scored"):
+            gen.generate(payload(batch_size=1))
+        with pytest.raises(CheckpointChangedError, match="during the search, so the search stopped"):
+            gen.apply(recipe(0.7))
+        with pytest.raises(CheckpointChangedError):
+            gen.generate(payload(batch_size=1))
+        gen.restore()
+    assert Path(checkpoint_of(webui.sd_model()).filename).name == "c.safetensors", "the user's new choice is kept"
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"], "no traceback on Stop"
+    gen.close()
+    with host.exclusive():  # a new search loads A again and runs
+        gen.apply(recipe(0.5))
+        assert len(gen.generate(payload(batch_size=1))) == 1
+
+
+def test_a_search_never_scores_a_candidate_rendered_by_another_checkpoint(host, webui, caplog):
+    from modules import processing
+
+    from lib_mbw.search.loop import LoopSettings, SearchRun
+    from lib_mbw.search.stopping import StopSettings
+    from tests.test_webui_search import BrightnessScorer, RandomOptimizer
+
+    renders = []
+
+    def switch_at_third_render(p, step):
+        if step == 0:
+            renders.append(p.prompt)
+            if len(renders) == 3:
+                change_checkpoint_setting(webui, "b.safetensors")  # pure B would score like a merge
+
+    processing.sampling_hooks.append(switch_at_third_render)
+    optimizer = RandomOptimizer(seed=5)
+    payloads = [payload("fox", batch_size=1), payload("city", prompt="a city at night", seed=99, batch_size=1)]
+    gen = host.make_generator("a.safetensors", "b.safetensors", {})
+    run = SearchRun(payloads, optimizer, gen, BrightnessScorer(), stop=StopSettings(max_evaluations=6, patience=None),
+                    settings=LoopSettings(rescore_top=0))
+    outcome = {}
+
+    def search():
+        with host.exclusive():
+            outcome["result"] = run.run()
+
+    with caplog.at_level("INFO"):
+        thread = threading.Thread(target=search)
+        thread.start()
+        thread.join(120)
+        if thread.is_alive():  # paused for failures: nobody would resume it
+            run.request_stop()
+            thread.join(30)
+            pytest.fail("the search did not stop after the checkpoint changed")
+    result = outcome["result"]
+    assert len(optimizer.told) == 1, "only the evaluation before the change is scored"
+    assert len(optimizer.failed) == 1, "the candidate rendered by model B failed"
+    assert result.score == optimizer.told[0][1] and result.recipe == optimizer.told[0][0]
+    assert "search stopped" in result.stop_message and "b.safetensors" in result.stop_message
+    assert len(renders) == 4, "no render after the change was detected"
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"], "no traceback on Stop"

@@ -17,6 +17,13 @@ and runs ``process_images`` — no HTTP, no ``--api``, no PNG round trip.
   main thread.
 * Extension scripts (``p.scripts``) are not run: images depend only on the
   payload and the weights. LoRA/embeddings in prompts work as in txt2img.
+* The model is checked after every render too: when the WebUI loaded a
+  checkpoint during it (the user or an API call changed the checkpoint;
+  Forge and A1111 load it inside the next ``process_images``), the images
+  show that model, not the merge. That evaluation fails with the reason
+  (never scored, never the best), and the next call raises
+  ``CheckpointChangedError``, which stops the search; the WebUI keeps the
+  model it loaded.
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ def constructor_params(cls: type) -> set[str]:
     return names
 
 
+class CheckpointChangedError(GenerationInterrupted):
+    """The WebUI loaded another model during a search: the merge is gone, so the search stops."""
+
+
 class WebUIGenerator:
     """The WebUI's loaded model as a Generator: A is loaded through the WebUI, B merged in place."""
 
@@ -62,21 +73,38 @@ class WebUIGenerator:
         self.model_b = model_b
         self.mode = mode
         self.save_images = save_images
+        self._model_change: str | None = None  #: set when the WebUI loaded a model during a render
 
     def _session(self) -> Any:
         return self.host.session(self.model_a, self.model_b, self.mode)
 
+    def _refuse_after_model_change(self) -> None:
+        if self._model_change is not None:
+            raise CheckpointChangedError(
+                f"{self._model_change} during the search, so the search stopped (the model the WebUI loaded is "
+                "kept). Leave the checkpoint alone while a search runs; resume the run to go on (it loads model A again)"
+            )
+
     def apply(self, recipe: Recipe) -> float:
+        self._refuse_after_model_change()
         with self.host.queue_turn():
             return self._session().apply(recipe)
 
     def generate(self, payload: Payload, progress: ProgressCallback | None = None) -> list[GeneratedImage]:
         from ..hosts.webui import run_on_main_thread
 
+        self._refuse_after_model_change()
         with self.host.queue_turn():
             session = self._session()
             with session.generating():
                 processed = run_on_main_thread(self.host.name, self._render, payload, session.recipe, progress)
+            change = session.model_change()
+        if change is not None:
+            self._model_change = change
+            log.warning("auto-MBW: %s while rendering payload %s; that evaluation is not scored", change, payload.name)
+            raise EvaluationFailed(
+                f"{change} while payload {payload.name!r} rendered: the images show that model, not this recipe; not scored"
+            )
         return self._collect(payload, processed)
 
     def restore(self) -> None:
@@ -84,6 +112,7 @@ class WebUIGenerator:
             self.host.restore_session()
 
     def close(self) -> None:
+        self._model_change = None
         with self.host.queue_turn():
             self.host.close_session()
 

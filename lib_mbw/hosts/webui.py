@@ -475,9 +475,10 @@ class MergeSession:
         if merger is None:
             return
         try:
-            if keep_live and self._same_unet():
-                merger.resync(reload=True)  # the host's values become the ones close() restores
-            merger.close()
+            if keep_live and not self._same_unet():
+                getattr(merger, "abandon", merger.close)()  # the old UNet is discarded: nothing to restore there
+                return
+            merger.close(restore=not keep_live)
         except Exception:  # the old module may be gone (Forge builds a new model object per load)
             log.warning("auto-MBW: closing the runtime merger failed", exc_info=True)
 
@@ -512,8 +513,12 @@ class MergeSession:
         return seconds
 
     def restore(self) -> None:
-        """Put A's weights back, bit-exactly."""
-        self._edit(lambda merger: merger.restore())
+        """Put A's weights back, bit-exactly; if the WebUI loaded a model meanwhile, keep it (the merge is gone)."""
+        if self.merger is not None and self.model_change() is not None:
+            log.info("auto-MBW: the WebUI loaded another model during the merge; keeping it, nothing to restore")
+            self._drop_merger(keep_live=True)
+        else:
+            self._edit(lambda merger: merger.restore())
         self.recipe = None
 
     def generating(self) -> contextlib.AbstractContextManager[Any]:
@@ -529,6 +534,16 @@ class MergeSession:
         if self._loading or self.merger is None:
             return
         self._model_changed = True
+
+    def model_change(self) -> str | None:
+        """Why the live model is no longer this session's merge (the WebUI loaded a checkpoint), or None."""
+        if self.merger is None or not (self._model_changed or self._model_replaced()):
+            return None
+        loaded = checkpoint_of(_loaded_model())
+        if same_file(loaded, self.info_a):
+            return f"the WebUI reloaded model A ({self.info_a.title}), which undid the merge"
+        name = getattr(loaded, "title", None) or "another model"
+        return f"the WebUI loaded {name} instead of the merge of {self.info_a.title} and {self.info_b.title}"
 
     def _model_replaced(self) -> bool:
         """The loaded checkpoint or UNet object is no longer the one merged (even if on_model_loaded was missed)."""

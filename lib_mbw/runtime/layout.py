@@ -34,6 +34,9 @@ class Slot:
     param: nn.Parameter | None = None  #: the Parameter object whose data we set
     ptr: int = 0  #: the data pointer we set
     version: int = 0  #: the Parameter's version counter when last checked
+    #: the host made this parameter in inference mode (Forge): the merger gave it a normal Parameter
+    #: and gives it an inference one again when it lets go
+    inference: bool = False
 
     def view(self, flat: torch.Tensor) -> torch.Tensor:
         """This parameter's elements inside ``flat``, with the parameter's shape and strides."""

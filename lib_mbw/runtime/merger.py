@@ -3,7 +3,13 @@
 The merger owns the live UNet's parameter storage while it is open: every
 parameter becomes a view into one flat buffer per block (Parameter objects
 keep their identity; only ``param.data`` is re-pointed), and models A and B
-are held in flat buffers of the same layout. ``apply(recipe)`` then runs one
+are held in flat buffers of the same layout. Parameters the host made in
+inference mode (Forge builds its models under ``torch.inference_mode()``)
+cannot be re-pointed at a normal tensor: every later forward pass would
+raise ``Inference tensors do not track version counter``. The module gets a
+new normal Parameter for each of them instead (same name, attributes and
+``requires_grad``), and ``close()`` gives it back an inference Parameter
+holding the original values, so the host's model ends as it began. ``apply(recipe)`` then runs one
 ``torch.lerp(A, B, w, out=live)`` per changed block (a plain copy for weights
 0 and 1, which makes them bit-exact copies of A or B) at the live dtype.
 
@@ -51,12 +57,15 @@ from .layout import Segment, Slot, assign_offsets, bitwise_equal, dense_stride, 
 from .placement import (
     CPU,
     DEFAULT_HEADROOM_BYTES,
+    LERP_DTYPES,
     MemoryCost,
     StagingBuffers,
     choose_mode,
     compute_dtype_for,
     empty_store,
 )
+from . import memory as _memory
+from .memory import release_memory
 from .sources import ModelSource, OpenedModel, check_fits_live, live_architecture, open_model, refuse_same_source
 
 log = logging.getLogger(__name__)
@@ -182,15 +191,24 @@ class RuntimeMerger:
             check_fits_live(b, live_shapes, self.arch)
 
             self.device = torch.device(device) if device is not None else _main_device(slots)
-            unet_bytes = sum(s.numel * s.param.element_size() for s in slots)  # type: ignore[union-attr]
+            self.unet_bytes = sum(s.numel * s.param.element_size() for s in slots)  # type: ignore[union-attr]
             block_bytes: dict[str, int] = {}
             for s in slots:
                 block_bytes[s.block] = block_bytes.get(s.block, 0) + s.numel * s.param.element_size()  # type: ignore[union-attr]
-            self.unet_bytes = unet_bytes
-            self.mode = choose_mode(mode, self.device, unet_bytes, max(block_bytes.values()), headroom_bytes=headroom_bytes)
-            self._a_device, self._b_device = _store_devices(self.mode, self.device)
+            groups = _group_slots(slots)
             with _normal_tensor_mode():
-                self._segments = self._build_segments(slots, a, b)
+                store_dtypes = {key: _store_dtype(members, key[2], a, b) for key, members in groups.items()}
+            store_bytes = sum(sum(s.numel for s in groups[key]) * dt.itemsize for key, dt in store_dtypes.items())
+            largest = max(block_bytes.values())
+            compact = any(dt != compute_dtype_for(key[2]) for key, dt in store_dtypes.items())
+            self.mode = choose_mode(mode, self.device, store_bytes, largest, headroom_bytes=headroom_bytes)
+            self._a_device, self._b_device = _store_devices(self.mode, self.device)
+            # compact stores are widened into two staging buffers of the largest block for each lerp
+            self.plan = _memory.plan_for(self.mode, self.device, store_bytes, largest, transient_bytes=largest * (3 if compact else 1))
+            log.info("runtime merger: %s", self.plan.describe())
+            _memory.check_fits(self.plan)
+            with _normal_tensor_mode():
+                self._segments = self._build_segments(groups, store_dtypes, a, b)
         finally:
             for model in opened:
                 model.close()
@@ -215,21 +233,22 @@ class RuntimeMerger:
 
     # ------------------------------------------------------------------ building
 
-    def _build_segments(self, slots: list[Slot], a: OpenedModel | None, b: OpenedModel) -> list[Segment]:
+    def _build_segments(
+        self,
+        groups: Mapping[tuple[str, torch.device, torch.dtype], list[Slot]],
+        store_dtypes: Mapping[tuple[str, torch.device, torch.dtype], torch.dtype],
+        a: OpenedModel | None,
+        b: OpenedModel,
+    ) -> list[Segment]:
         """Flat stores for A, B (and the restore copy) per block; the live parameters are not touched yet.
 
         The live buffers are made later, one block at a time (``_adopt``), so
         building never holds more than A, B and one block beyond the model.
         """
-        groups: dict[tuple[str, torch.device, torch.dtype], list[Slot]] = {}
-        for slot in slots:
-            param = slot.param
-            assert param is not None
-            groups.setdefault((slot.block, param.device, param.dtype), []).append(slot)
         segments = []
         for (block, device, dtype), members in groups.items():
             numel = assign_offsets(members)
-            cdtype = compute_dtype_for(dtype)
+            cdtype = store_dtypes[(block, device, dtype)]
             a_store = self._load_store(members, numel, a, cdtype, self._a_device)
             b_store = self._load_store(members, numel, b, cdtype, self._b_device)
             original = None
@@ -253,15 +272,22 @@ class RuntimeMerger:
     def _adopt(self, seg: Segment, device: torch.device, dtype: torch.dtype) -> None:
         """Give ``seg`` a new live buffer holding the host's current values and point its parameters into it.
 
-        Parameter objects keep their identity; the storage they held before is
-        freed unless the host keeps another reference to it.
+        Parameter objects keep their identity, except inference-mode ones,
+        which are replaced by normal Parameters (module docstring); the
+        storage they held before is freed unless the host keeps another
+        reference to it.
         """
         live = torch.empty(seg.numel, dtype=dtype, device=device)
         for slot in seg.slots:
             param = slot.current()
             assert param is not None
-            slot.view(live).copy_(param)
-            param.data = slot.view(live)
+            view = slot.view(live)
+            view.copy_(param)
+            if _tracks_versions(param):
+                param.data = view
+            else:
+                param = _put_parameter(slot, param, view)
+                slot.inference = True
             slot.param = param
             slot.ptr = param.data_ptr()
             slot.version = _version_of(param)
@@ -334,18 +360,46 @@ class RuntimeMerger:
         with self._locked("generating()"):
             yield self
 
-    def close(self) -> None:
-        """Restore the original weights, give each parameter its own storage again, free A and B."""
+    def close(self, restore: bool = True) -> None:
+        """Restore the original weights, free A and B, give each parameter its own storage again.
+
+        ``restore=False`` keeps the live values as they are (the host loaded
+        weights of its own under the merger).
+
+        A and B are freed before the parameters get their own storage, one
+        segment at a time, so closing never holds more than the model and one
+        block beyond it; the freed memory is then returned to the system
+        (``runtime.memory.release_memory``).
+        """
         if self._closed:
             return
         with self._locked("close()"):
             try:
-                self._restore_locked()
+                if restore:
+                    self._restore_locked()
             finally:
-                with _normal_tensor_mode():
+                try:
+                    self._release_stores()
                     self._unview()
-                self._release_buffers()
-                self._closed = True
+                finally:
+                    self._release_buffers()
+                    self._closed = True
+        release_memory()
+
+    def abandon(self) -> None:
+        """Let go of a UNet the host has replaced, without writing to it: free A, B and the staging buffers.
+
+        For hosts that load a checkpoint into a new model object (Forge):
+        restoring or unviewing the discarded module would spend time and a
+        model's worth of memory on weights nobody uses.
+        """
+        if self._closed:
+            return
+        with self._locked("abandon()"):
+            self._release_stores()
+            self._release_buffers()
+            self._closed = True
+        release_memory()
 
     def __enter__(self) -> "RuntimeMerger":
         return self
@@ -456,21 +510,26 @@ class RuntimeMerger:
         if target == 1.0:
             return _copy_into(seg.live, seg.b)
         compute = seg.a.device
+        wide = _lerp_dtype(seg)
         nbytes = 0
-        b = seg.b
-        if b.device != compute:
-            staged = self._staging.get(compute, b.dtype, seg.numel, "b", self._max_numel)
+        a, b = seg.a, seg.b
+        if b.device != compute or b.dtype != wide:
+            staged = self._staging.get(compute, wide, seg.numel, "b", self._max_numel)
             nbytes += _copy_into(staged, b)
             b = staged
-        if seg.live.device == compute and seg.live.dtype == seg.a.dtype:
-            torch.lerp(seg.a, b, target, out=seg.live)
-            return nbytes + 3 * seg.numel * seg.a.element_size()
+        if a.dtype != wide:  # compact store: merge at the live precision
+            staged = self._staging.get(compute, wide, seg.numel, "a", self._max_numel)
+            nbytes += _copy_into(staged, a)
+            a = staged
+        if seg.live.device == compute and seg.live.dtype == wide:
+            torch.lerp(a, b, target, out=seg.live)
+            return nbytes + 3 * seg.numel * a.element_size()
         role = f"out{self._out_slot}"
         self._out_slot ^= 1
-        out = self._staging.get(compute, seg.a.dtype, seg.numel, role, self._max_numel)
-        torch.lerp(seg.a, b, target, out=out)
-        nbytes += 3 * seg.numel * seg.a.element_size() + _copy_into(seg.live, out)
-        self._staging.record(compute, seg.a.dtype, role, seg.live.device)
+        out = self._staging.get(compute, wide, seg.numel, role, self._max_numel)
+        torch.lerp(a, b, target, out=out)
+        nbytes += 3 * seg.numel * a.element_size() + _copy_into(seg.live, out)
+        self._staging.record(compute, wide, role, seg.live.device)
         return nbytes
 
     def _notify(self, names: list[str]) -> None:
@@ -564,8 +623,8 @@ class RuntimeMerger:
             return seg.a
         if state == 1.0:
             return seg.b
-        b = seg.b.to(seg.a.device)
-        return torch.lerp(seg.a, b, state)
+        wide = _lerp_dtype(seg)
+        return torch.lerp(seg.a.to(wide), seg.b.to(device=seg.a.device, dtype=wide), state)
 
     def _rebuild_block(self, block: str) -> None:
         """New flat buffers for a block from the host's current parameters; A/B/original follow the new layout."""
@@ -590,7 +649,7 @@ class RuntimeMerger:
                 groups.setdefault((param.device, param.dtype), []).append(slot)
         new_segments = []
         for (device, dtype), members in groups.items():
-            reusable = _reusable(old_segments, members, compute_dtype_for(dtype))
+            reusable = _reusable(old_segments, members, dtype)
             for slot in members:
                 slot.stride = dense_stride(slot.current())  # type: ignore[arg-type]
             numel = assign_offsets(members)
@@ -637,6 +696,8 @@ class RuntimeMerger:
         """The live values become the original weights (and A, when A is the live model)."""
         for seg in self._segments:
             if self._a_is_live:
+                if seg.a.dtype != seg.live.dtype and not _fits_dtype(seg.live, seg.a.dtype):
+                    seg.a = empty_store(seg.numel, compute_dtype_for(seg.live.dtype), seg.a.device)  # no longer compact
                 seg.a.copy_(seg.live)
                 seg.original = None
                 seg.identical = bitwise_equal(seg.a, seg.b)
@@ -655,13 +716,34 @@ class RuntimeMerger:
 
     # ------------------------------------------------------------------ closing
 
+    def _release_stores(self) -> None:
+        """Free A, B, the restore copies and the staging buffers (the live buffers stay)."""
+        empty = torch.empty(0)
+        for seg in self._segments:
+            seg.a = seg.b = empty
+            seg.original = None
+        self._staging.clear()
+
     def _unview(self) -> None:
-        """Give every parameter still viewing a merger buffer its own storage (no shared-storage surprises)."""
+        """Give every parameter still viewing a merger buffer its own storage (no shared-storage surprises).
+
+        One segment at a time: its flat buffer is freed as soon as its last
+        parameter has moved out. Parameters the host made in inference mode
+        get an inference Parameter again.
+        """
         for seg in self._segments:
             for slot in seg.slots:
                 param = slot.current()
-                if param is not None and param is slot.param and param.data_ptr() == slot.ptr:
-                    param.data = param.data.clone(memory_format=torch.preserve_format)
+                if param is None or param is not slot.param or param.data_ptr() != slot.ptr:
+                    continue
+                if slot.inference:
+                    with torch.inference_mode():
+                        _put_parameter(slot, param, param.detach().clone(memory_format=torch.preserve_format))
+                else:
+                    with _normal_tensor_mode():
+                        param.data = param.data.clone(memory_format=torch.preserve_format)
+                slot.param = None
+            seg.live = torch.empty(0)
 
     def _release_buffers(self) -> None:
         self._segments = []
@@ -670,6 +752,44 @@ class RuntimeMerger:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _group_slots(slots: list[Slot]) -> dict[tuple[str, torch.device, torch.dtype], list[Slot]]:
+    """Slots by (block, device, dtype): each group becomes one segment."""
+    groups: dict[tuple[str, torch.device, torch.dtype], list[Slot]] = {}
+    for slot in slots:
+        param = slot.param
+        assert param is not None
+        groups.setdefault((slot.block, param.device, param.dtype), []).append(slot)
+    return groups
+
+
+def _fits_dtype(values: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether ``values`` survive a round trip through ``dtype`` bit for bit."""
+    values = values.detach()
+    return bitwise_equal(values.to(dtype).to(values.dtype), values)
+
+
+def _store_dtype(members: list[Slot], live_dtype: torch.dtype, a: OpenedModel | None, b: OpenedModel) -> torch.dtype:
+    """The dtype A and B of a segment are stored in: fp16 for fp32 live weights that come from fp16 files, else the
+    compute dtype. Lossless (an fp16 value widened to fp32 and back is the same bits), and half the memory: a
+    CPU WebUI runs fp16 checkpoints in fp32."""
+    cdtype = compute_dtype_for(live_dtype)
+    if live_dtype != torch.float32:
+        return cdtype
+    compact = torch.float16
+    for model in (b,) if a is None else (a, b):
+        prefix = model.arch.unet_prefix
+        if any(model.checkpoint.dtypes.get(prefix + s.key) != compact for s in members):
+            return cdtype
+    if a is None and not all(_fits_dtype(s.param, compact) for s in members):  # type: ignore[arg-type]
+        return cdtype
+    return compact
+
+
+def _lerp_dtype(seg: Segment) -> torch.dtype:
+    """The dtype a segment's merge is computed in: the live dtype where lerp supports it, else the store's."""
+    return seg.live.dtype if seg.live.dtype in LERP_DTYPES and seg.live.dtype.itemsize >= seg.a.dtype.itemsize else seg.a.dtype
 
 
 def _collect_slots(unet: nn.Module, key_map: Mapping[str, str] | None) -> list[Slot]:
@@ -747,6 +867,30 @@ def _slot_change(slot: Slot) -> str | None:
     return None
 
 
+def _tracks_versions(param: torch.Tensor) -> bool:
+    """Whether ``param`` has a version counter, so its ``.data`` may be re-pointed at a normal tensor.
+
+    Inference tensors have none; neither has a Parameter made in inference
+    mode whose ``.data`` was already re-pointed (it fails in every forward).
+    """
+    try:
+        param._version  # noqa: B018 - the access itself is the test
+    except RuntimeError:
+        return False
+    return True
+
+
+def _put_parameter(slot: Slot, old: nn.Parameter, data: torch.Tensor) -> nn.Parameter:
+    """Install a new Parameter over ``data`` under ``slot``'s name, keeping ``old``'s flag and attributes.
+
+    An inference tensor when called inside ``torch.inference_mode()``, else a normal one.
+    """
+    new = nn.Parameter(data, requires_grad=old.requires_grad)
+    new.__dict__.update(old.__dict__)
+    slot.module._parameters[slot.attr] = new  # noqa: SLF001 - same effect as setattr, without hooks
+    return new
+
+
 def _version_of(param: torch.Tensor) -> int:
     """PyTorch's in-place write counter, or -1 for a parameter made in inference mode (it has none)."""
     try:
@@ -760,9 +904,11 @@ def _slot_matches(slot: Slot, param: torch.Tensor, store: torch.Tensor) -> bool:
     return bitwise_equal(param.detach(), slot.view(store).to(device=param.device, dtype=param.dtype))
 
 
-def _reusable(old_segments: list[Segment], members: list[Slot], cdtype: torch.dtype) -> Segment | None:
-    """The old segment whose stores can serve ``members`` unchanged (same slots in order, same compute dtype)."""
+def _reusable(old_segments: list[Segment], members: list[Slot], live_dtype: torch.dtype) -> Segment | None:
+    """The old segment whose stores can serve ``members`` unchanged: same slots in order, and stores at the compute
+    dtype of ``live_dtype`` or (compact stores) a live dtype that did not change."""
     for seg in old_segments:
-        if len(seg.slots) == len(members) and all(x is y for x, y in zip(seg.slots, members)) and seg.a.dtype == cdtype:
+        same_slots = len(seg.slots) == len(members) and all(x is y for x, y in zip(seg.slots, members))
+        if same_slots and (seg.a.dtype == compute_dtype_for(live_dtype) or seg.live.dtype == live_dtype):
             return seg
     return None
