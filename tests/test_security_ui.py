@@ -88,3 +88,27 @@ def test_warm_start_paths_read_only_inside_the_history_folder_and_never_quote_a_
     assert "../shadow: the UI reads warm starts only from runs" in message
     assert "notes.csv: not a run folder, history CSV or recipe file auto-MBW can read" in message
     assert result.errors["initial_recipe"] == f"{secret}: give recipe text (27 numbers or JSON), or a recipe file in {host.paths.history}"
+
+
+@pytest.mark.parametrize("field, options", [
+    ("scorer_options", {"download_root": "/tmp/elsewhere"}),
+    ("scorer_options", {"folder": "/etc"}),
+    ("generator_options", {"config_dir": "/etc"}),
+    ("generator_options", {"cache_dir": "../../outside"}),
+])
+def test_a_client_cannot_point_file_options_outside_the_hosts_folders(host, tmp_path: Path, field: str, options: dict) -> None:
+    controller = SearchController(host, PLUGINS)
+    result = actions.start_from_form(host, controller, form(**{field: json.dumps(options)}))
+    (key,) = options
+    assert not result.ok and result.errors[field].startswith(f"option {key!r}: the UI reaches only files in "), result.errors
+    assert not controller.active and not host.made
+
+
+def test_file_options_inside_the_hosts_folders_and_checkpoint_files_outside_models(host, tmp_path: Path) -> None:
+    inside = host.paths.payloads / "refs"
+    values = form(scorer_options=json.dumps({"folder": str(inside)}))
+    assert "scorer_options" not in actions.start_from_form(host, SearchController(host, PLUGINS), values).errors
+    outside = tmp_path / "x.safetensors"
+    outside.write_bytes(b"0")
+    result = actions.start_from_form(host, SearchController(host, PLUGINS), form(base_from=str(outside), vae_from=str(outside)))
+    assert "base_from" in result.errors and "vae_from" in result.errors

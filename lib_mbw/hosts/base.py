@@ -26,6 +26,13 @@ class HostPaths:
     history: Path
     models: Path
     scorer_cache: Path | None = None
+    #: Other server folders a UI client may name in scorer/generator options (the demo's reference images).
+    data: tuple[Path, ...] = ()
+
+    def client_roots(self) -> tuple[Path, ...]:
+        """The folders a UI client may point a file or folder option into."""
+        roots = (self.payloads, self.wildcards, self.history, self.models, *self.data)
+        return roots + ((self.scorer_cache,) if self.scorer_cache is not None else ())
 
 
 @runtime_checkable

@@ -71,7 +71,8 @@ def prepare_demo(folder: str | Path | None = None, seed: int = 0) -> DemoSetup:
     references = root / f"references-{seed}"
     if not (references / REFERENCE_STAMP).is_file():
         _render_references(models, payload_dir, references, seed)
-    paths = HostPaths(payloads=payload_dir, wildcards=payload_dir / "wildcards", history=root / "history", models=root / "models")
+    paths = HostPaths(payloads=payload_dir, wildcards=payload_dir / "wildcards", history=root / "history", models=root / "models",
+                      data=(references,))
     host = StandaloneHost(
         root / "models",
         generator="diffusers",

@@ -434,6 +434,39 @@ def _settings_key(message: str) -> str | None:
     return match.group(1) if match else None
 
 
+#: Option names whose values are files or folders on the server.
+PATH_OPTION_NAMES = frozenset({"folder", "root", "path", "file", "download_root", "config_dir", "cache_dir"})
+PATH_OPTION_SUFFIXES = ("_dir", "_root", "_path", "_file", "_folder")
+
+
+def is_path_option(key: str) -> bool:
+    """Whether option ``key`` names a file or folder (by the names scorers and generators use)."""
+    return key in PATH_OPTION_NAMES or key.endswith(PATH_OPTION_SUFFIXES)
+
+
+def _inside_any(value: Any, roots: Sequence[Path]) -> bool:
+    target = Path(str(value)).expanduser().resolve()
+    return any(target == root.resolve() or root.resolve() in target.parents for root in roots)
+
+
+def confine_path_options(p: _Problems, field: str, options: Mapping[str, Any], roots: Sequence[Path],
+                         server: Mapping[str, Any] | None = None) -> None:
+    """A UI client may point file/folder options only into the host's folders (or keep the server's own value).
+
+    Whoever can reach the UI must not make the server read or write other places (download folders,
+    config folders, reference images): those are set when auto-MBW is started.
+    """
+    for key, value in options.items():
+        if not is_path_option(key) or value is None or value == "":
+            continue
+        if server is not None and server.get(key) == value:
+            continue
+        if not isinstance(value, str) or not _inside_any(value, roots):
+            where = ", ".join(str(r) for r in roots)
+            p.add(field, f"option {key!r}: the UI reaches only files in {where}; set other folders when you start auto-MBW")
+            return
+
+
 def settings_from_form(
     form: FormValues,
     paths: HostPaths,
@@ -533,14 +566,17 @@ def settings_from_form(
     max_failures = p.integer("max_failures", form.max_failures, 1)
     host_generator_options = generator_options
     generator_options = p.json_object("generator_options", form.generator_options)
+    roots = paths.client_roots()
+    confine_path_options(p, "scorer_options", scorer_options, roots)
+    confine_path_options(p, "generator_options", generator_options, roots, server=host_generator_options or {})
 
     dtype = p.choice("dtype", form.dtype, list(DTYPES))
     base_from = str(form.base_from or "a").strip()
-    if base_from not in BASE_FROM and not Path(base_from).is_file():
-        p.add("base_from", f"must be a, b, merge or a checkpoint file, got {_show(form.base_from)}")
+    if base_from not in BASE_FROM and not (_inside_any(base_from, [paths.models]) and Path(base_from).is_file()):
+        p.add("base_from", f"must be a, b, merge or a checkpoint file in {paths.models}, got {_show(form.base_from)}")
     vae_from = None if _blank(form.vae_from) else str(form.vae_from).strip()
-    if vae_from and not Path(vae_from).is_file():
-        p.add("vae_from", f"{vae_from}: no such file")
+    if vae_from and not (_inside_any(vae_from, [paths.models]) and Path(vae_from).is_file()):
+        p.add("vae_from", f"{vae_from}: no such file in {paths.models}")
     output_model = None
     if form.merge_when_done:
         output_model = str(paths.models)
