@@ -304,3 +304,14 @@ def test_info_messages_reach_the_console_when_the_webui_leaves_logging_at_warnin
         logger.handlers[:], root.handlers[:] = saved[0], saved[2]
         logger.setLevel(saved[1])
         root.setLevel(saved[3])
+
+
+def test_the_webuis_sampler_list_is_checked_before_a_search(host):
+    from lib_mbw.errors import PayloadError
+
+    host.check_sampler("Euler a", "Automatic", "p.json")
+    host.check_sampler("DPM++ 2M Karras", "Automatic", "p.json")  # a schedule type appended to the name, as the WebUI allows
+    with pytest.raises(PayloadError, match=r"p.json: field 'sampler': 'Eulr a' is not a sampler of this WebUI; use one of: DPM\+\+ 2M, "):
+        host.check_sampler("Eulr a", "Automatic", "p.json")
+    with pytest.raises(PayloadError, match=r"p.json: field 'scheduler': 'Karas' is not a schedule type of this WebUI"):
+        host.check_sampler("Euler", "Karas", "p.json")

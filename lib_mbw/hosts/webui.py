@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from ..errors import HostBusyError, MBWError
+from ..errors import HostBusyError, MBWError, PayloadError
 from ..recipe import Recipe
 from .base import HostPaths
 
@@ -620,6 +620,32 @@ class WebUIHost:
 
     def model_path(self, title: str) -> Path:
         return Path(self.checkpoint(title).filename)
+
+    def check_sampler(self, sampler: str, scheduler: str, source: str) -> None:
+        """Refuse a sampler or schedule type this WebUI lacks: it would silently render with its first sampler.
+
+        The WebUI accepts a sampler name with a schedule type appended (``"DPM++ 2M Karras"``) and
+        corrects unknown names to its default with only a console warning, so the check runs before a search.
+        """
+        try:
+            from modules import sd_samplers, sd_schedulers
+        except ImportError:  # a WebUI without these modules: its failures show in the evaluations
+            return
+        schedules = list(getattr(sd_schedulers, "schedulers", []))
+        name = sampler
+        for schedule in schedules:
+            suffixes = (schedule.label, schedule.name, *(getattr(schedule, "aliases", None) or []))
+            suffix = next((f" {s}" for s in suffixes if name.endswith(f" {s}")), None)
+            if suffix:
+                name = name[: -len(suffix)]
+                break
+        known = list(sd_samplers.all_samplers_map)
+        if name not in sd_samplers.all_samplers_map:
+            raise PayloadError(f"{source}: field 'sampler': {sampler!r} is not a sampler of this WebUI; use one of: {', '.join(known)}")
+        schedule_names = getattr(sd_schedulers, "schedulers_map", {})
+        if scheduler and schedules and scheduler not in schedule_names:
+            labels = ", ".join(s.label for s in schedules)
+            raise PayloadError(f"{source}: field 'scheduler': {scheduler!r} is not a schedule type of this WebUI; use one of: {labels}")
 
     def check_pair(self, model_a: str, model_b: str) -> tuple[Any, Any]:
         """CheckpointInfos of A and B; ModelChoiceError if either is missing or they are the same file."""
