@@ -44,7 +44,7 @@ def image_a(a1111: RunningHost) -> bytes:
 @pytest.fixture(scope="module")
 def references(a1111: RunningHost, image_a: bytes) -> Path:
     """Model B's image as the reference scorer's target (rendered with ``override_settings``)."""
-    return write_references(a1111, a1111.server.workdir / "references")
+    return write_references(a1111, a1111.server.payload_dir / "references")  # a folder the UI may name (inside the host's folders)
 
 
 def test_the_tab_the_routes_and_the_installed_packages_load(a1111: RunningHost) -> None:

@@ -19,7 +19,7 @@ from tests.real_webui.scenarios import reference_scorer, run_search, txt2img_pay
 @pytest.fixture(scope="module")
 def references(a1111: RunningHost) -> Path:
     txt2img_payload(a1111)
-    return write_references(a1111, a1111.server.workdir / "references")
+    return write_references(a1111, a1111.server.payload_dir / "references")  # a folder the UI may name (inside the host's folders)
 
 
 def test_memory_after_three_searches_is_where_it_started(a1111: RunningHost, references: Path) -> None:

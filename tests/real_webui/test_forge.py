@@ -45,7 +45,7 @@ def image_a(forge: RunningHost) -> bytes:
 @pytest.fixture(scope="module")
 def references(forge: RunningHost, image_a: bytes) -> Path:
     """Model B's image as the reference scorer's target (rendered with ``override_settings``)."""
-    return write_references(forge, forge.server.workdir / "references")
+    return write_references(forge, forge.server.payload_dir / "references")  # a folder the UI may name (inside the host's folders)
 
 
 @pytest.fixture(scope="module")
