@@ -8,7 +8,7 @@ import pytest
 from lib_mbw.blocks import present_blocks
 from lib_mbw.recipe import Recipe
 from lib_mbw.recipe_n import RecipeN, to_chain_text
-from lib_mbw.search.optimizer import InitSettings, Optimizer, make_optimizer
+from lib_mbw.search.optimizer import InitSettings, Optimizer, Told, make_optimizer, replay
 from lib_mbw.search.space import SearchSpace, SearchSpaceError
 from lib_mbw.search.space_n import MixSearchSpace
 
@@ -93,16 +93,21 @@ def test_optimizer_facade_searches_the_mix_space_and_resumes() -> None:
         shares = np.array([recipe.shares[b] for b in space.blocks])
         return -float(np.abs(shares - target).sum(axis=1).mean())
 
-    opt = make_optimizer("default", space, seed=0, init=InitSettings(grid=2, random=6))
+    def make() -> Optimizer:
+        return make_optimizer("default", space, seed=0, init=InitSettings(grid=2, random=6))
+
+    opt = make()
     first = opt.ask(1)[0]
     assert first == space.recipe(tuple(space.grid_points(1)[0]))
     assert all(abs(x - 1 / 3) <= 0.05 for shares in first.shares.values() for x in shares)  # the equal mix, snapped
     opt.tell(first, score(first))
+    records = [Told(first, score(first), asked=True)]
     for _ in range(30):
         for recipe in opt.ask(1):
             opt.tell(recipe, score(recipe))
-    resumed = Optimizer.from_state(opt.get_state())
-    assert resumed.ask(1) == opt.ask(1)
+            records.append(Told(recipe, score(recipe), asked=True))
+    resumed = replay(make, records)  # resume rebuilds the optimizer from the history
+    assert resumed.exact and resumed.optimizer.ask(1) == opt.ask(1)
     best = opt.recommend()
     randoms = [score(space.recipe(tuple(int(v) for v in p))) for p in space.random_points(np.random.default_rng(9), 30)]
     assert isinstance(best.recipe, RecipeN) and best.observed_mean > max(randoms)

@@ -28,7 +28,7 @@ def test_gpu_script_runs_every_pipeline_on_tiny_sd1_and_sdxl(tmp_path, capsys) -
         values = dict(item.split("=") for item in fields.split())
         assert set(values) == {"ours_s", "seed_s", "peer_s", "seed_per_eval_ratio", "peer_per_eval_ratio", "overhead"}
         assert all(float(v) > 0 for v in values.values())
-        assert float(values["seed_per_eval_ratio"]) == pytest.approx(float(values["ours_s"]) / float(values["seed_s"]), abs=2e-3)
+        assert float(values["seed_per_eval_ratio"]) == pytest.approx(float(values["ours_s"]) / float(values["seed_s"]), rel=0.03, abs=2e-3)  # from 3-decimal prints
     for name in ttq.PIPELINES:
         rows = re.findall(rf"^\| {name} \| (.*) \|$", out, re.M)
         assert len(rows) == 2, f"a split row for {name} per family"
