@@ -43,9 +43,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -130,6 +130,27 @@ def _normal_tensor_mode() -> Iterator[None]:
     """
     with torch.inference_mode(False), torch.no_grad():
         yield
+
+
+@contextmanager
+def holding_merge_lock(merger: Any, what: str) -> Iterator[None]:
+    """Hold ``merger.lock`` (recording the holder in ``merger._holder``); the holding thread may not take it again.
+
+    Weights change between generations, never during one: a second take from the thread inside
+    ``generating()`` is a bug in the caller, refused instead of deadlocking.
+    """
+    me = threading.get_ident()
+    if merger._holder == me:
+        raise RuntimeMergeError(
+            f"{what} was called while this thread already holds the merge lock (inside generating()?); "
+            "change merge weights between generations, never during one"
+        )
+    with merger.lock:
+        merger._holder = me
+        try:
+            yield
+        finally:
+            merger._holder = None
 
 
 class RuntimeMerger:
@@ -413,20 +434,8 @@ class RuntimeMerger:
 
     # ------------------------------------------------------------------ locking
 
-    @contextmanager
-    def _locked(self, what: str) -> Iterator[None]:
-        me = threading.get_ident()
-        if self._holder == me:
-            raise RuntimeMergeError(
-                f"{what} was called while this thread already holds the merge lock (inside generating()?); "
-                "change merge weights between generations, never during one"
-            )
-        with self.lock:
-            self._holder = me
-            try:
-                yield
-            finally:
-                self._holder = None
+    def _locked(self, what: str) -> AbstractContextManager[None]:
+        return holding_merge_lock(self, what)
 
     def _ensure_open(self) -> None:
         if self._closed:

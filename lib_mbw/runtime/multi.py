@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
@@ -46,7 +46,7 @@ from ..errors import IdenticalModelsError, RecipeError, RuntimeMergeError
 from ..merge.mix import chain_mix, chain_plan
 from ..recipe_n import MAX_MODELS, MIN_MODELS, RecipeN
 from .layout import Slot, assign_offsets, bitwise_equal
-from .merger import ApplyStats, _collect_slots, _copy_into, _main_device, _normal_tensor_mode, _slot_matches, _synchronize, _version_of
+from .merger import ApplyStats, holding_merge_lock, _collect_slots, _copy_into, _main_device, _normal_tensor_mode, _slot_matches, _synchronize, _version_of
 from .placement import CPU, DEFAULT_HEADROOM_BYTES, MODES, MemoryCost, StagingBuffers, compute_dtype_for, empty_store, free_device_bytes
 from .sources import ModelSource, OpenedModel, _same_file, check_fits_live, live_architecture, open_model
 
@@ -377,20 +377,8 @@ class MultiMerger:
         if self._closed:
             raise RuntimeMergeError("the runtime mix is closed; create a new one to merge again")
 
-    @contextmanager
-    def _locked(self, what: str) -> Iterator[None]:
-        me = threading.get_ident()
-        if self._holder == me:
-            raise RuntimeMergeError(
-                f"{what} was called while this thread already holds the merge lock (inside generating()?); "
-                "change merge weights between generations, never during one"
-            )
-        with self.lock:
-            self._holder = me
-            try:
-                yield
-            finally:
-                self._holder = None
+    def _locked(self, what: str) -> AbstractContextManager[None]:
+        return holding_merge_lock(self, what)
 
 
 def _chain(shares: tuple[float, ...]) -> tuple[float, ...]:
