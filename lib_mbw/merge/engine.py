@@ -143,6 +143,29 @@ def _refuse_output_among_sources(out: Path, paths: Mapping[str, Path]) -> None:
             raise OutputWriteError(f"{out}: is one of the inputs ({role}); write the merge to a new file")
 
 
+def write_plan(out: Path, plan: MergePlan, metadata: Mapping[str, str],
+               compute: Callable[[TensorOp, Workspace, Any], Any], progress: ProgressCallback | None, overwrite: bool) -> Any:
+    """Stream every tensor of ``plan`` through ``compute(op, workspace, region)`` into ``out`` (atomic); the writer's result."""
+    ops = plan.by_key()
+    work = Workspace()
+    with SafetensorsWriter(out, [op.entry for op in plan.ops], metadata, overwrite=overwrite) as writer:
+        ordered = [ops[name] for name in writer.order]
+
+        def report(done: int, op: TensorOp) -> None:
+            if progress:
+                progress(MergeProgress("merge", done, len(ordered), op.key, op.group))
+
+        with compute_threads(usable_cpus() - 1):
+            stream(
+                ordered,
+                lambda op, region: writer.stage(op.key, compute(op, work, region)),
+                lambda op, data: writer.emit(data),
+                report,
+                work,
+            )
+        return writer.commit()
+
+
 def run_merge(
     spec: MergeSpec,
     out: str | os.PathLike[str],
@@ -169,24 +192,8 @@ def run_merge(
         hash_seconds = time.perf_counter() - hash_started
         infos = {role: SourceInfo(role, Path(spec.sources[role]), hashes[role], models[role].metadata) for role in spec.sources}
         metadata = _metadata(plan, out, infos, extra_metadata)
-        ops = plan.by_key()
-        work = Workspace()
-        with SafetensorsWriter(out, [op.entry for op in plan.ops], metadata, overwrite=overwrite) as writer:
-            ordered = [ops[name] for name in writer.order]
-
-            def report(done: int, op: TensorOp) -> None:
-                if progress:
-                    progress(MergeProgress("merge", done, len(ordered), op.key, op.group))
-
-            with compute_threads(usable_cpus() - 1):
-                stream(
-                    ordered,
-                    lambda op, region: writer.stage(op.key, compute_tensor(op, models, work, region)),
-                    lambda op, data: writer.emit(data),
-                    report,
-                    work,
-                )
-            written = writer.commit()
+        written = write_plan(out, plan, metadata, lambda op, work, region: compute_tensor(op, models, work, region),
+                             progress, overwrite)
     if hash_cache is not None:  # the next merge or inspect that reads this file need not hash it
         hash_cache.put(out, written.hashes)
     copied: dict[str, int] = {}

@@ -31,13 +31,13 @@ from ..blocks import BLOCKS
 from ..checkpoint import Checkpoint, open_checkpoint
 from ..errors import RecipeError, VerifyError
 from ..recipe_n import RecipeN
-from .compute import Workspace, compute_tensor, compute_threads, stream, usable_cpus
-from .engine import MergeProgress, MergeReport, ProgressCallback, _refuse_output_among_sources, hash_sources, open_sources
+from .compute import Workspace, compute_tensor, compute_threads, usable_cpus
+from .engine import MergeProgress, MergeReport, ProgressCallback, _refuse_output_among_sources, hash_sources, open_sources, write_plan
 from .hashes import HashCache
 from .metadata import SourceInfo, build_metadata, webui_merge_recipe
 from .mix import chain_mix
 from .plan import DTYPE_NAMES, MergePlan, MergeSpec, TensorOp, parse_dtype, plan_merge
-from .writer import SafetensorsWriter, check_output_path
+from .writer import check_output_path
 
 METHOD = "block_mix"
 MIX_KIND = "chain_mix"
@@ -168,24 +168,8 @@ def mix_to_file(
         hash_seconds = time.perf_counter() - hash_started
         infos = {role: SourceInfo(role, spec.sources[role], hashes[role], opened[role].metadata) for role in spec.sources}
         metadata = _metadata(plan, recipe, out, infos, extra_metadata)
-        ops = plan.by_key()
-        work = Workspace()
-        with SafetensorsWriter(out, [op.entry for op in plan.ops], metadata, overwrite=overwrite) as writer:
-            ordered = [ops[name] for name in writer.order]
-
-            def report(done: int, op: TensorOp) -> None:
-                if progress:
-                    progress(MergeProgress("merge", done, len(ordered), op.key, op.group))
-
-            with compute_threads(usable_cpus() - 1):
-                stream(
-                    ordered,
-                    lambda op, region: writer.stage(op.key, compute_mix(op, opened, chains, work, region)),
-                    lambda op, data: writer.emit(data),
-                    report,
-                    work,
-                )
-            written = writer.commit()
+        written = write_plan(out, plan, metadata, lambda op, work, region: compute_mix(op, opened, chains, work, region),
+                             progress, overwrite)
     if hash_cache is not None:
         hash_cache.put(out, written.hashes)
     copied: dict[str, int] = {}
