@@ -59,3 +59,19 @@ def single_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+#: ``search`` flags that enable the test components of ``tests.loop_backend`` (a resume needs its manifest's plugins enabled).
+LOOP_PLUGINS = [f"--plugin={spec}" for spec in ("tests.loop_backend:make_generator", "tests.loop_backend:make_scorer", "tests.loop_backend:make_optimizer")]
+
+
+@pytest.fixture()
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder for CLI searches with the test components: cwd, ``tests`` importable, one payload."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    (tmp_path / "payloads").mkdir()
+    (tmp_path / "payloads" / "p.json").write_text(json.dumps({"prompt": "a house", "seed": 1}))
+    return tmp_path

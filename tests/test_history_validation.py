@@ -13,22 +13,12 @@ from pathlib import Path
 import pytest
 
 from lib_mbw.cli import main
+from tests.conftest import LOOP_PLUGINS
 
-REPO = Path(__file__).resolve().parent.parent
 BACKEND = ["--family", "sd1", "--generator", "tests.loop_backend:make_generator", "--scorer", "tests.loop_backend:make_scorer",
            "--strategy", "tests.loop_backend:make_optimizer", "--patience", "0", "--rescore-top", "0", "--seed", "3", "-q"]
 
-#: A resume needs the plugins its manifest names enabled on the command line.
-PLUGINS = [f"--plugin={spec}" for spec in ("tests.loop_backend:make_generator", "tests.loop_backend:make_scorer", "tests.loop_backend:make_optimizer")]
-
-
-@pytest.fixture()
-def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(REPO))
-    (tmp_path / "payloads").mkdir()
-    (tmp_path / "payloads" / "p.json").write_text(json.dumps({"prompt": "a house", "seed": 1}))
-    return tmp_path
+PLUGINS = LOOP_PLUGINS  # a resume needs the plugins its manifest names enabled
 
 
 def new_run(work: Path, evals: int, name: str) -> Path:

@@ -10,18 +10,8 @@ import pytest
 
 from lib_mbw.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
 FAKE = ["--family", "sd1", "--generator", "tests.loop_backend:make_generator", "--scorer", "tests.loop_backend:make_scorer",
         "--strategy", "tests.loop_backend:make_optimizer"]
-
-
-@pytest.fixture()
-def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(REPO))
-    (tmp_path / "payloads").mkdir()
-    (tmp_path / "payloads" / "p.json").write_text(json.dumps({"prompt": "a house", "seed": 1}))
-    return tmp_path
 
 
 @pytest.mark.parametrize(
