@@ -485,6 +485,10 @@ def resume_search(
     made_generators = list(generators) if generators else _make_generators(settings, host, plugins)
     try:
         made_scorer = scorer or make_scorer_from_settings(settings.scorer.name, settings.scorer.options, plugins)
+        if settings.models.count > 2:
+            from .session_n import runtime_memory
+
+            runtime_memory(made_generators)  # the mix's memory is checked before the search goes on
         optimizer = make_search_optimizer(settings, family, scored, plugins)  # type: ignore[arg-type]
         history = RunHistory.open(folder)
         if history.n_models != settings.models.count:

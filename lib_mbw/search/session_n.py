@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Collection, Sequence
 
 from ..errors import MBWError, RecipeError
 from ..recipe_n import RecipeN, chain_of, read_recipe_n
@@ -61,9 +61,7 @@ def mix_space(settings: SearchSettings, family: str) -> MixSearchSpace:
     labels = model_labels(n)
     steps = [dict(step) for step in settings.space.steps]
     steps += [{} for _ in range(n - 1 - len(steps))]
-    for number, step in enumerate(steps, start=1):
-        if not isinstance(step, Mapping):
-            raise SettingsError(f"setting space.steps[{number - 1}] must be an object with ranges, frozen and groups, got {step!r}")
+    for step in steps:  # settings reading made each one an object
         step["frozen"] = dict(step.get("frozen") or {})
     for block, shares in settings.space.frozen_shares.items():
         try:
