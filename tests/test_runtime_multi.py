@@ -116,6 +116,25 @@ def test_memory_is_stated_per_mode_and_held_as_stated(sources) -> None:
         assert held.device_bytes == 0 and merger.unet_bytes * 3 <= held.cpu_bytes <= stated.cpu_bytes
 
 
+def test_memory_plan_is_stated_before_allocating_and_a_mix_that_does_not_fit_is_refused(sources, monkeypatch) -> None:
+    from lib_mbw.runtime import multi
+    from lib_mbw.runtime.memory import InsufficientMemoryError
+
+    paths = sources["sd1"][:3]
+    live = live_unet(unet_tensors(paths[0]))
+    with MultiMerger(live, [None, *paths[1:]]) as merger:
+        plan = merger.plan
+        assert plan.cost == memory_cost_n("device", 3, merger.unet_bytes, element_bytes=4, on_accelerator=False)
+        assert plan.ram_bytes >= merger.memory.cpu_bytes and "beyond the loaded model (placement device)" in plan.describe()
+    with MultiMerger(live, paths) as merger:  # model 1 is not the live model: its restore copy is counted
+        assert merger.plan.cost.cpu_bytes == plan.cost.cpu_bytes + merger.unet_bytes
+    monkeypatch.setattr(multi, "available_ram_bytes", lambda: plan.ram_bytes)  # less than it needs plus the 1 GiB headroom
+    before = {k: v.clone() for k, v in params(live).items()}
+    with pytest.raises(InsufficientMemoryError, match="not enough memory for this search"):
+        MultiMerger(live, [None, *paths[1:]])
+    assert_bit_equal(params(live), before)
+
+
 def test_refusals(sources) -> None:
     paths = sources["sd1"][:3]
     live = live_unet(unet_tensors(paths[0]))

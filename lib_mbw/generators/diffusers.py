@@ -661,8 +661,27 @@ def options_from(values: Mapping[str, Any]) -> DiffusersOptions:
     return DiffusersOptions(**parsed)
 
 
-def create(model_a: str | Path | None = None, model_b: str | Path | None = None, **options: Any) -> DiffusersGenerator:
-    """Factory for ``lib_mbw.generators.registry`` and ``--generator diffusers --generator-option K=V``."""
+def mix_merger_factory(more_models: Sequence[str | Path]) -> MergerFactory:
+    """A merger factory for a block mix of 3-5 models: the live model 1, ``model_b`` and ``more_models``
+    through ``runtime.multi.MultiMerger`` (its memory plan is checked when it is built)."""
+    others = [Path(m) for m in more_models]
+
+    def factory(unet: torch.nn.Module, model_a: Any, model_b: Any, *, key_map: Mapping[str, str], mode: str) -> Any:
+        from ..runtime.multi import MultiMerger
+
+        return MultiMerger(unet, [None, model_b, *others], key_map=key_map, mode=mode)
+
+    return factory
+
+
+def create(
+    model_a: str | Path | None = None, model_b: str | Path | None = None, more_models: Sequence[str | Path] = (), **options: Any
+) -> DiffusersGenerator:
+    """Factory for ``lib_mbw.generators.registry`` and ``--generator diffusers --generator-option K=V``.
+
+    ``more_models``: models 3-5 of a block mix (``apply`` then takes ``RecipeN``s).
+    """
     if not model_a:
         raise GeneratorError("the diffusers generator needs model A (a .safetensors checkpoint or a diffusers folder)")
-    return DiffusersGenerator(model_a, model_b, options=options_from(options))
+    factory = mix_merger_factory(more_models) if more_models else None
+    return DiffusersGenerator(model_a, model_b, options=options_from(options), merger_factory=factory)

@@ -54,6 +54,9 @@ class Host(Protocol):
         """A generator whose model is A and whose ``apply`` merges towards B."""
         ...
 
+    # Optional: ``make_mix_generator(models, options)``, a generator whose model is models[0] and whose
+    # ``apply`` mixes in models[1:] (3-5 titles; ``RecipeN``s). A host without it searches two models only.
+
     def exclusive(self) -> AbstractContextManager[None]:
         """Hold the host's model/GPU lock for the length of a search (no-op when standalone)."""
         ...

@@ -6,7 +6,8 @@ and UNet weights) relative to the models folder, e.g. ``anime/A.safetensors``;
 pickle checkpoints are not listed (see the security rule in DESIGN.md).
 Generators are made by name through the generator registry
 (``lib_mbw.generators.registry``, "diffusers" by default) or from a
-``package.module:factory`` spec, exactly as the search CLI makes them.
+``package.module:factory`` spec, exactly as the search CLI makes them; a
+mix of 3-5 models (``make_mix_generator``) needs one that can mix (diffusers).
 There is no shared GPU model to guard, so ``exclusive()`` is a no-op; the UI
 itself runs one search at a time.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import MBWError
 from ..generators.base import Generator
@@ -93,6 +94,17 @@ class StandaloneHost:
         settings = GeneratorSettings(name=self.generator, options={**self.generator_options, **dict(options)})
         # the host's generator was chosen by whoever started the app (a plugin is theirs to enable)
         (generator,) = make_generators(settings, str(path_a), str(path_b), plugins={self.generator})
+        return generator
+
+    def make_mix_generator(self, models: Sequence[str], options: Mapping[str, Any]) -> Generator:
+        """A generator of the host's kind whose model is the first of ``models`` (titles, 3-5) and whose
+        ``apply`` mixes in the others (``RecipeN``s)."""
+        from ..search.session import make_generators
+        from ..search.settings import GeneratorSettings
+
+        paths = [str(self.model_path(title)) for title in models]
+        settings = GeneratorSettings(name=self.generator, options={**self.generator_options, **dict(options)})
+        (generator,) = make_generators(settings, paths[0], paths[1], plugins={self.generator}, more_models=paths[2:])
         return generator
 
     @contextlib.contextmanager

@@ -10,7 +10,8 @@ scratch of ``chunk_elements``), so on the same device the live weights equal
 the offline mix bit for bit. ``restore()`` copies the original weights back
 bit-exactly; leaving a ``with`` block restores and closes.
 
-Placement (``memory_cost_n``), for N sources and a UNet of U bytes whose
+Placement (``memory_cost_n``; ``plan_n`` states it, and ``check_fits`` refuses a
+mix that does not fit the memory free now, before anything is allocated), for N sources and a UNet of U bytes whose
 largest block is L bytes, with C the fp32 chunk (16 MiB by default):
 
 * ``device``: every source on the device: N x U device memory, chain on the device.
@@ -46,6 +47,7 @@ from ..errors import IdenticalModelsError, RecipeError, RuntimeMergeError
 from ..merge.mix import chain_mix, chain_plan
 from ..recipe_n import MAX_MODELS, MIN_MODELS, RecipeN
 from .layout import Slot, assign_offsets, bitwise_equal
+from .memory import MemoryPlan, available_ram_bytes, check_fits
 from .merger import ApplyStats, holding_merge_lock, _collect_slots, _copy_into, _main_device, _normal_tensor_mode, _slot_matches, _synchronize, _version_of
 from .placement import CPU, DEFAULT_HEADROOM_BYTES, MODES, MemoryCost, StagingBuffers, compute_dtype_for, empty_store, free_device_bytes
 from .sources import ModelSource, OpenedModel, _same_file, check_fits_live, live_architecture, open_model
@@ -101,6 +103,27 @@ def choose_mode_n(
         if memory_cost_n(mode, n_sources, unet_bytes, element_bytes=element_bytes).device_bytes <= budget:
             return mode
     return "cpu"
+
+
+def plan_n(
+    mode: str, device: torch.device, n_sources: int, slots: Sequence[Slot], *, chunk_elements: int = CHUNK_ELEMENTS,
+    first_is_live: bool = True,
+) -> MemoryPlan:
+    """What a mix of ``n_sources`` over the live ``slots`` holds in ``mode`` (``memory_cost_n``) and what is free now.
+
+    Without the live weights as model 1, a restore copy of the UNet in RAM is
+    counted too (an upper bound: only blocks that differ from model 1 get one);
+    the transient is one block's new live buffer while the merger takes over.
+    """
+    unet_bytes = sum(s.numel * s.param.element_size() for s in slots)  # type: ignore[union-attr]
+    block_bytes: dict[str, int] = {}
+    for s in slots:
+        block_bytes[s.block] = block_bytes.get(s.block, 0) + s.numel * s.param.element_size()  # type: ignore[union-attr]
+    element = max(s.param.element_size() for s in slots)  # type: ignore[union-attr]
+    cost = memory_cost_n(mode, n_sources, unet_bytes, element_bytes=element, chunk_elements=chunk_elements,
+                         on_accelerator=device.type != "cpu", separate_restore_bytes=0 if first_is_live else unet_bytes)
+    free_device = free_device_bytes(device) if device.type == "cuda" else None
+    return MemoryPlan(cost, max(block_bytes.values()), device, available_ram_bytes(), free_device)
 
 
 @dataclass(eq=False)
@@ -171,6 +194,9 @@ class MultiMerger:
             element = max(s.param.element_size() for s in slots)  # type: ignore[union-attr]
             self.mode = choose_mode_n(mode, self.device, self.n_sources, self.unet_bytes, element_bytes=element, headroom_bytes=headroom_bytes)
             self._store_devices = _store_devices(self.mode, self.device, self.n_sources)
+            self.plan = plan_n(self.mode, self.device, self.n_sources, slots, chunk_elements=self._chunk, first_is_live=self._first_is_live)
+            log.info("runtime mix of %d models: %s", self.n_sources, self.plan.describe())
+            check_fits(self.plan)
             with _normal_tensor_mode():
                 self._segments = self._build_segments(slots, opened)
         finally:

@@ -30,6 +30,9 @@ EXAMPLES = """examples:
   # search with the diffusers backend and ImageReward, write the merged model to models/
   python -m lib_mbw search -a models/A.safetensors -b models/B.safetensors -o models/
 
+  # a block mix of three models (2-5 in all; model 1 is loaded, the others are mixed in; docs/multi.md)
+  python -m lib_mbw search A.safetensors B.safetensors C.safetensors --payloads payloads -o models/
+
   # settings from a file (JSON or TOML), a few of them changed by flags
   python -m lib_mbw search --config search.toml --max-evals 150 --patience 54
 
@@ -104,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "search",
-        help="search the best block weights for merging two models (or resume a search)",
+        help="search the best block weights for merging two models, or mixing 3-5 (or resume a search)",
         description=(
             "Search the block weights of a merge of model A and model B: each candidate is applied to the live UNet, "
             "the payloads are rendered and scored, and the optimizer proposes the next candidate until a stop "
@@ -127,6 +130,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="enable this plugin (your own generator/scorer/strategy code) named in --config or in the run to resume; "
                         "files never enable code by themselves (repeat)")
     g = parser.add_argument_group("models")
+    g.add_argument("models", nargs="*", metavar="MODEL",
+                   help="2-5 checkpoints in mix order, instead of -a/-b (3-5: a block mix, models.c .. models.e)")
     g.add_argument("-a", "--model-a", help="model A (weight 0), a .safetensors file or a name the generator knows")
     g.add_argument("-b", "--model-b", help="model B (weight 1)")
     g.add_argument("--family", choices=["sd1", "sd2", "sdxl"], help="architecture (default: detected from model A)")
@@ -226,6 +231,18 @@ def check_flags(args: argparse.Namespace) -> None:
             raise FlagError(f"{flag} must be {bound}{meaning}, got {value:g}")
 
 
+def _positional_models(args: argparse.Namespace) -> list[str]:
+    """The MODEL arguments (2-5), checked against -a/-b."""
+    models = list(getattr(args, "models", None) or [])
+    if not models:
+        return []
+    if args.model_a or args.model_b:
+        raise FlagError("give the models either as MODEL arguments or with -a/-b, not both")
+    if not 2 <= len(models) <= 5:
+        raise FlagError(f"search takes 2 to 5 models (MODEL arguments), got {len(models)}")
+    return models
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Settings given by flags (only the flags that were set), as a nested mapping."""
     out: dict[str, Any] = {}
@@ -244,6 +261,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("history_dir", args.history_dir)
     put("models.a", args.model_a)
     put("models.b", args.model_b)
+    for role, model in zip("abcde", _positional_models(args)):
+        put(f"models.{role}", model)
     put("models.family", args.family)
     put("payloads.folder", args.payloads)
     put("payloads.names", args.payload)
@@ -373,7 +392,9 @@ def run_search(args: argparse.Namespace) -> int:
     if args.list_strategies:
         print(strategy_table())
         return 0
-    from ..recipe import to_positional
+    from pathlib import Path
+
+    from ..recipe import Recipe, to_positional
     from .history import read_manifest
     from .preflight import check_output, preflight
     from .runlock import check_run_free
@@ -429,7 +450,11 @@ def run_search(args: argparse.Namespace) -> int:
     if result.recipe is not None:
         print(f"best recipe ({result.reason}):")
         print(f"  score:     {result.score:.6g}")
-        print(f"  canonical: {to_positional(result.recipe, 'canonical')}")
+        if isinstance(result.recipe, Recipe):
+            print(f"  canonical: {to_positional(result.recipe, 'canonical')}")
+        else:
+            named = result.recipe.with_models([Path(m).name for m in session.settings.models.listed()])
+            print("\n".join("  " + line for line in named.describe().splitlines()))
     for name, path in outcome.outputs.items():
         print(f"  {name}: {path}")
     if reason in ("failures", "write_error"):

@@ -11,7 +11,8 @@ never share or overwrite one) holding:
   before the next evaluation starts. Columns: ``index, timestamp, status,
   source, score``, every block weight by name in canonical order, ``BASE`` if
   searched, ``payload:<name>`` per payload, ``merge_s, generate_s, score_s,
-  total_s, worker, reason``. ``status`` is ok / failed / abandoned / cached /
+  total_s, worker, reason``. A search over 3-5 models has chain-weight
+  columns ``<BLOCK>@m<K>`` instead of the block weights (``history_n``). ``status`` is ok / failed / abandoned / cached /
   rescore / selected; ``source`` is optimizer / initial / rescore / final.
   The last row (status ``selected``) is the recipe the search returned and why.
 * ``state.json``: where the loop was (phase, stop reason, elapsed time,
@@ -47,6 +48,7 @@ from ..errors import MBWError, RecipeError
 from .. import fileio
 from ..fileio import safe_name, write_atomic
 from ..recipe import ORDERS, Recipe, from_positional, read_recipe, to_positional, to_preset
+from ..recipe_n import RecipeN
 
 HISTORY_FILE = "history.csv"
 MANIFEST_FILE = "manifest.json"
@@ -130,7 +132,7 @@ class HistoryRow:
     index: int
     status: str
     source: str
-    recipe: Recipe | None
+    recipe: Recipe | RecipeN | None
     score: float | None = None
     payload_scores: dict[str, float | None] = field(default_factory=dict)
     merge_s: float = 0.0
@@ -154,7 +156,7 @@ class LoopState:
     stop_reason: str | None = None
     stop_message: str = ""
     elapsed_s: float = 0.0
-    candidates: list[Recipe] = field(default_factory=list)
+    candidates: list[Recipe | RecipeN] = field(default_factory=list)
     #: The file is from an older auto-MBW that saved a pickled optimizer (never read: resume replays the history).
     legacy_optimizer: bool = False
 
@@ -190,7 +192,7 @@ class LoopState:
                 stop_reason=data.get("stop_reason"),
                 stop_message=str(data.get("stop_message", "")),
                 elapsed_s=float(data.get("elapsed_s", 0.0)),
-                candidates=[Recipe.from_dict(c, source) for c in data.get("candidates", [])],
+                candidates=[_recipe_from_record(c, source) for c in data.get("candidates", [])],
                 legacy_optimizer=bool(data.get("optimizer")),
             )
         except (ValueError, KeyError, TypeError, RecipeError) as exc:
@@ -206,19 +208,28 @@ class RunHistory:
         self.blocks = [c for c in columns if c in BLOCKS]
         self.has_base = BASE in columns
         self.payload_names = [c[len(PAYLOAD_PREFIX) :] for c in columns if c.startswith(PAYLOAD_PREFIX)]
+        self.chain_columns, self.n_models = _chain_columns(columns, str(folder / HISTORY_FILE))
         self._handle: int | None = None
         self._rows: list[HistoryRow] = []
 
     # ---- creating and opening
 
     @classmethod
-    def create(cls, folder: str | os.PathLike[str], blocks: Sequence[str], payload_names: Sequence[str], *, with_base: bool = False) -> "RunHistory":
-        """Start an empty history in ``folder`` (which must not have one yet)."""
+    def create(
+        cls, folder: str | os.PathLike[str], blocks: Sequence[str], payload_names: Sequence[str], *, with_base: bool = False, n_models: int = 2,
+    ) -> "RunHistory":
+        """Start an empty history in ``folder`` (which must not have one yet); ``n_models`` > 2: chain columns."""
         folder = Path(folder)
         unknown = [b for b in blocks if b not in BLOCKS]
         if unknown:
             raise HistoryError(f"unknown block column(s) {', '.join(unknown)}")
         ordered = [b for b in BLOCKS if b in blocks]
+        if n_models > 2:
+            from .history_n import chain_columns
+
+            if with_base:
+                raise HistoryError("an N-model search mixes the UNet only: BASE is not searched")
+            ordered = chain_columns(ordered, n_models)
         columns = [*_LEAD, *ordered, *([BASE] if with_base else []), *(PAYLOAD_PREFIX + n for n in payload_names), *_TAIL]
         history = cls(folder, columns)
         path = folder / HISTORY_FILE
@@ -253,8 +264,8 @@ class RunHistory:
             raise HistoryError(f"{path}: empty history file") from None
         if list(columns[: len(_LEAD)]) != list(_LEAD):
             raise HistoryError(f"{path}: not an auto-MBW history (header starts {columns[:3]})")
-        history = cls(folder, list(columns))
         _check_columns(folder, list(columns))
+        history = cls(folder, list(columns))
         history._rows = [history._parse(values, f"{path}:{n + 2}") for n, values in enumerate(reader) if values]
         _check_indexes(path, history._rows)
         return history
@@ -310,7 +321,7 @@ class RunHistory:
         return self._handle
 
     def _format(self, row: HistoryRow) -> list[str]:
-        weights = dict(row.recipe.weights) if row.recipe else {}
+        weights = dict(row.recipe.weights) if isinstance(row.recipe, Recipe) else {}
         values: dict[str, str] = {
             "index": str(row.index),
             "timestamp": row.timestamp,
@@ -326,6 +337,10 @@ class RunHistory:
         }
         for block in self.blocks:
             values[block] = _number(weights.get(block))
+        if self.chain_columns and row.recipe is not None:
+            from .history_n import cells_of
+
+            values.update(cells_of(row.recipe, self.n_models, f"{self.folder / HISTORY_FILE} row {row.index}"))
         if self.has_base:
             values[BASE] = _number(row.recipe.base if row.recipe else None)
         for name in self.payload_names:
@@ -342,7 +357,11 @@ class RunHistory:
             raise HistoryError(f"{where}: unknown status/source {cell['status'][:20]!r}/{cell['source'][:20]!r}; the history is damaged")
         weights = {b: w for b in self.blocks if (w := _parse_number(cell[b], where)) is not None}
         base = _parse_number(cell[BASE], where) if self.has_base else None
-        recipe = Recipe(weights, base=base, source=where) if weights else None
+        recipe: Recipe | RecipeN | None = Recipe(weights, base=base, source=where) if weights else None
+        if self.chain_columns:
+            from .history_n import recipe_from_cells
+
+            recipe = recipe_from_cells(cell, self.chain_columns, self.n_models, where)
         return HistoryRow(
             index=int(cell["index"]),
             timestamp=cell["timestamp"],
@@ -428,6 +447,22 @@ def _check_columns(folder: Path, columns: list[str]) -> None:
             f"{path}: the block columns are no architecture's set (missing {', '.join(missing) or '?'}); "
             "the history was edited or damaged: restore it, or start a new search"
         )
+
+
+def _chain_columns(columns: Sequence[str], where: str) -> tuple[list[str], int]:
+    """The chain-weight columns of an N-model history and N (none and 2 for a two-model history)."""
+    if not any("@m" in c for c in columns):
+        return [], 2
+    from .history_n import models_of_columns, parse_column
+
+    n = models_of_columns(columns, where)
+    return [c for c in columns if parse_column(c) is not None], n or 2
+
+
+def _recipe_from_record(data: Any, source: str) -> Recipe | RecipeN:
+    from .history_n import recipe_from_record
+
+    return recipe_from_record(data, source)
 
 
 def _check_indexes(path: Path, rows: Sequence[HistoryRow]) -> None:

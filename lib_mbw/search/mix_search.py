@@ -116,15 +116,9 @@ def _append(path: Path, row: Mapping[str, Any]) -> None:
 
 def mix_generator(models: Sequence[Path], options: Any = None) -> Any:
     """A diffusers generator with model 1 loaded and the other models mixed in by a ``MultiMerger``."""
-    from ..generators.diffusers import DiffusersGenerator, DiffusersOptions
-    from ..runtime.multi import MultiMerger
+    from ..generators.diffusers import DiffusersGenerator, DiffusersOptions, mix_merger_factory
 
-    others = [Path(m) for m in models[1:]]
-
-    def factory(unet: Any, model_a: Any, model_b: Any, *, key_map: Any, mode: str) -> MultiMerger:
-        return MultiMerger(unet, [None, *others], key_map=key_map, mode=mode)
-
-    return DiffusersGenerator(models[0], models[1], options=options or DiffusersOptions(), merger_factory=factory)
+    return DiffusersGenerator(models[0], models[1], options=options or DiffusersOptions(), merger_factory=mix_merger_factory(models[2:]))
 
 
 def run_mix_search(

@@ -134,7 +134,7 @@ def _model_info(role: str, spec: str, allow_pickle: bool, host_loads: bool = Fal
     generator reads the file its own way): existence and readability only."""
     from ..checkpoint import PICKLE_SUFFIXES, open_checkpoint
 
-    flag = "-a/--model-a (models.a)" if role == "A" else "-b/--model-b (models.b)"
+    flag = {"A": "-a/--model-a (models.a)", "B": "-b/--model-b (models.b)"}.get(role, f"MODEL argument {'ABCDE'.index(role) + 1} (models.{role.lower()})")
     path = Path(spec)
     if not path.exists():
         raise PreflightError(f"model {role}: {path}: file not found; check {flag}")
@@ -180,6 +180,7 @@ def check_models(settings: SearchSettings, *, host: Any = None) -> dict[str, Mod
     is only checked to exist, be readable and differ from the other model.
     """
     specs = {"A": settings.models.a, "B": settings.models.b}
+    specs.update({role.upper(): getattr(settings.models, role) for role in "cde" if getattr(settings.models, role)})
     needs_files = _needs_files(settings, host)
     inspect = host is not None or not is_plugin(settings.generator.name)
     if needs_files:
@@ -191,18 +192,21 @@ def check_models(settings: SearchSettings, *, host: Any = None) -> dict[str, Mod
     for role, spec in specs.items():
         if spec and (needs_files or Path(spec).exists() or _looks_like_file(spec)):
             infos[role] = _model_info(role, spec, _allow_pickle(settings), host_loads=host is not None, inspect=inspect)
-    a, b = infos.get("A"), infos.get("B")
-    if a is not None and b is not None:
-        how = _same_file(a.path, b.path)
-        if how:
-            raise PreflightError(
-                f"model A ({a.path}) and model B ({b.path}) are {how}: every merge would be the same model; pick two different models"
-            )
-        if a.family and b.family and (a.family, a.variant) != (b.family, b.variant):
-            raise PreflightError(
-                f"model A ({a.path}) is {a.label} but model B ({b.path}) is {b.label}: architectures differ, "
-                "so they cannot be merged; pick two models of one architecture"
-            )
+    listed = list(infos.values())
+    pick = "two" if len(listed) == 2 else "the"
+    for i, a in enumerate(listed):
+        for b in listed[i + 1 :]:
+            how = _same_file(a.path, b.path)
+            if how:
+                raise PreflightError(
+                    f"model {a.role} ({a.path}) and model {b.role} ({b.path}) are {how}: every merge would be the same model; "
+                    f"pick {pick} different models"
+                )
+            if a.family and b.family and (a.family, a.variant) != (b.family, b.variant):
+                raise PreflightError(
+                    f"model {a.role} ({a.path}) is {a.label} but model {b.role} ({b.path}) is {b.label}: architectures differ, "
+                    f"so they cannot be merged; pick {pick} models of one architecture"
+                )
     wanted = settings.models.family
     for info in infos.values():
         if wanted and info.family and info.family != wanted:

@@ -28,6 +28,10 @@ Resume trusts nothing in the run folder that could run code: the strategy,
 scorer and generator must be built-in or enabled plugins, the optimizer is
 rebuilt by replaying the history, and the models must still be the files the
 run recorded (size, then sha256 when the size and time stamp do not settle it).
+
+With ``models.c`` (.. ``models.e``) set, the search is a block mix of 3-5
+models: ``session_n`` supplies its space, warm start, generators, stop limits
+and outputs; everything else here is shared.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from ..scorers.base import Scorer
 from ..scorers.tally import Tally
 from .events import Listener, OutputsWritten
 from .history import RunHistory, WarmStart, create_run_folder, load_warm_start, read_manifest, summarize_rows, write_best_recipe
+from .history_n import record_of
 from .loop import LoopSettings, SearchResult, SearchRun
 from .plugins import is_plugin, load_plugin, require_all_enabled
 from .settings import GeneratorSettings, SearchSettings, SettingsError, from_mapping, merge_mappings
@@ -99,19 +104,25 @@ def check_plugins(settings: SearchSettings, plugins: Collection[str], where: str
 
 
 def make_generators(settings: GeneratorSettings, model_a: str | None, model_b: str | None, host: Any = None,
-                    plugins: Collection[str] = ()) -> list[Generator]:
-    """One generator per worker option set (``settings.workers``), or one from ``settings.options``."""
+                    plugins: Collection[str] = (), more_models: Sequence[str] = ()) -> list[Generator]:
+    """One generator per worker option set (``settings.workers``), or one from ``settings.options``.
+
+    ``more_models``: models 3-5 of a block mix (``session_n.make_mix_generators`` checks who can mix).
+    """
     option_sets = [{**settings.options, **worker} for worker in settings.workers] or [dict(settings.options)]
+    more = {"more_models": list(more_models)} if more_models else {}
     if host is not None:
         if not model_a or not model_b:
             raise SessionError("set models.a and models.b (the two checkpoints to merge)")
+        if more_models:
+            return [host.make_mix_generator([model_a, model_b, *more_models], options) for options in option_sets]
         return [host.make_generator(model_a, model_b, options) for options in option_sets]
     if is_plugin(settings.name):
         factory = load_plugin(settings.name, "generator", plugins)
-        return [factory(model_a=model_a, model_b=model_b, **options) for options in option_sets]
+        return [factory(model_a=model_a, model_b=model_b, **more, **options) for options in option_sets]
     from ..generators.registry import make_generator
 
-    return [make_generator(settings.name, model_a=model_a, model_b=model_b, **options) for options in option_sets]
+    return [make_generator(settings.name, model_a=model_a, model_b=model_b, **more, **options) for options in option_sets]
 
 
 def make_scorer_from_settings(name: str, options: Mapping[str, Any], plugins: Collection[str] = ()) -> Scorer:
@@ -131,6 +142,10 @@ def make_search_optimizer(settings: SearchSettings, family: str, warm_start: Seq
     from .optimizer import InitSettings, make_optimizer
     from .space import SearchSpace
 
+    if settings.models.count > 2:
+        from .session_n import make_mix_optimizer
+
+        return make_mix_optimizer(settings, family, warm_start, plugins)  # type: ignore[arg-type]
     s = settings.space
     space = SearchSpace(
         family=family,
@@ -190,7 +205,7 @@ def check_models_unchanged(manifest: Mapping[str, Any], settings: SearchSettings
     not (or was not recorded); the user's hash cache makes a second check free.
     """
     recorded = manifest.get("models") or {}
-    for role, spec in (("a", settings.models.a), ("b", settings.models.b)):
+    for role, spec in ((r, getattr(settings.models, r)) for r in _ROLES):
         facts = recorded.get(role)
         if not isinstance(facts, Mapping) or not facts.get("sha256") or not spec:
             continue  # a name the generator resolves (no file was recorded)
@@ -288,6 +303,9 @@ class SearchSession:
             log.exception("could not unload scorer %s", getattr(self.scorer, "name", self.scorer))
 
 
+_ROLES = ("a", "b", "c", "d", "e")
+
+
 def _warm_start(settings: SearchSettings) -> WarmStart:
     collected = WarmStart()
     for spec in settings.warm_start:
@@ -326,13 +344,22 @@ def start_search(
     preflight(settings, host=host, generators=generators)
     payload_files = load_payloads(settings.payloads.folder, settings.payloads.names or None)
     payloads = prepare_payloads(payload_files, settings.payloads.wildcards, settings.seed)
-    warm = _warm_start(settings)
-    made_generators = list(generators) if generators else make_generators(settings.generator, settings.models.a, settings.models.b, host, plugins)
+    mix = settings.models.count > 2
+    warm = _warm_start(settings) if not mix else None
+    made_generators = list(generators) if generators else _make_generators(settings, host, plugins)
     try:
         family = detect_family(settings, made_generators)
         made_scorer = scorer or make_scorer_from_settings(settings.scorer.name, settings.scorer.options, plugins)
-        scored = list(zip(_for_family([r for r, _ in warm.scored], family), [s for _, s in warm.scored]))
-        initial = _for_family(warm.unscored, family)
+        if warm is None:
+            from .session_n import load_warm_start_n, runtime_memory
+
+            warm = load_warm_start_n(settings, family)
+            scored, initial = list(warm.scored), list(warm.unscored)
+            memory = runtime_memory(made_generators)
+        else:
+            scored = list(zip(_for_family([r for r, _ in warm.scored], family), [s for _, s in warm.scored]))
+            initial = _for_family(warm.unscored, family)
+            memory = []
         optimizer = make_search_optimizer(settings, family, scored, plugins)
         run_dir = create_run_folder(settings.history_dir, settings.name)
     except BaseException:
@@ -340,7 +367,8 @@ def start_search(
             generator.close()
         raise
     run_id = run_dir.name
-    history = RunHistory.create(run_dir, present_blocks(family), list(dict.fromkeys(p.name for p in payloads)), with_base=settings.space.search_base)
+    history = RunHistory.create(run_dir, present_blocks(family), list(dict.fromkeys(p.name for p in payloads)),
+                                with_base=settings.space.search_base, n_models=settings.models.count)
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": 1,
@@ -348,7 +376,7 @@ def start_search(
         "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "settings": settings.to_dict(),
         "family": family,
-        "models": {"a": model_facts(settings.models.a), "b": model_facts(settings.models.b)},
+        "models": {r: model_facts(getattr(settings.models, r)) for r in _ROLES if r in "ab" or getattr(settings.models, r)},
         "payload_files": {p.name: p.digest() for p in payload_files},
         "payloads": [{**p.to_record(), "sha256": p.digest()} for p in payloads],
         "seeds": {
@@ -357,11 +385,12 @@ def start_search(
             "rescore_offset": LoopSettings().rescore_seed_offset,
         },
         "warm_start": {
-            "scored": [[r.to_dict(), s] for r, s in scored],
-            "initial": [r.to_dict() for r in initial],
+            "scored": [[record_of(r), s] for r, s in scored],
+            "initial": [record_of(r) for r in initial],
         },
         "optimizer": _describe_optimizer(optimizer),
         "generators": [getattr(g, "name", type(g).__name__) for g in made_generators],
+        **({"runtime_memory": memory} if memory else {}),
         "scorer": {"name": getattr(made_scorer, "name", settings.scorer.name), "higher_is_better": getattr(made_scorer, "higher_is_better", True)},
         "tally": dataclasses.asdict(settings.tally),
         "packages": package_versions(),
@@ -373,14 +402,24 @@ def start_search(
     return SearchSession(settings, run_id, run_dir, family, payloads, run, made_generators, made_scorer, manifest, host)
 
 
+def _make_generators(settings: SearchSettings, host: Any, plugins: Collection[str]) -> list[Generator]:
+    if settings.models.count > 2:
+        from .session_n import make_mix_generators
+
+        return make_mix_generators(settings, host, plugins)
+    return make_generators(settings.generator, settings.models.a, settings.models.b, host, plugins)
+
+
 def _make_run(settings, payloads, optimizer, generators, scorer, history, initial, run_id, listeners, optimizer_factory) -> SearchRun:
+    from .settings_n import stop_for
+
     return SearchRun(
         payloads,
         optimizer,
         generators,
         scorer,
         tally=Tally(settings.tally.method, settings.tally.trim, settings.tally.positive),
-        stop=settings.stop,
+        stop=stop_for(settings),
         settings=LoopSettings(rescore_top=settings.rescore_top, max_failures=settings.max_failures, abandon=settings.abandon),
         history=history,
         initial_recipes=initial,
@@ -439,13 +478,24 @@ def resume_search(
     check_models_unchanged(manifest, settings, where)
     family = str(manifest["family"])
     payloads = [payload_from_record(r, f"{folder}/manifest.json") for r in manifest["payloads"]]
-    scored = [(Recipe.from_dict(r, "manifest warm start"), float(s)) for r, s in manifest["warm_start"]["scored"]]
-    initial = [Recipe.from_dict(r, "manifest initial recipe") for r in manifest["warm_start"]["initial"]]
-    made_generators = list(generators) if generators else make_generators(settings.generator, settings.models.a, settings.models.b, host, plugins)
+    from .history_n import recipe_from_record
+
+    scored = [(recipe_from_record(r, f"{where} warm start"), float(s)) for r, s in manifest["warm_start"]["scored"]]
+    initial = [recipe_from_record(r, f"{where} initial recipe") for r in manifest["warm_start"]["initial"]]
+    made_generators = list(generators) if generators else _make_generators(settings, host, plugins)
     try:
         made_scorer = scorer or make_scorer_from_settings(settings.scorer.name, settings.scorer.options, plugins)
-        optimizer = make_search_optimizer(settings, family, scored, plugins)
+        if settings.models.count > 2:
+            from .session_n import runtime_memory
+
+            runtime_memory(made_generators)  # the mix's memory is checked before the search goes on
+        optimizer = make_search_optimizer(settings, family, scored, plugins)  # type: ignore[arg-type]
         history = RunHistory.open(folder)
+        if history.n_models != settings.models.count:
+            raise SessionError(
+                f"{folder}/history.csv: records a {history.n_models}-model search but {where} names {settings.models.count} models; "
+                "the history was edited or damaged: restore it, or start a new search"
+            )
     except BaseException:
         for generator in made_generators:
             generator.close()
@@ -469,7 +519,7 @@ def _merged_model_path(settings: SearchSettings, run_id: str) -> Path | None:
     path = Path(target)
     if path.suffix.lower() == ".safetensors":
         return path
-    stems = [Path(m).stem for m in (settings.models.a, settings.models.b) if m]
+    stems = [Path(m).stem for m in settings.models.listed()]
     name = safe_name("-x-".join(stems) or "merged") + f"-{run_id.rsplit('-', 1)[-1]}.safetensors"
     return path / name
 
@@ -496,6 +546,10 @@ def _save_images(folder: Path, images: Sequence[GeneratedImage]) -> list[Path]:
 
 def _merge_model(session: SearchSession, recipe: Recipe, out: Path) -> Path:
     settings = session.settings
+    if settings.models.count > 2:
+        from .session_n import mix_model
+
+        return mix_model(session, recipe, out)  # type: ignore[arg-type]
     try:
         from ..merge import merge_to_file  # type: ignore[attr-defined]
     except ImportError as exc:
@@ -532,6 +586,10 @@ def merge_command(settings: SearchSettings, recipe: Path, out: Path | None) -> s
     if out is not None:
         parts += ["-o", str(out)]
     parts += ["--dtype", settings.output.dtype]
+    if settings.models.count > 2:
+        from .session_n import merge_command_n
+
+        parts = merge_command_n(settings, recipe, out)
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -544,10 +602,22 @@ def write_outputs(session: SearchSession, outcome: SearchOutcome) -> None:
     outputs = outcome.outputs
     higher = getattr(session.scorer, "higher_is_better", True)
     steps: list[tuple[str, Callable[[], None]]] = []
+    mix = session.settings.models.count > 2
     if result.recipe is not None:
         recipe = result.recipe
-        steps.append(("recipe", lambda: outputs.update(write_best_recipe(folder, recipe, family=session.family, score=result.score, reason=result.reason, run_id=session.run_id, overwrite=True))))
-    steps.append(("plots", lambda: outputs.update(plot_run(result.rows, result.recipe, folder, family=session.family, higher_is_better=higher))))
+        if mix:
+            from .session_n import write_best_recipe_mix
+
+            steps.append(("recipe", lambda: outputs.update(write_best_recipe_mix(session, recipe, result.score, result.reason))))  # type: ignore[arg-type]
+        else:
+            steps.append(("recipe", lambda: outputs.update(write_best_recipe(folder, recipe, family=session.family, score=result.score, reason=result.reason, run_id=session.run_id, overwrite=True))))
+    if mix:
+        from .session_n import plot_mix
+
+        steps.append(("plots", lambda: outputs.update(plot_mix(result.rows, result.recipe, folder, family=session.family,  # type: ignore[arg-type]
+                                                               models=session.settings.models.listed(), higher_is_better=higher))))
+    else:
+        steps.append(("plots", lambda: outputs.update(plot_run(result.rows, result.recipe, folder, family=session.family, higher_is_better=higher))))
     if result.recipe is not None and session.settings.output.save_images:
         def images() -> None:
             rendered = result.images or _render_images(session, result.recipe)  # type: ignore[arg-type]

@@ -50,11 +50,27 @@ class SettingsError(MBWError):
 
 @dataclass
 class ModelSettings:
-    """The two checkpoints (paths or names the generator understands) and their architecture."""
+    """The checkpoints (paths or names the generator understands) and their architecture.
+
+    ``a`` and ``b`` are a two-model merge; ``c``, ``d``, ``e`` make it a block
+    mix of 3-5 models in the order a, b, c, d, e (docs/multi.md).
+    """
 
     a: str | None = None
     b: str | None = None
     family: str | None = None  # sd1 / sd2 / sdxl; None: detected from model A's file
+    c: str | None = None
+    d: str | None = None
+    e: str | None = None
+
+    def listed(self) -> list[str]:
+        """The models given, in mix order (``a``, ``b``, then ``c``, ``d``, ``e`` where set)."""
+        return [m for m in (self.a, self.b, self.c, self.d, self.e) if m]
+
+    @property
+    def count(self) -> int:
+        """How many models the search merges: 2, or 3-5 for a block mix."""
+        return max(2, len(self.listed()))
 
 
 @dataclass
@@ -73,6 +89,9 @@ class SpaceSettings:
     frozen: dict[str, float] = field(default_factory=dict)
     groups: list[list[str]] = field(default_factory=list)
     search_base: bool = False
+    #: 3-5 models: ranges/frozen/groups per chain step (step k adds model k+1), and whole frozen blocks.
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    frozen_shares: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -190,6 +209,9 @@ class SearchSettings:
         for ok, key, need in checks:
             if not ok:
                 raise SettingsError(f"{prefix}setting {key} must be {need}, got {_lookup(self, key)!r}")
+        from .settings_n import check_models_n
+
+        check_models_n(self, prefix)
         return self
 
     def to_dict(self) -> dict[str, Any]:

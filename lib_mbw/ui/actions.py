@@ -15,8 +15,9 @@ from typing import Any, Sequence
 from ..blocks import present_blocks
 from ..errors import MBWError
 from ..recipe import Recipe
+from ..recipe_n import RecipeN
 from .controller import SearchController, title_for_path
-from .form import FormResult, FormValues, form_from_settings, settings_from_form, settings_from_manifest
+from .form import MODEL_FIELDS, FormResult, FormValues, form_from_settings, settings_from_form, settings_from_manifest
 from .live import LiveState
 
 #: Number of rating sliders the UI has (more images are rated in the text box).
@@ -75,8 +76,19 @@ def describe_models(host: Any, model_a: str | None, model_b: str | None) -> Mode
     return ModelsInfo(arch.family, f"{arch.label}: {len(present_blocks(arch.family))} blocks.{note}{same}")
 
 
+def mix_unavailable(host: Any) -> str:
+    """Why this host cannot search a mix of 3-5 models ('' when it can)."""
+    if hasattr(host, "make_mix_generator"):
+        return ""
+    return ("Models C-E (a mix of 3-5 models) are not available in this host yet: its runtime merge takes two models. "
+            "Search a mix in the standalone app (`python -m lib_mbw ui --models DIR`) or with `python -m lib_mbw search A B C`.")
+
+
 def start_from_form(host: Any, controller: SearchController, form: FormValues) -> FormResult:
     """Validate the form and start the search; the result's errors say what to fix (nothing starts then)."""
+    more = [getattr(form, name) for name in MODEL_FIELDS[2:] if getattr(form, name)]
+    if more and mix_unavailable(host):
+        return FormResult(None, {"model_c": mix_unavailable(host)})
     models = describe_models(host, form.model_a, form.model_b)
     if models.mismatch:
         return FormResult(None, {"model_b": models.text.lstrip("⚠ ")})
@@ -86,7 +98,7 @@ def start_from_form(host: Any, controller: SearchController, form: FormValues) -
     if result.ok:
         assert result.settings is not None and form.model_a and form.model_b
         try:
-            controller.start(result.settings, form.model_a, form.model_b, family)
+            controller.start(result.settings, form.model_a, form.model_b, family, more_models=more)
         except MBWError as exc:
             return FormResult(None, {"run_name": str(exc)})
     return result
@@ -144,7 +156,10 @@ def run_recipe(run_dir: str | Path) -> RecipeSource:
 
     details = load_run(run_dir)
     settings = settings_from_manifest(details.manifest, f"{run_dir}/manifest.json")
-    return RecipeSource(details.recipe, details.score, details.reason, details.family, settings, details.summary.run_id, Path(run_dir))
+    recipe = details.recipe
+    if isinstance(recipe, RecipeN) and len(settings.models.listed()) == recipe.n_models:
+        recipe = recipe.with_models([Path(m).name for m in settings.models.listed()])
+    return RecipeSource(recipe, details.score, details.reason, details.family, settings, details.summary.run_id, Path(run_dir))
 
 
 def warm_start_form(host: Any, run_dir: str | Path) -> FormValues:

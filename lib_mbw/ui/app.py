@@ -32,7 +32,7 @@ from ..scorers.tally import POSITIVE_MAPS, TALLIES
 from ..search.settings import DTYPES
 from . import actions, compat, payload_editor
 from .controller import SearchController
-from .form import FORM_FIELDS, GRID_HEADERS, SECTIONS, FormValues, default_block_grid
+from .form import FORM_FIELDS, GRID_HEADERS, MODEL_FIELDS, SECTIONS, FormValues, default_block_grid
 from .outputs import EXPORT_FORMATS, export_recipe, merge_recipe, merged_model_path, recipe_as
 from .runs import RUN_HEADERS, list_runs, load_run, run_folder, run_overview, run_table
 from .views import HISTORY_HEADERS, LiveView, convergence_svg, unet_html
@@ -118,6 +118,16 @@ def build_ui(host: Any, defaults: FormValues | None = None, plugins: Collection[
                                 models = host.list_models()
                                 form["model_a"] = compat.dropdown("Model A (weight 0)", models, d.model_a, elem_id="mbw-model-a")
                                 form["model_b"] = compat.dropdown("Model B (weight 1)", models, d.model_b, elem_id="mbw-model-b")
+                            mix_note = actions.mix_unavailable(host)
+                            with gr.Row():
+                                for name in MODEL_FIELDS[2:]:
+                                    letter = name[-1].upper()
+                                    form[name] = compat.optional_dropdown(
+                                        f"Model {letter} (optional: a mix of 3-5)" if letter == "C" else f"Model {letter} (optional)",
+                                        models, getattr(d, name), enabled=not mix_note, elem_id=f"mbw-model-{letter.lower()}",
+                                    )
+                            if mix_note:
+                                gr.Markdown(mix_note, elem_id="mbw-mix-note")
                             refresh_models = gr.Button("↻ Refresh model list", size="sm")
                             models_info = gr.Markdown(actions.describe_models(host, d.model_a, d.model_b).text, elem_id="mbw-models-info")
                             error_slot("models")
@@ -131,8 +141,8 @@ def build_ui(host: Any, defaults: FormValues | None = None, plugins: Collection[
                         with gr.Accordion("Optimizer", open=False):
                             with gr.Row():
                                 form["strategy"] = compat.dropdown("Strategy", actions.strategy_choices(), d.strategy, custom=True, elem_id="mbw-strategy")
-                                form["max_evaluations"] = gr.Number(value=d.max_evaluations, precision=0, label="Evaluations (most)", elem_id="mbw-max-evals")
-                                form["patience"] = gr.Number(value=d.patience, precision=0, label="Early stop: evaluations without improvement (0 = off)", elem_id="mbw-patience")
+                                form["max_evaluations"] = gr.Number(value=d.max_evaluations, precision=0, label="Evaluations (most; a mix of N models: x (N-1))", elem_id="mbw-max-evals")
+                                form["patience"] = gr.Number(value=d.patience, precision=0, label="Early stop: evaluations without improvement (0 = off; a mix: x (N-1))", elem_id="mbw-patience")
                             with gr.Row():
                                 form["tol_abs"] = gr.Number(value=d.tol_abs, label="Improvement must exceed (score units)")
                                 form["tol_rel"] = gr.Number(value=d.tol_rel, label="… or this fraction of |best|")
@@ -381,12 +391,14 @@ def build_ui(host: Any, defaults: FormValues | None = None, plugins: Collection[
         for dropdown in (form["model_a"], form["model_b"]):
             compat.listen(dropdown.change, on_models, [form["model_a"], form["model_b"]], [models_info])
 
-        def on_refresh_models(a: str | None, b: str | None) -> list[Any]:
-            titles = host.list_models()
-            return [compat.update(choices=titles, value=a if a in titles else None),
-                    compat.update(choices=titles, value=b if b in titles else None)]
+        model_pickers = [form[name] for name in MODEL_FIELDS]
 
-        compat.listen(refresh_models.click, on_refresh_models, [form["model_a"], form["model_b"]], [form["model_a"], form["model_b"]])
+        def on_refresh_models(*chosen: str | None) -> list[Any]:
+            titles = host.list_models()
+            return [compat.update(choices=titles, value=a if a in titles else None) for a in chosen[:2]] + [
+                compat.update(choices=["", *titles], value=c if c in titles else "") for c in chosen[2:]]
+
+        compat.listen(refresh_models.click, on_refresh_models, model_pickers, model_pickers)
 
         def payload_choices(chosen: Sequence[str] | None = None) -> list[Any]:
             names = list_payloads(paths.payloads)

@@ -3,6 +3,7 @@
 The rest of ``lib_mbw.ui`` builds components and events only through these
 helpers and never checks gradio's version itself:
 
+* optional single-value dropdowns (``optional_dropdown``: 3.41 cannot clear one);
 * component constructors whose keyword arguments differ (``Gallery``/``Image``
   are uploads by default in 4.x and cache files as WebP; ``Image(source=)``
   became ``sources=``; ``File(type="file")`` became ``"filepath"``;
@@ -136,6 +137,12 @@ def dataframe(*, headers: Sequence[str], datatype: Sequence[str] | str = "str", 
 def dropdown(label: str, choices: Sequence[str], value: Any = None, *, custom: bool = False, multiselect: bool = False, **kwargs: Any) -> Any:
     """A dropdown; ``custom`` allows values outside ``choices`` (4.x refuses them otherwise)."""
     return gr.Dropdown(choices=list(choices), value=value, label=label, allow_custom_value=custom, multiselect=multiselect, **kwargs)
+
+
+def optional_dropdown(label: str, choices: Sequence[str], value: Any = None, *, enabled: bool = True, **kwargs: Any) -> Any:
+    """A dropdown that may be left empty ("" first among the choices: 3.41 cannot clear a single-value dropdown,
+    4.x can but then delivers None; both come back as blank). ``enabled=False`` shows it greyed out."""
+    return gr.Dropdown(choices=["", *choices], value=value or "", label=label, interactive=enabled, **kwargs)
 
 
 def event_options(*, js: str | None = None, queue: bool = True, concurrency_limit: int | None = None, show_progress: str | None = None) -> dict[str, Any]:

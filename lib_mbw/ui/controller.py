@@ -250,8 +250,10 @@ class SearchController:
 
     # ------------------------------------------------------------------ starting
 
-    def start(self, settings: SearchSettings, model_a: str, model_b: str, family: str | None = None) -> None:
-        """Start a new search of ``settings`` on the host's models ``model_a``/``model_b`` (titles) in the background."""
+    def start(self, settings: SearchSettings, model_a: str, model_b: str, family: str | None = None,
+              more_models: Sequence[str] = ()) -> None:
+        """Start a new search of ``settings`` on the host's models ``model_a``/``model_b`` (titles) in the background;
+        ``more_models``: titles of models 3-5 of a mix."""
         from ..search.preflight import preflight
         from ..search.session import check_plugins, start_search
 
@@ -259,7 +261,7 @@ class SearchController:
 
         def prepare() -> Any:
             preflight(settings, host=self.host)  # before loading models: a search that cannot work stops here
-            generators = self._make_generators(model_a, model_b, settings.generator.options)
+            generators = self._make_generators([model_a, model_b, *more_models], settings.generator.options)
             try:
                 scorer = self._ready_scorer(settings)
                 return start_search(settings, host=self.host, listeners=[self.listener], generators=generators, scorer=scorer,
@@ -280,11 +282,11 @@ class SearchController:
         manifest = read_manifest(Path(run_dir))
         settings = settings_from_manifest(manifest, f"{run_dir}/manifest.json")
         check_plugins(settings, self.plugins, f"{Path(run_dir).name}/manifest.json", generator=False)
-        model_a, model_b = (title_for_path(self.host, p) for p in (settings.models.a or "", settings.models.b or ""))
+        titles = [title_for_path(self.host, p) for p in ([settings.models.a or "", settings.models.b or ""] + settings.models.listed()[2:])]
 
         def prepare() -> Any:
             check_run_free(run_dir)  # another process searching in this run: refused before loading models
-            generators = self._make_generators(model_a, model_b, settings.generator.options)
+            generators = self._make_generators(titles, settings.generator.options)
             try:
                 scorer = self._ready_scorer(settings)
                 return resume_search(run_dir, overrides=overrides, host=self.host, listeners=[self.listener], generators=generators,
@@ -306,8 +308,13 @@ class SearchController:
         preload(scorer)
         return scorer
 
-    def _make_generators(self, model_a: str, model_b: str, options: Mapping[str, Any]) -> list[Generator]:
-        return [self.host.make_generator(model_a, model_b, dict(options))]
+    def _make_generators(self, titles: Sequence[str], options: Mapping[str, Any]) -> list[Generator]:
+        if len(titles) > 2:
+            make_mix = getattr(self.host, "make_mix_generator", None)
+            if make_mix is None:
+                raise MBWError(f"this host cannot mix {len(titles)} models at run time; search two models here")
+            return [make_mix(list(titles), dict(options))]
+        return [self.host.make_generator(titles[0], titles[1], dict(options))]
 
     def _launch(self, prepare: Callable[[], Any], settings: SearchSettings, family: str | None, message: str,
                 max_evaluations: int | None = None) -> None:
@@ -318,7 +325,7 @@ class SearchController:
             self._session = None
             self._state = new_run_state(
                 "preparing",
-                max_evaluations=max_evaluations or settings.stop.max_evaluations,
+                max_evaluations=(max_evaluations or settings.stop.max_evaluations) * (settings.models.count - 1),
                 rescore_top=settings.rescore_top,
                 max_minutes=settings.stop.max_minutes,
                 family=family or settings.models.family,

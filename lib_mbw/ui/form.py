@@ -10,6 +10,10 @@ The 27-block grid is a table with one row per block: ``[block, min, max,
 freeze, group]``. A ``freeze`` value fixes the block's weight; ``min``/``max``
 other than 0/1 restrict its range; blocks with the same ``group`` label share
 one weight.
+
+Models C, D and E (optional, in that order) make the search a block mix of
+3-5 models (docs/multi.md): every block's shares are searched, so the block
+grid, "search BASE" and "base from b/merge" apply to two models only.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class FormValues:
     # models
     model_a: str | None = None
     model_b: str | None = None
+    model_c: str | None = None
+    model_d: str | None = None
+    model_e: str | None = None
     # payloads
     payload_names: list[str] = field(default_factory=list)
     # search
@@ -113,10 +120,12 @@ class FormValues:
 
 
 FORM_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FormValues))
+#: The model pickers in mix order (C, D, E optional: a mix of 3-5 models).
+MODEL_FIELDS: tuple[str, ...] = ("model_a", "model_b", "model_c", "model_d", "model_e")
 
 #: Message slot (form section) of each field.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "models": ("model_a", "model_b"),
+    "models": ("model_a", "model_b", "model_c", "model_d", "model_e"),
     "payloads": ("payload_names",),
     "search": (
         "run_name", "seed", "strategy", "strategy_options", "max_evaluations", "patience", "tol_abs", "tol_rel",
@@ -139,6 +148,9 @@ _KEY_TO_FIELD: dict[str, str] = {
     "seed": "seed",
     "models": "model_a",
     "models.family": "model_a",
+    "models.c": "model_c",
+    "models.d": "model_d",
+    "models.e": "model_e",
     "space.levels": "levels",
     "init": "init_random",
     "recipe_order": "recipe_order",
@@ -310,8 +322,20 @@ def warm_start_in_history(spec: str, history: Path, order: str, fold: str) -> tu
     try:
         load_warm_start(str(resolved), order, fold)
     except MBWError:
-        return None, f"{spec}: not a run folder, history CSV or recipe file auto-MBW can read"
+        if not (resolved.is_file() and _reads_as_recipe_n(str(resolved))):
+            return None, f"{spec}: not a run folder, history CSV or recipe file auto-MBW can read"
     return resolved, ""
+
+
+def _reads_as_recipe_n(spec: str) -> bool:
+    """Whether ``spec`` (a file or text) is an N-model recipe (JSON or chain lines) for a mix search."""
+    from ..recipe_n import read_recipe_n
+
+    try:
+        read_recipe_n(spec)
+    except MBWError:
+        return False
+    return True
 
 
 def initial_recipe(text: str, history: Path, order: str, fold: str) -> tuple[str, str]:
@@ -327,12 +351,14 @@ def initial_recipe(text: str, history: Path, order: str, fold: str) -> tuple[str
         try:
             read_recipe(str(resolved), order, fold)
         except MBWError:
-            return "", f"{text}: not a recipe file auto-MBW can read"
+            if not _reads_as_recipe_n(str(resolved)):
+                return "", f"{text}: not a recipe file auto-MBW can read"
         return str(resolved), ""
     try:
         read_recipe(text, order, fold)
     except MBWError as exc:
-        return "", str(exc)  # the client's own text
+        if not _reads_as_recipe_n(text):
+            return "", str(exc)  # the client's own text
     return text, ""
 
 
@@ -487,17 +513,26 @@ def settings_from_form(
     """
     p = _Problems()
     files: dict[str, str] = {}
-    for name in ("model_a", "model_b"):
+    for name in MODEL_FIELDS:
         title = getattr(form, name)
         if _blank(title):
-            p.add(name, "choose a checkpoint")
+            if name in ("model_a", "model_b"):
+                p.add(name, "choose a checkpoint")
+            continue
+        earlier = MODEL_FIELDS[: MODEL_FIELDS.index(name)]
+        gap = next((f for f in earlier if _blank(getattr(form, f))), None)
+        if gap is not None and name not in ("model_a", "model_b"):
+            p.add(name, f"choose {gap.replace('_', ' ')} first; models are mixed in the order A, B, C, D, E")
             continue
         try:
             files[name] = str(model_path(str(title)))
         except MBWError as exc:
             p.add(name, str(exc))
-    if "model_a" in files and files.get("model_a") == files.get("model_b"):
-        p.add("model_b", "is the same checkpoint as model A; every merge would be identical and score the same")
+            continue
+        same = next((f for f in earlier if files.get(f) == files[name]), None)
+        if same is not None:
+            p.add(name, f"is the same checkpoint as {same.replace('_', ' ')}; every merge would be identical and score the same")
+    mix = len(files) > 2
 
     from ..payloads import list_payloads
 
@@ -529,6 +564,11 @@ def settings_from_form(
     space, grid_problems = parse_block_grid(form.block_grid, family)
     if grid_problems:
         p.add("block_grid", "; ".join(grid_problems))
+    if mix and (space.ranges or space.frozen or space.groups):
+        p.add("block_grid", f"ranges, frozen weights and groups are for two models; a mix of {len(files)} searches every block's "
+              "shares (reset the grid, or give space.steps in a settings file for the search command)")
+    if mix and form.search_base:
+        p.add("search_base", f"a mix of {len(files)} models searches the UNet only; untick it")
 
     order = p.choice("recipe_order", form.recipe_order, list(ORDERS))
     fold = p.choice("recipe_fold", form.recipe_fold, list(FOLDS))
@@ -574,6 +614,8 @@ def settings_from_form(
     base_from = str(form.base_from or "a").strip()
     if base_from not in BASE_FROM and not (_inside_any(base_from, [paths.models]) and Path(base_from).is_file()):
         p.add("base_from", f"must be a, b, merge or a checkpoint file in {paths.models}, got {_show(form.base_from)}")
+    elif mix and base_from in ("b", "merge"):
+        p.add("base_from", f"a mix takes the text encoder from model A or a checkpoint file in {paths.models}, got {base_from}")
     vae_from = None if _blank(form.vae_from) else str(form.vae_from).strip()
     if vae_from and not (_inside_any(vae_from, [paths.models]) and Path(vae_from).is_file()):
         p.add("vae_from", f"{vae_from}: no such file in {paths.models}")
@@ -597,7 +639,8 @@ def settings_from_form(
     data: dict[str, Any] = {
         "name": str(form.run_name or "").strip() or "search",
         "seed": seed,
-        "models": {"a": files["model_a"], "b": files["model_b"], "family": family},
+        "models": {"a": files["model_a"], "b": files["model_b"], "family": family,
+                   **{name[-1]: files[name] for name in MODEL_FIELDS[2:] if name in files}},
         "payloads": {"folder": str(paths.payloads), "names": chosen, "wildcards": str(paths.wildcards)},
         "strategy": str(form.strategy).strip(),
         "strategy_options": strategy_options,
@@ -606,7 +649,8 @@ def settings_from_form(
         "initial_recipes": initial,
         "recipe_order": order,
         "recipe_fold": fold,
-        "space": {"levels": levels, "ranges": space.ranges, "frozen": space.frozen, "groups": space.groups, "search_base": bool(form.search_base)},
+        "space": {"levels": levels} if mix else
+                 {"levels": levels, "ranges": space.ranges, "frozen": space.frozen, "groups": space.groups, "search_base": bool(form.search_base)},
         "stop": {
             "max_evaluations": max_evaluations,
             "patience": patience or None,
@@ -674,6 +718,9 @@ def form_from_settings(settings: SearchSettings, title_of: Callable[[str], str |
     return FormValues(
         model_a=title_of(s.models.a) if s.models.a else None,
         model_b=title_of(s.models.b) if s.models.b else None,
+        model_c=title_of(s.models.c) if s.models.c else None,
+        model_d=title_of(s.models.d) if s.models.d else None,
+        model_e=title_of(s.models.e) if s.models.e else None,
         payload_names=list(s.payloads.names),
         run_name=s.name,
         seed=s.seed,
@@ -737,6 +784,7 @@ __all__ = [
     "FormResult",
     "FormValues",
     "GRID_HEADERS",
+    "MODEL_FIELDS",
     "SECTIONS",
     "SECTION_OF",
     "block_grid_from_space",

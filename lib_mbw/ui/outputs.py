@@ -4,6 +4,8 @@ Exports go next to the run (``<run folder>/exports/``) and never replace an
 existing file: a number is added to the name instead. Merging uses the merge
 engine (``lib_mbw.merge.merge_to_file``) with the run's output settings and
 writes into the host's models folder; the host is told about the new file.
+A mix of 3-5 models (``RecipeN``) exports as JSON (shares) or text (shares
+and chain lines) and merges with ``merge.multi.mix_to_file``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Callable
 from ..errors import MBWError, OutputExistsError
 from ..fileio import safe_name, write_atomic
 from ..recipe import Recipe
+from ..recipe_n import RecipeN
 from ..recipe_cli import render
 from ..search.history import recipe_text
 from ..search.settings import SearchSettings
@@ -52,6 +55,14 @@ def recipe_as(recipe: Recipe, fmt: str, family: str, fold: str = "mbw") -> tuple
     """``recipe`` as text in ``fmt`` (see ``EXPORT_FORMATS``), with what the format loses."""
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if isinstance(recipe, RecipeN):
+        from ..search.history_n import best_recipe_text_n
+
+        if fmt == "json":
+            return recipe.to_json(), []
+        if fmt == "text":
+            return best_recipe_text_n(recipe)
+        raise ExportError(f"a {recipe.n_models}-model recipe exports as json or text (shares and chain lines), not {fmt}")
     return render(recipe, fmt, family, fold)
 
 
@@ -76,9 +87,15 @@ def export_recipe(recipe: Recipe | None, fmt: str, *, family: str, folder: str |
     data = recipe.to_dict()
     data["search"] = {"score": score, "reason": reason}
     files = []
+    if isinstance(recipe, RecipeN):
+        from ..search.history_n import best_recipe_text_n
+
+        described = best_recipe_text_n(recipe, score=score, reason=reason)[0]
+    else:
+        described = recipe_text(recipe, family=family, score=score, reason=reason)[0]
     for suffix, content in (
         (".recipe.json", json.dumps(data, indent=2) + "\n"),
-        (".recipe.txt", recipe_text(recipe, family=family, score=score, reason=reason)[0]),
+        (".recipe.txt", described),
         (f".{fmt}.txt", text + "\n"),
     ):
         if fmt in ("json", "text") and suffix == f".{fmt}.txt":
@@ -96,7 +113,7 @@ def merged_model_path(settings: SearchSettings, run_id: str, models_dir: str | P
         if safe_name(stem, default="") != stem:
             raise ExportError(f"model name {name!r}: use letters, digits, '.', '_', '-' and spaces (e.g. {safe_name(stem)!r})")
     else:
-        stems = [Path(m).stem for m in (settings.models.a, settings.models.b) if m]
+        stems = [Path(m).stem for m in settings.models.listed()]
         stem = safe_name("-x-".join(stems) or "merged") + (f"-{run_id.rsplit('-', 1)[-1]}" if run_id else "")
     return Path(models_dir) / f"{stem}.safetensors"
 
@@ -123,7 +140,15 @@ def merge_recipe(recipe: Recipe | None, settings: SearchSettings, out: Path, *, 
                                   overwrite=overwrite, extra_metadata=metadata)
     if progress is not None:
         kwargs["progress"] = progress
-    merge_to_file(settings.models.a, settings.models.b, recipe, out, **kwargs)
+    if isinstance(recipe, RecipeN):
+        from ..merge.multi import mix_to_file
+
+        if output.base_from in ("b", "merge"):
+            raise ExportError(f"a mix takes the text encoder from model A or a file, not {output.base_from!r}")
+        kwargs["base_from"] = None if output.base_from == "a" else output.base_from
+        mix_to_file(settings.models.listed(), recipe, out, **kwargs)
+    else:
+        merge_to_file(settings.models.a, settings.models.b, recipe, out, **kwargs)
     if host is not None:
         host.model_saved(out)
     return out

@@ -3,6 +3,8 @@
 * ``unet_html``: the block weights drawn as a UNet (input blocks down the
   left, M00 at the bottom, output blocks up the right, TIME_EMBED and OUT
   apart), the current candidate and the best recipe side by side in each box;
+  for a mix of 3-5 models (``RecipeN``) each half is a stack of every model's
+  share, one colour per model;
 * ``gallery_items``: images with captions (payload, seed, score) for a gallery;
 * ``convergence_svg``: score per evaluation and the running best, drawn as SVG
   (cheap enough to redraw after every evaluation; the run's PNG from
@@ -26,7 +28,9 @@ from PIL import Image
 from ..blocks import BLOCKS, OUT, TIME_EMBED, present_blocks
 from ..generators.base import GeneratedImage
 from ..plots import unet_positions
+from ..plots_n import MODEL_COLOURS as MODEL_COLORS
 from ..recipe import Recipe, format_weight
+from ..recipe_n import RecipeN
 from .live import LiveRow, LiveState, PendingRating, status_line
 
 HISTORY_HEADERS: tuple[str, ...] = ("evaluation", "phase", "status", "score", "best", "seconds", "note")
@@ -41,25 +45,39 @@ _BEST_COLOR = "#ff7f0e"
 # --------------------------------------------------------------------------- UNet visualizer
 
 
-def unet_html(current: Recipe | None, best: Recipe | None, family: str | None = None, *, title: str = "") -> str:
-    """An SVG of the UNet's blocks: in each box the current candidate's weight (left bar) and the best's (right bar).
+_UNIT_X, _UNIT_Y, _BOX_W, _BOX_H = 42.0, 17.0, 36.0, 34.0
 
-    Bars fill from the bottom: empty = model A (0), full = model B (1); the
-    numbers under a box are the current (blue) and best (orange) weights.
-    Blocks the architecture lacks are dashed and marked "absent".
-    """
-    present = set(present_blocks(family)) if family else set(BLOCKS)
-    unit_x, unit_y, box_w, box_h = 42.0, 17.0, 36.0, 34.0
+
+def _layout() -> tuple[Any, float, float]:
+    """(place(block) -> (x, y) of its box, width, height) of the UNet drawing."""
     positions = unet_positions()
     positions[TIME_EMBED], positions[OUT] = (26.5, -2.0), (26.5, -7.5)  # apart enough for their labels and values
     min_x = min(x for x, _ in positions.values())
     max_y = max(y for _, y in positions.values())
-    width = (max(x for x, _ in positions.values()) - min_x) * unit_x + box_w + 16
-    height = (max_y - min(y for _, y in positions.values())) * unit_y + box_h + 70
+    width = (max(x for x, _ in positions.values()) - min_x) * _UNIT_X + _BOX_W + 16
+    height = (max_y - min(y for _, y in positions.values())) * _UNIT_Y + _BOX_H + 70
 
     def place(block: str) -> tuple[float, float]:
         x, y = positions[block]
-        return (x - min_x) * unit_x + 8, (max_y - y) * unit_y + 16
+        return (x - min_x) * _UNIT_X + 8, (max_y - y) * _UNIT_Y + 16
+
+    return place, width, height
+
+
+def unet_html(current: Recipe | RecipeN | None, best: Recipe | RecipeN | None, family: str | None = None, *, title: str = "") -> str:
+    """An SVG of the UNet's blocks: in each box the current candidate's weight (left bar) and the best's (right bar).
+
+    Bars fill from the bottom: empty = model A (0), full = model B (1); the
+    numbers under a box are the current (blue) and best (orange) weights.
+    Blocks the architecture lacks are dashed and marked "absent". N-model
+    recipes are drawn by ``unet_shares_html``.
+    """
+    if isinstance(current, RecipeN) or isinstance(best, RecipeN):
+        return unet_shares_html(current if isinstance(current, RecipeN) else None, best if isinstance(best, RecipeN) else None,
+                                family, title=title)
+    present = set(present_blocks(family)) if family else set(BLOCKS)
+    box_w, box_h = _BOX_W, _BOX_H
+    place, width, height = _layout()
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
@@ -100,6 +118,68 @@ def unet_html(current: Recipe | None, best: Recipe | None, family: str | None = 
     parts.append(f'<text class="mbw-l" x="270" y="{legend_y:.1f}">bar height = weight of model B (empty = A, full = B)</text>')
     if best is not None and best.base is not None:
         parts.append(f'<text class="mbw-l" x="{width - 8:.1f}" y="{legend_y:.1f}" text-anchor="end">BASE (text encoder) best: {format_weight(best.base)}</text>')
+    parts.append("</svg>")
+    heading = f"<div><b>{html.escape(title)}</b></div>" if title else ""
+    return f'<div class="mbw-unet">{heading}{"".join(parts)}</div>'
+
+
+def unet_shares_html(current: RecipeN | None, best: RecipeN | None, family: str | None = None, *, title: str = "",
+                     models: Sequence[str] = ()) -> str:
+    """The UNet of an N-model mix: each box holds the current candidate's shares (left) and the best's (right).
+
+    Each half is a stack from the bottom: model 1's share, then model 2's, ...
+    (one colour per model, heights sum to the box). Under a box: the model
+    with the largest share in the best recipe (``2:0.45``). ``models`` names
+    the models in the legend (default: the recipes' labels).
+    """
+    present = set(present_blocks(family)) if family else set(BLOCKS)
+    place, width, height = _layout()
+    shown = best or current
+    n = shown.n_models if shown is not None else 0
+    names = list(models) or (list(shown.models) if shown is not None else [])
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
+        f'style="width:100%;height:auto" role="img" aria-label="share of each model per block">',
+        '<style>.mbw-t{font:bold 11px sans-serif;fill:currentColor}.mbw-v{font:11px monospace}.mbw-l{font:12px sans-serif;fill:currentColor}</style>',
+    ]
+    for block in BLOCKS:
+        x, y = place(block)
+        name = html.escape(block.replace("TIME_EMBED", "TIME"))
+        middle = x + _BOX_W / 2
+        if block not in present:
+            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{_BOX_W}" height="{_BOX_H}" fill="none" stroke="#9e9e9e" stroke-dasharray="3,2"/>')
+            parts.append(f'<text class="mbw-t" x="{middle:.1f}" y="{y - 3:.1f}" text-anchor="middle" opacity="0.45">{name}</text>')
+            parts.append(f'<text class="mbw-v" x="{middle:.1f}" y="{y + _BOX_H / 2 + 4:.1f}" text-anchor="middle" fill="#9e9e9e">absent</text>')
+            continue
+        parts.append(f'<g data-block="{html.escape(block)}">')
+        parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{_BOX_W}" height="{_BOX_H}" fill="none" stroke="#777"/>')
+        for offset, recipe, role in ((0.0, current, "current"), (_BOX_W / 2, best, "best")):
+            if recipe is None or block not in recipe.shares:
+                continue
+            bottom = y + _BOX_H
+            for index, share in enumerate(recipe.shares[block]):
+                bar = _BOX_H * share
+                bottom -= bar
+                parts.append(
+                    f'<rect data-role="{role}" data-model="{index + 1}" data-share="{format_weight(share)}" x="{x + offset + 1:.1f}" '
+                    f'y="{bottom:.1f}" width="{_BOX_W / 2 - 2:.1f}" height="{bar:.1f}" fill="{MODEL_COLORS[index]}" opacity="0.85">'
+                    f'<title>{html.escape(block)} {role}: model {index + 1} {format_weight(share)}</title></rect>'
+                )
+        parts.append(f'<text class="mbw-t" x="{middle:.1f}" y="{y - 3:.1f}" text-anchor="middle">{name}</text>')
+        if shown is not None and block in shown.shares:
+            top = max(range(n), key=lambda i: shown.shares[block][i])
+            parts.append(f'<text class="mbw-v" x="{middle:.1f}" y="{y + _BOX_H + 11:.1f}" text-anchor="middle" fill="{MODEL_COLORS[top]}">'
+                         f'{top + 1}:{_short_weight(shown.shares[block][top])}</text>')
+        parts.append("</g>")
+    legend_y = height - 6
+    x = 8.0
+    for index, label in enumerate(names[:n]):
+        parts.append(f'<rect x="{x:.0f}" y="{legend_y - 10:.1f}" width="11" height="11" fill="{MODEL_COLORS[index]}"/>')
+        text = f"{index + 1}: {label}"
+        parts.append(f'<text class="mbw-l" x="{x + 16:.0f}" y="{legend_y:.1f}">{html.escape(text)}</text>')
+        x += 30 + 7 * min(len(text), 28)
+    parts.append(f'<text class="mbw-l" x="{width - 8:.1f}" y="{legend_y:.1f}" text-anchor="end">'
+                 'left: current candidate, right: best; stacked from model 1 at the bottom; under a box: the largest share</text>')
     parts.append("</svg>")
     heading = f"<div><b>{html.escape(title)}</b></div>" if title else ""
     return f'<div class="mbw-unet">{heading}{"".join(parts)}</div>'
@@ -320,4 +400,5 @@ __all__ = [
     "rating_view",
     "render_live",
     "unet_html",
+    "unet_shares_html",
 ]
