@@ -49,6 +49,7 @@ Contracts:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from contextlib import AbstractContextManager, contextmanager
@@ -223,7 +224,7 @@ class RuntimeMerger:
             for source, label in zip(others, labels):
                 opened.append(open_model(source, label, allow_pickle=allow_pickle))
             b, more = opened[-len(others)], opened[len(opened) - len(others) + 1:]
-            _refuse_repeated(opened)
+            _refuse_repeated(opened, self.n_sources)
             if a is not None:
                 check_same_architecture(a.arch, b.arch, a.label, b.label)
                 check_fits_live(a, live_shapes, self.arch)
@@ -244,10 +245,8 @@ class RuntimeMerger:
             n = self.n_sources
             self.mode = choose_mode(mode, self.device, store_bytes, largest, headroom_bytes=headroom_bytes, n_sources=n)
             self._a_device, self._b_device = _store_devices(self.mode, self.device)
-            if n == 2:  # compact stores are widened into two staging buffers of the largest block for each lerp
-                transient = largest * (3 if compact else 1)
-            else:  # the new live buffer, and the chain's fp32 accumulator and scratch of the largest block
-                transient = largest + 2 * 4 * max(sum(s.numel for s in members) for members in groups.values())
+            largest_numel = max(sum(s.numel for s in members) for members in groups.values())
+            transient = _transient_bytes(n, largest, largest_numel, compact)
             self.plan = _memory.plan_for(self.mode, self.device, store_bytes, largest, transient_bytes=transient, n_sources=n)
             log.info("runtime merger: %s", self.plan.describe())
             _memory.check_fits(self.plan)
@@ -858,6 +857,49 @@ class RuntimeMerger:
         self._staging.clear()
 
 
+# ---------------------------------------------------------------------- memory before building
+
+
+def plan_for_checkpoint(
+    path: str | os.PathLike[str], element_bytes: int, n_sources: int, mode: str, device: torch.device | str,
+    headroom_bytes: int = DEFAULT_HEADROOM_BYTES,
+) -> _memory.MemoryPlan:
+    """The memory plan of a merge of ``n_sources`` models on a live UNet shaped like ``path``'s, before building it.
+
+    For hosts that must state (and check) the memory before the live model is theirs to touch. The numbers are
+    the merger's own (``placement.memory_cost``, ``_transient_bytes``) with every store at the live element size
+    (``element_bytes``), an upper bound of what the merger takes (it may keep fp16 stores for fp32 weights).
+    """
+    from ..checkpoint import open_checkpoint
+
+    device = torch.device(device)
+    block_numel: dict[str, int] = {}
+    with open_checkpoint(path) as ckpt:
+        arch = ckpt.arch
+        for key in ckpt.unet_keys():
+            block = block_of_unet_key(key[len(arch.unet_prefix):], arch.family)
+            numel = 1
+            for d in ckpt.shapes[key]:
+                numel *= int(d)
+            block_numel[block] = block_numel.get(block, 0) + numel
+    if not block_numel:
+        raise RuntimeMergeError(f"{path}: has no UNet weights to merge")
+    store_bytes = sum(block_numel.values()) * element_bytes
+    largest_numel = max(block_numel.values())
+    largest = largest_numel * element_bytes
+    chosen = choose_mode(mode, device, store_bytes, largest, headroom_bytes=headroom_bytes, n_sources=n_sources)
+    transient = _transient_bytes(n_sources, largest, largest_numel, compact=False)
+    return _memory.plan_for(chosen, device, store_bytes, largest, transient_bytes=transient, n_sources=n_sources)
+
+
+def _transient_bytes(n_sources: int, largest_bytes: int, largest_numel: int, compact: bool) -> int:
+    """What applying needs besides the stores: the new live buffer of the largest block, plus (compact two-model
+    stores) two staging buffers to widen A and B, or (a chain of N models) its fp32 accumulator and scratch."""
+    if n_sources == 2:
+        return largest_bytes * (3 if compact else 1)
+    return largest_bytes + 2 * 4 * largest_numel
+
+
 # ---------------------------------------------------------------------- helpers
 
 
@@ -928,10 +970,11 @@ def _collect_slots(unet: nn.Module, key_map: Mapping[str, str] | None) -> list[S
     return slots
 
 
-def _refuse_repeated(opened: Sequence[OpenedModel]) -> None:
+def _refuse_repeated(opened: Sequence[OpenedModel], n_sources: int) -> None:
     """Refuse a model given twice (same object or same file), before any tensor is read."""
-    if len(opened) == 2:
-        refuse_same_source(opened[0], opened[1])
+    if n_sources == 2:
+        if len(opened) == 2:
+            refuse_same_source(opened[0], opened[1])
         return
     for i, x in enumerate(opened):
         for y in opened[i + 1:]:
@@ -939,8 +982,7 @@ def _refuse_repeated(opened: Sequence[OpenedModel]) -> None:
                 refuse_same_source(x, y)
             except IdenticalModelsError:
                 raise IdenticalModelsError(
-                    f"{x.label} and {y.label} are the same model ({x.path or 'the same object'}); "
-                    "each model of a mix must be different"
+                    f"{x.label} and {y.label} are the same model; each model of a mix must be different"
                 ) from None
 
 
