@@ -200,3 +200,20 @@ def test_a_three_model_search_through_the_webui_host_writes_its_history(host, we
     manifest = json.loads((session.run_dir / "manifest.json").read_text())
     assert "beyond the loaded model" in manifest["runtime_memory"][0]
     assert unet_hash(webui.unet()) == before
+
+
+def test_the_webui_tab_enables_models_c_to_e(webui) -> None:
+    from modules import script_callbacks
+
+    from lib_mbw.ui import actions
+    from tests.test_webui_script import load_script
+
+    script = load_script()
+    assert actions.mix_unavailable(script.host) == ""
+    (blocks, _title, _elem_id), = script_callbacks.ui_tabs_callback()
+    assert not script_callbacks.errors
+    by_id = {c.get("props", {}).get("elem_id"): c["props"] for c in blocks.get_config_file()["components"]}
+    for letter in "cde":
+        props = by_id[f"mbw-model-{letter}"]
+        assert props.get("interactive") is not False and "c.safetensors" in str(props.get("choices")), letter
+    assert "mbw-mix-note" not in by_id
