@@ -48,26 +48,33 @@ def test_three_and_four_models_equal_the_offline_mix_and_restore_exactly(sources
         assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in live.parameters())
 
 
-def test_memory_plan_counts_every_source(sources) -> None:  # noqa: F811
+def test_one_memory_model_for_a_mix_built_either_way(sources) -> None:  # noqa: F811
+    from lib_mbw.runtime.merger import plan_for_checkpoint
+    from lib_mbw.runtime.multi import MultiMerger, memory_cost_n
+
     paths = sources["sd1"][:3]
     live = live_unet(unet_tensors(paths[0]))
-    with RuntimeMerger(live, None, paths[1]) as two, RuntimeMerger(live_unet(unet_tensors(paths[0])), None, paths[1:]) as three:
-        assert three.plan.cost.cpu_bytes == 3 * two.plan.cost.cpu_bytes // 2 == 3 * three.unet_bytes
-        assert three.memory.cpu_bytes >= 3 * three.unet_bytes
+    with RuntimeMerger(live, None, paths[1:]) as three:
+        stated = memory_cost_n("device", 3, three.unet_bytes, element_bytes=4, on_accelerator=False)
+        assert three.plan.cost == stated
+        assert plan_for_checkpoint(paths[0], 4, 3, "auto", "cpu").cost == stated  # what a host states before building
+        assert 3 * three.unet_bytes <= three.memory.cpu_bytes <= stated.cpu_bytes
+    with MultiMerger(live, [None, *paths[1:]]) as multi:
+        assert isinstance(multi, RuntimeMerger) and multi.plan.cost == stated
 
 
 def test_refusals_name_the_models(sources) -> None:  # noqa: F811
     paths = sources["sd1"][:3]
     live = live_unet(unet_tensors(paths[0]))
-    with pytest.raises(IdenticalModelsError, match=r"model B .* and model 3 .* are the same model"):
+    with pytest.raises(IdenticalModelsError, match="model 2 and model 3 are the same model"):
         RuntimeMerger(live, None, [paths[1], paths[1]])
     with RuntimeMerger(live, None, paths[1:]) as merger:
-        with pytest.raises(RecipeError, match="two-model recipe; this runtime merge mixes 3 models"):
+        with pytest.raises(RecipeError, match="two-model recipe; this mix has 3 models"):
             merger.apply(full_recipe(0.5))
-        with pytest.raises(RecipeError, match="recipe for 4 models; this runtime merge mixes 3"):
+        with pytest.raises(RecipeError, match="recipe for 4 models; this mix has 3"):
             merger.apply(grid_recipe(random.Random(1), 4))
     with RuntimeMerger(live, None, paths[1]) as merger:
-        with pytest.raises(RecipeError, match="recipe for 3 models; this runtime merge mixes 2"):
+        with pytest.raises(RecipeError, match="recipe for 3 models; this mix has 2"):
             merger.apply(grid_recipe(random.Random(1), 3))
 
 

@@ -152,15 +152,14 @@ def release_memory() -> None:
 
 
 def plan_for(
-    mode: str, device: torch.device, store_bytes: int, largest_block_bytes: int, transient_bytes: int | None = None,
-    n_sources: int = 2,
+    mode: str, device: torch.device, store_bytes: int, largest_block_bytes: int, transient_bytes: int | None = None
 ) -> MemoryPlan:
-    """The memory plan of placement ``mode`` for ``n_sources`` stores of ``store_bytes`` each on a model on ``device``.
+    """The memory plan of placement ``mode`` for stores of ``store_bytes`` (one of A/B) on a model on ``device``.
 
     ``transient_bytes``: what applying needs besides the stores (default: one block's new live buffer).
     """
     on_accelerator = device.type != "cpu"
-    cost = memory_cost(mode, store_bytes, largest_block_bytes, on_accelerator=on_accelerator, n_sources=n_sources)
+    cost = memory_cost(mode, store_bytes, largest_block_bytes, on_accelerator=on_accelerator)
     free_device = free_device_bytes(device) if device.type == "cuda" else None
     transient = largest_block_bytes if transient_bytes is None else transient_bytes
     return MemoryPlan(cost, transient, device, available_ram_bytes(), free_device)

@@ -81,6 +81,9 @@ from .sources import ModelSource, OpenedModel, check_fits_live, live_architectur
 
 log = logging.getLogger(__name__)
 
+#: Elements per chunk of the fp32 scratch a mix's chain runs in (16 MiB per scratch buffer).
+CHUNK_ELEMENTS = 1 << 22
+
 #: ``on_write(parameter_names)``: called after the merger wrote these live parameters.
 WriteCallback = Callable[[Sequence[str]], None]
 
@@ -175,9 +178,11 @@ class RuntimeMerger:
     A and as the restore copy). ``model_b``: path, ``Checkpoint`` or state dict;
     or a list of them (B and models 3..N, N <= 5) for a block mix of N models.
     ``mode``: ``auto``, ``device``, ``stream`` or ``cpu`` (see
-    ``runtime.placement``); ``device``: where the model runs, for placement
+    ``runtime.placement``; a mix's memory per mode is ``runtime.multi.memory_cost_n``);
+    ``device``: where the model runs, for placement
     (default: where its parameters are). ``on_write``: called with the names
-    of the parameters each ``apply``/``restore`` wrote.
+    of the parameters each ``apply``/``restore`` wrote. ``chunk_elements``: a
+    mix runs its chain over chunks of this many elements (fp32 scratch).
     """
 
     def __init__(
@@ -192,8 +197,10 @@ class RuntimeMerger:
         headroom_bytes: int = DEFAULT_HEADROOM_BYTES,
         on_write: WriteCallback | None = None,
         allow_pickle: bool = False,
+        chunk_elements: int = CHUNK_ELEMENTS,
     ) -> None:
         self.lock = threading.Lock()
+        self._chunk = int(chunk_elements)
         self._holder: int | None = None
         self._unet = unet
         self._on_write = on_write
@@ -217,10 +224,11 @@ class RuntimeMerger:
 
         opened: list[OpenedModel] = []
         try:
-            a = open_model(model_a, "model A", allow_pickle=allow_pickle) if model_a is not None else None
+            first = "model A" if self.n_sources == 2 else "model 1"
+            a = open_model(model_a, first, allow_pickle=allow_pickle) if model_a is not None else None
             if a is not None:
                 opened.append(a)
-            labels = ["model B", *(f"model {k}" for k in range(3, self.n_sources + 1))]
+            labels = ["model B"] if self.n_sources == 2 else [f"model {k}" for k in range(2, self.n_sources + 1)]
             for source, label in zip(others, labels):
                 opened.append(open_model(source, label, allow_pickle=allow_pickle))
             b, more = opened[-len(others)], opened[len(opened) - len(others) + 1:]
@@ -242,12 +250,17 @@ class RuntimeMerger:
             store_bytes = sum(sum(s.numel for s in groups[key]) * dt.itemsize for key, dt in store_dtypes.items())
             largest = max(block_bytes.values())
             compact = any(dt != compute_dtype_for(key[2]) for key, dt in store_dtypes.items())
-            n = self.n_sources
-            self.mode = choose_mode(mode, self.device, store_bytes, largest, headroom_bytes=headroom_bytes, n_sources=n)
+            if self.n_sources == 2:
+                self.mode = choose_mode(mode, self.device, store_bytes, largest, headroom_bytes=headroom_bytes)
+                # compact stores are widened into two staging buffers of the largest block for each lerp
+                self.plan = _memory.plan_for(self.mode, self.device, store_bytes, largest, transient_bytes=largest * (3 if compact else 1))
+            else:
+                from .multi import choose_mode_n, plan_n  # the mix's memory model (multi imports this module)
+
+                element = max(s.param.element_size() for s in slots)  # type: ignore[union-attr]
+                self.mode = choose_mode_n(mode, self.device, self.n_sources, self.unet_bytes, element_bytes=element, headroom_bytes=headroom_bytes)
+                self.plan = plan_n(self.mode, self.device, self.n_sources, slots, chunk_elements=self._chunk, first_is_live=a is None)
             self._a_device, self._b_device = _store_devices(self.mode, self.device)
-            largest_numel = max(sum(s.numel for s in members) for members in groups.values())
-            transient = _transient_bytes(n, largest, largest_numel, compact)
-            self.plan = _memory.plan_for(self.mode, self.device, store_bytes, largest, transient_bytes=transient, n_sources=n)
             log.info("runtime merger: %s", self.plan.describe())
             _memory.check_fits(self.plan)
             with _normal_tensor_mode():
@@ -479,10 +492,10 @@ class RuntimeMerger:
 
     def _check_recipe(self, recipe: Recipe) -> Recipe:
         if not isinstance(recipe, Recipe):
-            raise RecipeError(f"apply() needs a Recipe, got {type(recipe).__name__}")
+            raise RecipeError(f"apply() needs a Recipe or an N-model recipe (RecipeN), got {type(recipe).__name__}")
         if self.n_sources != 2:
             raise RecipeError(
-                f"{recipe.source}: is a two-model recipe; this runtime merge mixes {self.n_sources} models and takes "
+                f"{recipe.source}: is a two-model recipe; this mix has {self.n_sources} models and takes "
                 "an N-model recipe (RecipeN)"
             )
         if recipe.method != "weighted_sum":
@@ -493,7 +506,7 @@ class RuntimeMerger:
 
     def _check_recipe_n(self, recipe: RecipeN) -> RecipeN:
         if recipe.n_models != self.n_sources:
-            raise RecipeError(f"{recipe.source}: is a recipe for {recipe.n_models} models; this runtime merge mixes {self.n_sources}")
+            raise RecipeError(f"{recipe.source}: is a recipe for {recipe.n_models} models; this mix has {self.n_sources}")
         return recipe.for_family(self.arch.family)
 
     # ------------------------------------------------------------------ writing
@@ -593,32 +606,39 @@ class RuntimeMerger:
     def _mix_segment(self, seg: Segment, chain: tuple[float, ...]) -> int:
         """One segment's live values := the chain mix of its sources (``merge.mix.chain_mix``); bytes read + written.
 
-        Sources that live elsewhere (``stream``/``cpu``) are staged on the device of A's store, where the chain
-        runs in fp32; the result is rounded once to the live dtype.
+        The chain runs where A's store is, in fp32, over chunks of ``chunk_elements``; sources kept elsewhere
+        (``stream``) are staged one chunk at a time, and a result computed away from the live weights (``cpu``)
+        goes through two alternating output chunks.
         """
         compute = seg.a.device
         begin, steps = chain_plan(chain)
         needed = {begin, *(index for index, _ in steps)}
+        capacity = min(self._chunk, self._max_numel)
+        direct = seg.live.device == compute
         nbytes = 0
-        inputs = []
-        for index, store in enumerate(seg.sources):
-            if index in needed and store.device != compute:
-                staged = self._staging.get(compute, store.dtype, seg.numel, f"src{index}", self._max_numel)
-                nbytes += _copy_into(staged, store)
-                store = staged
-            inputs.append(store)
-        acc = self._staging.get(compute, torch.float32, seg.numel, "acc", self._max_numel)
-        tmp = self._staging.get(compute, torch.float32, seg.numel, "tmp", self._max_numel)
-        nbytes += (len(needed) + 1) * seg.numel * seg.a.element_size()
-        if seg.live.device == compute:
-            chain_mix(inputs, chain, seg.live, acc, tmp)
-            return nbytes
-        role = f"out{self._out_slot}"
-        self._out_slot ^= 1
-        out = self._staging.get(compute, seg.live.dtype, seg.numel, role, self._max_numel)
-        chain_mix(inputs, chain, out, acc, tmp)
-        nbytes += _copy_into(seg.live, out)
-        self._staging.record(compute, seg.live.dtype, role, seg.live.device)
+        for offset in range(0, seg.numel, self._chunk):
+            size = min(self._chunk, seg.numel - offset)
+            inputs = []
+            for index, store in enumerate(seg.sources):
+                part = store.narrow(0, offset, size)
+                if index in needed and part.device != compute:
+                    staged = self._staging.get(compute, part.dtype, size, f"src{index}", capacity)
+                    nbytes += _copy_into(staged, part)
+                    part = staged
+                inputs.append(part)
+            acc = self._staging.get(compute, torch.float32, size, "acc", capacity)
+            tmp = self._staging.get(compute, torch.float32, size, "tmp", capacity)
+            live = seg.live.narrow(0, offset, size)
+            nbytes += (len(needed) + 1) * size * seg.a.element_size()
+            if direct:
+                chain_mix(inputs, chain, live, acc, tmp)
+                continue
+            role = f"out{self._out_slot}"
+            self._out_slot ^= 1
+            out = self._staging.get(compute, seg.live.dtype, size, role, capacity)
+            chain_mix(inputs, chain, out, acc, tmp)
+            nbytes += _copy_into(live, out)
+            self._staging.record(compute, seg.live.dtype, role, seg.live.device)
         return nbytes
 
     def _notify(self, names: list[str]) -> None:
@@ -864,13 +884,14 @@ def plan_for_checkpoint(
     path: str | os.PathLike[str], element_bytes: int, n_sources: int, mode: str, device: torch.device | str,
     headroom_bytes: int = DEFAULT_HEADROOM_BYTES,
 ) -> _memory.MemoryPlan:
-    """The memory plan of a merge of ``n_sources`` models on a live UNet shaped like ``path``'s, before building it.
+    """The memory plan of a mix of ``n_sources`` (3-5) models on a live UNet shaped like ``path``'s, before building it.
 
-    For hosts that must state (and check) the memory before the live model is theirs to touch. The numbers are
-    the merger's own (``placement.memory_cost``, ``_transient_bytes``) with every store at the live element size
-    (``element_bytes``), an upper bound of what the merger takes (it may keep fp16 stores for fp32 weights).
+    For hosts that must state (and check) the memory before the live model is theirs to touch: the numbers of
+    ``runtime.multi.plan_n`` (what the merger checks when it is built), from the file's UNet shapes at the live
+    element size, with the live weights as model 1.
     """
     from ..checkpoint import open_checkpoint
+    from .multi import choose_mode_n, plan_n_for
 
     device = torch.device(device)
     block_numel: dict[str, int] = {}
@@ -884,20 +905,10 @@ def plan_for_checkpoint(
             block_numel[block] = block_numel.get(block, 0) + numel
     if not block_numel:
         raise RuntimeMergeError(f"{path}: has no UNet weights to merge")
-    store_bytes = sum(block_numel.values()) * element_bytes
-    largest_numel = max(block_numel.values())
-    largest = largest_numel * element_bytes
-    chosen = choose_mode(mode, device, store_bytes, largest, headroom_bytes=headroom_bytes, n_sources=n_sources)
-    transient = _transient_bytes(n_sources, largest, largest_numel, compact=False)
-    return _memory.plan_for(chosen, device, store_bytes, largest, transient_bytes=transient, n_sources=n_sources)
-
-
-def _transient_bytes(n_sources: int, largest_bytes: int, largest_numel: int, compact: bool) -> int:
-    """What applying needs besides the stores: the new live buffer of the largest block, plus (compact two-model
-    stores) two staging buffers to widen A and B, or (a chain of N models) its fp32 accumulator and scratch."""
-    if n_sources == 2:
-        return largest_bytes * (3 if compact else 1)
-    return largest_bytes + 2 * 4 * largest_numel
+    unet_bytes = sum(block_numel.values()) * element_bytes
+    largest = max(block_numel.values()) * element_bytes
+    chosen = choose_mode_n(mode, device, n_sources, unet_bytes, element_bytes=element_bytes, headroom_bytes=headroom_bytes)
+    return plan_n_for(chosen, device, n_sources, unet_bytes, largest, element_bytes)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -981,8 +992,9 @@ def _refuse_repeated(opened: Sequence[OpenedModel], n_sources: int) -> None:
             try:
                 refuse_same_source(x, y)
             except IdenticalModelsError:
+                where = f" ({x.path})" if x.path is not None else " (the same object)"
                 raise IdenticalModelsError(
-                    f"{x.label} and {y.label} are the same model; each model of a mix must be different"
+                    f"{x.role} and {y.role} are the same model{where}; each model of a mix must be different"
                 ) from None
 
 

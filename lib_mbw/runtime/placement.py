@@ -58,24 +58,21 @@ def memory_cost(
     *,
     on_accelerator: bool = True,
     separate_restore_bytes: int = 0,
-    n_sources: int = 2,
 ) -> MemoryCost:
-    """Extra memory of ``mode`` for ``n_sources`` stores (A, B, models 3..N) of a UNet of ``unet_bytes`` each.
+    """Extra memory of ``mode`` for a UNet of ``unet_bytes`` at its live dtype.
 
     ``separate_restore_bytes``: blocks whose live weights differ from A need a
-    restore copy of the original weights, which is kept in RAM. ``stream``
-    stages one block per source kept in RAM.
+    restore copy of the original weights, which is kept in RAM.
     """
     if mode not in MODES or mode == "auto":
         raise RuntimeMergeError(f"unknown placement mode {mode!r}; use one of {', '.join(MODES[1:])}")
-    n = n_sources
     if not on_accelerator:
-        return MemoryCost(mode, 0, n * unet_bytes + separate_restore_bytes)
+        return MemoryCost(mode, 0, 2 * unet_bytes + separate_restore_bytes)
     if mode == "device":
-        return MemoryCost(mode, n * unet_bytes, separate_restore_bytes)
+        return MemoryCost(mode, 2 * unet_bytes, separate_restore_bytes)
     if mode == "stream":
-        return MemoryCost(mode, unet_bytes + (n - 1) * largest_block_bytes, (n - 1) * unet_bytes + separate_restore_bytes)
-    return MemoryCost(mode, 0, n * unet_bytes + 2 * largest_block_bytes + separate_restore_bytes)
+        return MemoryCost(mode, unet_bytes + largest_block_bytes, unet_bytes + separate_restore_bytes)
+    return MemoryCost(mode, 0, 2 * unet_bytes + 2 * largest_block_bytes + separate_restore_bytes)
 
 
 def choose_mode(
@@ -86,7 +83,6 @@ def choose_mode(
     *,
     free_bytes: int | None = None,
     headroom_bytes: int = DEFAULT_HEADROOM_BYTES,
-    n_sources: int = 2,
 ) -> str:
     """The placement to use: ``requested`` unless it is ``auto``.
 
@@ -104,7 +100,7 @@ def choose_mode(
         free_bytes = free_device_bytes(device)
     budget = free_bytes - headroom_bytes
     for mode in ("device", "stream"):
-        if memory_cost(mode, unet_bytes, largest_block_bytes, n_sources=n_sources).device_bytes <= budget:
+        if memory_cost(mode, unet_bytes, largest_block_bytes).device_bytes <= budget:
             return mode
     return "cpu"
 
