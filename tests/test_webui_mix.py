@@ -219,3 +219,17 @@ def test_the_webui_tab_enables_models_c_to_e(webui) -> None:
         props = by_id[f"mbw-model-{letter}"]
         assert props.get("interactive") is not False and "c.safetensors" in str(props.get("choices")), letter
     assert "mbw-mix-note" not in by_id
+
+
+def test_the_memory_is_stated_without_loading_a_model(host, webui) -> None:
+    """The WebUI loads its model on first use: stating the plan must not be that use (it runs outside the queue)."""
+    from modules import sd_models
+
+    from lib_mbw.runtime.multi import memory_cost_n
+
+    assert sd_models.model_data.sd_model is None
+    loads = sd_models.load_count
+    plan = host.make_mix_generator(TITLES, {}).memory_plan()
+    assert sd_models.model_data.sd_model is None and sd_models.load_count == loads
+    unet_bytes = sum(t.numel() * 4 for t in checkpoint_unet(models_dir() / "a.safetensors").values())  # the fake's dtype_unet: fp32
+    assert plan.cost == memory_cost_n("device", 3, unet_bytes, element_bytes=4, on_accelerator=False)

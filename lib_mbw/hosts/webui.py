@@ -241,6 +241,23 @@ def _loaded_model() -> Any:
     return shared.sd_model
 
 
+def _live_dtype_and_device(flavour: str) -> tuple[int, "torch.device"]:
+    """Element size and device of the loaded UNet's weights, without loading a model (the WebUI loads lazily):
+    the WebUI's UNet dtype and device (``modules.devices``) when none is loaded yet."""
+    import torch
+
+    from modules import devices, sd_models
+
+    sd_model = getattr(getattr(sd_models, "model_data", None), "sd_model", None)
+    if sd_model is not None:
+        unet = live_unet(sd_model, flavour)
+        check_mergeable(unet)
+        first = next(iter(unet.parameters()))
+        return first.element_size(), first.device
+    dtype = getattr(devices, "dtype_unet", None) or torch.float16
+    return dtype.itemsize, torch.device(getattr(devices, "device", "cpu"))
+
+
 def checkpoint_of(sd_model: Any) -> Any | None:
     """The CheckpointInfo of the loaded model, or None when nothing is loaded."""
     return getattr(sd_model, "sd_checkpoint_info", None)
@@ -714,10 +731,8 @@ class WebUIHost:
         from ..runtime.merger import plan_for_checkpoint
 
         infos = self.check_models(models)
-        unet = live_unet(_loaded_model(), self.name)
-        check_mergeable(unet)
-        first = next(iter(unet.parameters()))
-        return plan_for_checkpoint(Path(infos[0].filename), first.element_size(), len(models), mode, first.device)
+        element_bytes, device = _live_dtype_and_device(self.name)
+        return plan_for_checkpoint(Path(infos[0].filename), element_bytes, len(models), mode, device)
 
     def make_generator(self, model_a: str, model_b: str, options: Mapping[str, Any]) -> "WebUIGenerator":
         """An in-process generator for (A, B); checks the pair now, loads A on first use."""
