@@ -26,8 +26,7 @@ from model 1 get a restore copy in RAM.
 
 from __future__ import annotations
 
-import logging
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,7 +39,6 @@ from .merger import CHUNK_ELEMENTS, RuntimeMerger
 from .placement import DEFAULT_HEADROOM_BYTES, MODES, MemoryCost, free_device_bytes
 from .sources import ModelSource
 
-log = logging.getLogger(__name__)
 
 def memory_cost_n(
     mode: str,
@@ -133,7 +131,7 @@ class MultiMerger(RuntimeMerger):
         unet: nn.Module,
         sources: Sequence[ModelSource | None],
         *,
-        key_map: dict[str, str] | None = None,
+        key_map: Mapping[str, str] | None = None,
         mode: str = "auto",
         device: torch.device | str | None = None,
         headroom_bytes: int = DEFAULT_HEADROOM_BYTES,
