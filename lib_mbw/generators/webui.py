@@ -2,7 +2,8 @@
 
 ``WebUIGenerator`` implements the Generator protocol on top of a
 ``hosts.webui.WebUIHost``: ``apply`` merges on the live UNet through the
-host's merge session, ``generate`` builds a ``StableDiffusionProcessingTxt2Img``
+host's merge session (with ``more_models``, a block mix of 3-5 models whose
+``apply`` takes ``RecipeN``s), ``generate`` builds a ``StableDiffusionProcessingTxt2Img``
 and runs ``process_images`` — no HTTP, no ``--api``, no PNG round trip.
 
 * Output folders: ``do_not_save_samples``/``do_not_save_grid`` unless the
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import EvaluationFailed, GenerationInterrupted
 from ..payloads import Payload
 from ..recipe import Recipe, to_positional
+from ..recipe_n import RecipeN, to_chain_text
 from .base import GeneratedImage, ProgressCallback
 from .webui_params import ProgressPoller, accepted_params, payload_images, txt2img_params
 
@@ -67,16 +69,26 @@ class WebUIGenerator:
 
     name = "webui"
 
-    def __init__(self, host: "WebUIHost", model_a: str, model_b: str, *, mode: str = "auto", save_images: bool = False) -> None:
+    def __init__(
+        self, host: "WebUIHost", model_a: str, model_b: str, *, mode: str = "auto", save_images: bool = False,
+        more_models: tuple[str, ...] = (),
+    ) -> None:
         self.host = host
         self.model_a = model_a
         self.model_b = model_b
+        self.more_models = tuple(more_models)
         self.mode = mode
         self.save_images = save_images
         self._model_change: str | None = None  #: set when the WebUI loaded a model during a render
 
     def _session(self) -> Any:
-        return self.host.session(self.model_a, self.model_b, self.mode)
+        return self.host.session(self.model_a, self.model_b, self.mode, self.more_models)
+
+    def memory_plan(self) -> Any:
+        """The memory plan of this generator's block mix (``WebUIHost.mix_memory_plan``); None for two models."""
+        if not self.more_models:
+            return None
+        return self.host.mix_memory_plan([self.model_a, self.model_b, *self.more_models], self.mode)
 
     def _refuse_after_model_change(self) -> None:
         if self._model_change is not None:
@@ -85,7 +97,7 @@ class WebUIGenerator:
                 "kept). Leave the checkpoint alone while a search runs; resume the run to go on (it loads model A again)"
             )
 
-    def apply(self, recipe: Recipe) -> float:
+    def apply(self, recipe: Recipe | RecipeN) -> float:
         self._refuse_after_model_change()
         with self.host.queue_turn():
             return self._session().apply(recipe)
@@ -118,7 +130,7 @@ class WebUIGenerator:
 
     # -- rendering (runs on the WebUI's generation thread)
 
-    def _processing(self, payload: Payload, recipe: Recipe | None) -> Any:
+    def _processing(self, payload: Payload, recipe: Recipe | RecipeN | None) -> Any:
         from modules import processing, shared
 
         params = txt2img_params(payload)
@@ -131,10 +143,10 @@ class WebUIGenerator:
             p.outpath_samples = shared.opts.outdir_txt2img_samples
             p.outpath_grids = shared.opts.outdir_txt2img_grids
         if recipe is not None:
-            p.extra_generation_params[RECIPE_INFOTEXT_KEY] = to_positional(recipe)
+            p.extra_generation_params[RECIPE_INFOTEXT_KEY] = _infotext(recipe)
         return p
 
-    def _render(self, payload: Payload, recipe: Recipe | None, progress: ProgressCallback | None) -> Any:
+    def _render(self, payload: Payload, recipe: Recipe | RecipeN | None, progress: ProgressCallback | None) -> Any:
         from modules import processing, shared
 
         state = shared.state
@@ -170,3 +182,11 @@ class WebUIGenerator:
             "sampler_name": getattr(processed, "sampler_name", payload.sampler),
         }
         return payload_images(payload, list(processed.images), info, backend=self.name, source=f"WebUI ({self.host.name})")
+
+
+def _infotext(recipe: Recipe | RecipeN) -> str:
+    """The recipe as the infotext records it: 27 values, or a mix's N - 1 chain lines joined by `` | ``."""
+    if isinstance(recipe, RecipeN):
+        text, _ = to_chain_text(recipe)
+        return " | ".join(line for line in text.splitlines() if line and not line.startswith("#"))
+    return to_positional(recipe)

@@ -7,10 +7,11 @@ WebUI's ``modules``; every import of them is inside a function, so
 * ``WebUIHost`` implements ``hosts.base.Host`` (checkpoint list, folders,
   ``exclusive()`` = the WebUI's queue lock for a whole search) and the
   worker service behind ``hosts.worker_api`` (apply/status/restore/stop).
-* ``MergeSession``: one runtime merge of (A, B) on the WebUI's live UNet.
-  Model A is loaded through the WebUI's own checkpoint loading, so the live
-  weights *are* A (``RuntimeMerger(unet, None, B)``); B is read from its
-  file. Closing a session restores A bit-exactly and loads the checkpoint the
+* ``MergeSession``: one runtime merge of (A, B), or a block mix of A, B and
+  models 3-5, on the WebUI's live UNet. Model A is loaded through the WebUI's
+  own checkpoint loading, so the live weights *are* A
+  (``RuntimeMerger(unet, None, B)`` or ``RuntimeMerger(unet, None, [B, C, ...])``);
+  the others are read from their files. Closing a session restores A bit-exactly and loads the checkpoint the
   user had before, if A was a different one.
 * The LoRA rules of A1111 (per-layer network backups) and Forge (the
   LoraLoader's Parameter backup): before every weight edit the LoRA is
@@ -34,10 +35,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from ..errors import HostBusyError, MBWError, PayloadError
 from ..recipe import Recipe
+from ..recipe_n import MAX_MODELS, RecipeN
 from .base import HostPaths
 
 if TYPE_CHECKING:
@@ -239,6 +241,23 @@ def _loaded_model() -> Any:
     return shared.sd_model
 
 
+def _live_dtype_and_device(flavour: str) -> tuple[int, "torch.device"]:
+    """Element size and device of the loaded UNet's weights, without loading a model (the WebUI loads lazily):
+    the WebUI's UNet dtype and device (``modules.devices``) when none is loaded yet."""
+    import torch
+
+    from modules import devices, sd_models
+
+    sd_model = getattr(getattr(sd_models, "model_data", None), "sd_model", None)
+    if sd_model is not None:
+        unet = live_unet(sd_model, flavour)
+        check_mergeable(unet)
+        first = next(iter(unet.parameters()))
+        return first.element_size(), first.device
+    dtype = getattr(devices, "dtype_unet", None) or torch.float16
+    return dtype.itemsize, torch.device(getattr(devices, "device", "cpu"))
+
+
 def checkpoint_of(sd_model: Any) -> Any | None:
     """The CheckpointInfo of the loaded model, or None when nothing is loaded."""
     return getattr(sd_model, "sd_checkpoint_info", None)
@@ -374,6 +393,7 @@ MergerFactory = Callable[..., Any]
 
 
 def default_merger_factory(unet: Any, model_a: Any, model_b: Any, *, mode: str) -> Any:
+    """The runtime merger on the live UNet; ``model_b`` is a list (B, models 3..N) for a block mix."""
     from ..runtime import RuntimeMerger
 
     return RuntimeMerger(unet, model_a, model_b, mode=mode)
@@ -381,15 +401,16 @@ def default_merger_factory(unet: Any, model_a: Any, model_b: Any, *, mode: str) 
 
 @dataclass(frozen=True)
 class SessionKey:
-    """What identifies a session: the two checkpoints (by file) and the merger placement."""
+    """What identifies a session: the checkpoints (by file; ``more``: models 3..N of a mix) and the merger placement."""
 
     model_a: str
     model_b: str
     mode: str
+    more: tuple[str, ...] = ()
 
 
 class MergeSession:
-    """A runtime merge of checkpoints A and B on the WebUI's live UNet.
+    """A runtime merge of checkpoints A and B (and ``more_infos``: models 3..N of a block mix) on the WebUI's live UNet.
 
     ``open()`` loads A through the WebUI (when it is not the loaded model),
     un-merges LoRA, and snapshots the live weights as A; ``apply`` sets a
@@ -399,10 +420,13 @@ class MergeSession:
     and the loaded model agree afterwards.
     """
 
-    def __init__(self, key: SessionKey, info_a: Any, info_b: Any, flavour: str, merger_factory: MergerFactory) -> None:
+    def __init__(
+        self, key: SessionKey, info_a: Any, info_b: Any, flavour: str, merger_factory: MergerFactory, more_infos: tuple[Any, ...] = ()
+    ) -> None:
         self.key = key
         self.info_a = info_a
         self.info_b = info_b
+        self.more_infos = tuple(more_infos)
         self.flavour = flavour
         self._merger_factory = merger_factory
         self._rules = lora_rules(flavour)
@@ -410,9 +434,14 @@ class MergeSession:
         self.unet: Any = None
         self.previous: Any = None  #: checkpoint the user had chosen before (loaded again on close)
         self.applies = 0
-        self.recipe: Recipe | None = None
+        self.recipe: Recipe | RecipeN | None = None
         self._model_changed = False
         self._loading = False
+
+    @property
+    def infos(self) -> tuple[Any, ...]:
+        """Every checkpoint of the merge in order: A, B, then models 3..N."""
+        return (self.info_a, self.info_b, *self.more_infos)
 
     # -- lifecycle
 
@@ -442,7 +471,8 @@ class MergeSession:
         with torch.no_grad():
             self._rules.release(sd_model, unet)
             self._rules.after_edit(unet)
-            self.merger = self._merger_factory(unet, None, Path(self.info_b.filename), mode=self.key.mode)
+            others = [Path(info.filename) for info in self.infos[1:]]
+            self.merger = self._merger_factory(unet, None, others if self.more_infos else others[0], mode=self.key.mode)
         self.unet = unet
         self.recipe = None
         self._model_changed = False
@@ -505,8 +535,8 @@ class MergeSession:
             self._rules.after_edit(self.unet)
         return time.perf_counter() - start
 
-    def apply(self, recipe: Recipe) -> float:
-        """Set ``recipe`` on the live UNet; seconds it took (LoRA handling included)."""
+    def apply(self, recipe: Recipe | RecipeN) -> float:
+        """Set ``recipe`` (a ``RecipeN`` for a mix) on the live UNet; seconds it took (LoRA handling included)."""
         seconds = self._edit(lambda merger: merger.apply(recipe))
         self.recipe = recipe
         self.applies += 1
@@ -543,6 +573,8 @@ class MergeSession:
         if same_file(loaded, self.info_a):
             return f"the WebUI reloaded model A ({self.info_a.title}), which undid the merge"
         name = getattr(loaded, "title", None) or "another model"
+        if self.more_infos:
+            return f"the WebUI loaded {name} instead of the mix of {', '.join(info.title for info in self.infos)}"
         return f"the WebUI loaded {name} instead of the merge of {self.info_a.title} and {self.info_b.title}"
 
     def _model_replaced(self) -> bool:
@@ -562,6 +594,7 @@ class MergeSession:
         return {
             "model_a": self.info_a.title,
             "model_b": self.info_b.title,
+            **({"more_models": [info.title for info in self.more_infos]} if self.more_infos else {}),
             "mode": self.key.mode,
             "applies": self.applies,
             "recipe": self.recipe.to_dict() if self.recipe is not None else None,
@@ -658,6 +691,49 @@ class WebUIHost:
             )
         return info_a, info_b
 
+    def check_models(self, models: Sequence[str]) -> list[Any]:
+        """CheckpointInfos of the 2-5 models of a mix, in order; ModelChoiceError for a missing or repeated one."""
+        if not 2 <= len(models) <= MAX_MODELS:
+            raise ModelChoiceError(f"a mix takes 2 to {MAX_MODELS} models, got {len(models)}")
+        infos = [self.checkpoint(title, f"model {chr(ord('A') + i)}") for i, title in enumerate(models)]
+        for i, x in enumerate(infos):
+            for j in range(i + 1, len(infos)):
+                y = infos[j]
+                if same_file(x, y) or (x.sha256 and x.sha256 == y.sha256):
+                    raise ModelChoiceError(
+                        f"model {chr(ord('A') + i)} and model {chr(ord('A') + j)} are the same checkpoint ({x.title}); "
+                        "each model of a mix must be different"
+                    )
+        return infos
+
+    def make_mix_generator(self, models: Sequence[str], options: Mapping[str, Any]) -> "WebUIGenerator":
+        """An in-process generator mixing 3-5 models (titles; the first is loaded, the others mixed in at run time).
+
+        Checks the models now; the merge session (model 1 loaded, the merger built) opens on first use, inside
+        the search's hold on the WebUI's queue. ``memory_plan()`` states the mix's memory before that.
+        """
+        from ..generators.webui import WebUIGenerator
+
+        self.check_models(models)
+        settings = self.settings()
+        mode = str(options.get("mode") or settings.memory_mode)
+        if mode not in MEMORY_MODES:
+            raise MBWError(f"memory mode {mode!r} is unknown; use one of {', '.join(MEMORY_MODES)}")
+        return WebUIGenerator(self, models[0], models[1], mode=mode, save_images=bool(options.get("save_images", settings.save_images)),
+                              more_models=tuple(models[2:]))
+
+    def mix_memory_plan(self, models: Sequence[str], mode: str) -> Any:
+        """The memory plan of mixing ``models`` on the loaded UNet, from model 1's file and the live dtype and device.
+
+        The same numbers the merger checks when it is built (``runtime.merger.plan_for_checkpoint``), stated before the
+        search takes the WebUI's queue; stores are counted at the live dtype (an upper bound).
+        """
+        from ..runtime.merger import plan_for_checkpoint
+
+        infos = self.check_models(models)
+        element_bytes, device = _live_dtype_and_device(self.name)
+        return plan_for_checkpoint(Path(infos[0].filename), element_bytes, len(models), mode, device)
+
     def make_generator(self, model_a: str, model_b: str, options: Mapping[str, Any]) -> "WebUIGenerator":
         """An in-process generator for (A, B); checks the pair now, loads A on first use."""
         from ..generators.webui import WebUIGenerator
@@ -738,17 +814,21 @@ class WebUIHost:
 
     # -- sessions
 
-    def session(self, model_a: str, model_b: str, mode: str) -> MergeSession:
-        """The open session for (A, B, mode), opening it (and closing another) as needed."""
+    def session(self, model_a: str, model_b: str, mode: str, more_models: Sequence[str] = ()) -> MergeSession:
+        """The open session for (A, B, models 3..N, mode), opening it (and closing another) as needed."""
         with self._session_lock:
             if self._closed:
                 raise MBWError("auto-MBW was unloaded (Reload UI); start the search again")
-            info_a, info_b = self.check_pair(model_a, model_b)
-            key = SessionKey(str(Path(info_a.filename).resolve()), str(Path(info_b.filename).resolve()), mode)
+            if more_models:
+                info_a, info_b, *more = self.check_models([model_a, model_b, *more_models])
+            else:
+                (info_a, info_b), more = self.check_pair(model_a, model_b), []
+            files = [str(Path(info.filename).resolve()) for info in (info_a, info_b, *more)]
+            key = SessionKey(files[0], files[1], mode, tuple(files[2:]))
             if self._session is not None and self._session.key == key:
                 return self._session
             self.close_session()
-            session = MergeSession(key, info_a, info_b, self.name, self._merger_factory)
+            session = MergeSession(key, info_a, info_b, self.name, self._merger_factory, tuple(more))
             session.open()
             self._session = session
             return session

@@ -4,9 +4,10 @@ A ``Slot`` is one live parameter: where it sits in its module, which
 checkpoint key it holds, and where its elements sit inside a flat buffer. A
 ``Segment`` is the run of slots of one block that share device and dtype; its
 live parameters are views into one flat ``live`` buffer, and the flat ``a`` /
-``b`` stores (and ``original``, the restore copy when it differs from A) hold
-the same elements in the same physical order, so one ``lerp`` over the flat
-buffers merges the whole segment.
+``b`` stores (``more``: models 3..N of a block mix; ``original``: the restore
+copy when it differs from A) hold the same elements in the same physical
+order, so one ``lerp`` (or one chain of them) over the flat buffers merges the
+whole segment.
 """
 
 from __future__ import annotations
@@ -58,7 +59,14 @@ class Segment:
     a: torch.Tensor
     b: torch.Tensor
     original: torch.Tensor | None = None
-    identical: bool = field(default=False)  #: A and B hold identical values here
+    identical: bool = field(default=False)  #: every source holds identical values here
+    #: the flat stores of models 3..N of a block mix (empty for two models), laid out like ``a`` and ``b``
+    more: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def sources(self) -> tuple[torch.Tensor, ...]:
+        """Every source store in the recipe's order: A, B, then models 3..N."""
+        return (self.a, self.b, *self.more)
 
     @property
     def live_bytes(self) -> int:

@@ -13,6 +13,14 @@ holding the original values, so the host's model ends as it began. ``apply(recip
 ``torch.lerp(A, B, w, out=live)`` per changed block (a plain copy for weights
 0 and 1, which makes them bit-exact copies of A or B) at the live dtype.
 
+**Block mixes of 3-5 models.** ``model_b`` may be a sequence of models (B,
+then models 3..N); ``apply`` then takes an N-model ``RecipeN`` and writes each
+changed block with ``merge.mix.chain_mix`` (the function the offline mix
+uses, in fp32, rounded once to the live dtype), so the live weights equal the
+offline mix bit for bit on the same device. Everything below (locking, host
+changes, inference-mode Parameters, exact restore, ``abandon``) is the same
+code for two models and for N.
+
 Contracts:
 
 * **Locking.** ``apply``, ``restore``, ``resync`` and ``close`` take
@@ -41,6 +49,7 @@ Contracts:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from contextlib import AbstractContextManager, contextmanager
@@ -52,7 +61,9 @@ from torch import nn
 
 from ..blocks import ModelArch, block_of_unet_key, check_same_architecture
 from ..errors import ArchitectureMismatchError, IdenticalModelsError, RecipeError, RuntimeMergeError
+from ..merge.mix import chain_mix, chain_plan
 from ..recipe import Recipe
+from ..recipe_n import MAX_MODELS, RecipeN, chain_of
 from .layout import Segment, Slot, assign_offsets, bitwise_equal, dense_stride, strided_view
 from .placement import (
     CPU,
@@ -69,6 +80,9 @@ from .memory import release_memory
 from .sources import ModelSource, OpenedModel, check_fits_live, live_architecture, open_model, refuse_same_source
 
 log = logging.getLogger(__name__)
+
+#: Elements per chunk of the fp32 scratch a mix's chain runs in (16 MiB per scratch buffer).
+CHUNK_ELEMENTS = 1 << 22
 
 #: ``on_write(parameter_names)``: called after the merger wrote these live parameters.
 WriteCallback = Callable[[Sequence[str]], None]
@@ -161,18 +175,21 @@ class RuntimeMerger:
     ``key_map`` maps parameter names to those keys (diffusers).
     ``model_a``: path, ``Checkpoint``, state dict, or None when the live
     weights are A (the WebUI case: the snapshot of the live weights serves as
-    A and as the restore copy). ``model_b``: path, ``Checkpoint`` or state dict.
+    A and as the restore copy). ``model_b``: path, ``Checkpoint`` or state dict;
+    or a list of them (B and models 3..N, N <= 5) for a block mix of N models.
     ``mode``: ``auto``, ``device``, ``stream`` or ``cpu`` (see
-    ``runtime.placement``); ``device``: where the model runs, for placement
+    ``runtime.placement``; a mix's memory per mode is ``runtime.multi.memory_cost_n``);
+    ``device``: where the model runs, for placement
     (default: where its parameters are). ``on_write``: called with the names
-    of the parameters each ``apply``/``restore`` wrote.
+    of the parameters each ``apply``/``restore`` wrote. ``chunk_elements``: a
+    mix runs its chain over chunks of this many elements (fp32 scratch).
     """
 
     def __init__(
         self,
         unet: nn.Module,
         model_a: ModelSource | None,
-        model_b: ModelSource,
+        model_b: ModelSource | Sequence[ModelSource],
         *,
         key_map: Mapping[str, str] | None = None,
         mode: str = "auto",
@@ -180,8 +197,10 @@ class RuntimeMerger:
         headroom_bytes: int = DEFAULT_HEADROOM_BYTES,
         on_write: WriteCallback | None = None,
         allow_pickle: bool = False,
+        chunk_elements: int = CHUNK_ELEMENTS,
     ) -> None:
         self.lock = threading.Lock()
+        self._chunk = int(chunk_elements)
         self._holder: int | None = None
         self._unet = unet
         self._on_write = on_write
@@ -190,6 +209,11 @@ class RuntimeMerger:
         self._current: Recipe | None = None
         self._a_is_live = model_a is None
         self._out_slot = 0
+        others = list(model_b) if isinstance(model_b, (list, tuple)) else [model_b]
+        if not 1 <= len(others) <= MAX_MODELS - 1:
+            raise RuntimeMergeError(f"a runtime merge takes 2 to {MAX_MODELS} models, got {len(others) + 1}")
+        #: how many models the merge mixes (2: A and B)
+        self.n_sources = len(others) + 1
 
         slots = _collect_slots(unet, key_map)
         live_shapes = {s.key: s.shape for s in slots}
@@ -200,16 +224,20 @@ class RuntimeMerger:
 
         opened: list[OpenedModel] = []
         try:
-            a = open_model(model_a, "model A", allow_pickle=allow_pickle) if model_a is not None else None
+            first = "model A" if self.n_sources == 2 else "model 1"
+            a = open_model(model_a, first, allow_pickle=allow_pickle) if model_a is not None else None
             if a is not None:
                 opened.append(a)
-            b = open_model(model_b, "model B", allow_pickle=allow_pickle)
-            opened.append(b)
+            labels = ["model B"] if self.n_sources == 2 else [f"model {k}" for k in range(2, self.n_sources + 1)]
+            for source, label in zip(others, labels):
+                opened.append(open_model(source, label, allow_pickle=allow_pickle))
+            b, more = opened[-len(others)], opened[len(opened) - len(others) + 1:]
+            _refuse_repeated(opened, self.n_sources)
             if a is not None:
-                refuse_same_source(a, b)
                 check_same_architecture(a.arch, b.arch, a.label, b.label)
                 check_fits_live(a, live_shapes, self.arch)
-            check_fits_live(b, live_shapes, self.arch)
+            for model in (b, *more):
+                check_fits_live(model, live_shapes, self.arch)
 
             self.device = torch.device(device) if device is not None else _main_device(slots)
             self.unet_bytes = sum(s.numel * s.param.element_size() for s in slots)  # type: ignore[union-attr]
@@ -218,18 +246,25 @@ class RuntimeMerger:
                 block_bytes[s.block] = block_bytes.get(s.block, 0) + s.numel * s.param.element_size()  # type: ignore[union-attr]
             groups = _group_slots(slots)
             with _normal_tensor_mode():
-                store_dtypes = {key: _store_dtype(members, key[2], a, b) for key, members in groups.items()}
+                store_dtypes = {key: _store_dtype(members, key[2], a, [b, *more]) for key, members in groups.items()}
             store_bytes = sum(sum(s.numel for s in groups[key]) * dt.itemsize for key, dt in store_dtypes.items())
             largest = max(block_bytes.values())
             compact = any(dt != compute_dtype_for(key[2]) for key, dt in store_dtypes.items())
-            self.mode = choose_mode(mode, self.device, store_bytes, largest, headroom_bytes=headroom_bytes)
+            if self.n_sources == 2:
+                self.mode = choose_mode(mode, self.device, store_bytes, largest, headroom_bytes=headroom_bytes)
+                # compact stores are widened into two staging buffers of the largest block for each lerp
+                self.plan = _memory.plan_for(self.mode, self.device, store_bytes, largest, transient_bytes=largest * (3 if compact else 1))
+            else:
+                from .multi import choose_mode_n, plan_n  # the mix's memory model (multi imports this module)
+
+                element = max(s.param.element_size() for s in slots)  # type: ignore[union-attr]
+                self.mode = choose_mode_n(mode, self.device, self.n_sources, self.unet_bytes, element_bytes=element, headroom_bytes=headroom_bytes)
+                self.plan = plan_n(self.mode, self.device, self.n_sources, slots, chunk_elements=self._chunk, first_is_live=a is None)
             self._a_device, self._b_device = _store_devices(self.mode, self.device)
-            # compact stores are widened into two staging buffers of the largest block for each lerp
-            self.plan = _memory.plan_for(self.mode, self.device, store_bytes, largest, transient_bytes=largest * (3 if compact else 1))
             log.info("runtime merger: %s", self.plan.describe())
             _memory.check_fits(self.plan)
             with _normal_tensor_mode():
-                self._segments = self._build_segments(groups, store_dtypes, a, b)
+                self._segments = self._build_segments(groups, store_dtypes, a, b, more)
         finally:
             for model in opened:
                 model.close()
@@ -242,6 +277,8 @@ class RuntimeMerger:
         )
         if len(self.identical_blocks) == len(self.blocks):
             self._release_buffers()
+            if self.n_sources > 2:
+                raise IdenticalModelsError("all models of the mix have identical UNet weights: every mix gives the same model; pick different models")
             raise IdenticalModelsError(
                 "model A and model B have identical UNet weights: every merge weight would give the same model "
                 "and the same score; pick a different model B"
@@ -260,8 +297,9 @@ class RuntimeMerger:
         store_dtypes: Mapping[tuple[str, torch.device, torch.dtype], torch.dtype],
         a: OpenedModel | None,
         b: OpenedModel,
+        more: Sequence[OpenedModel] = (),
     ) -> list[Segment]:
-        """Flat stores for A, B (and the restore copy) per block; the live parameters are not touched yet.
+        """Flat stores for A, B, models 3..N (and the restore copy) per block; the live parameters are not touched yet.
 
         The live buffers are made later, one block at a time (``_adopt``), so
         building never holds more than A, B and one block beyond the model.
@@ -272,13 +310,15 @@ class RuntimeMerger:
             cdtype = store_dtypes[(block, device, dtype)]
             a_store = self._load_store(members, numel, a, cdtype, self._a_device)
             b_store = self._load_store(members, numel, b, cdtype, self._b_device)
+            more_stores = tuple(self._load_store(members, numel, m, cdtype, self._b_device) for m in more)
             original = None
             if a is not None and not all(_slot_matches(slot, slot.param, a_store) for slot in members):  # type: ignore[arg-type]
                 original = empty_store(numel, dtype, CPU)
                 for slot in members:
                     slot.view(original).copy_(slot.param)  # type: ignore[arg-type]
             placeholder = torch.empty(0, dtype=dtype, device=device)  # replaced by _adopt
-            segments.append(Segment(block, members, numel, placeholder, a_store, b_store, original, bitwise_equal(a_store, b_store)))
+            identical = all(bitwise_equal(a_store, other) for other in (b_store, *more_stores))
+            segments.append(Segment(block, members, numel, placeholder, a_store, b_store, original, identical, more_stores))
         return segments
 
     @staticmethod
@@ -330,7 +370,7 @@ class RuntimeMerger:
         """Extra memory the merger holds now (A, B, restore copies, staging), beyond the live model."""
         device_bytes = cpu_bytes = 0
         for seg in getattr(self, "_segments", []):
-            for store in (seg.a, seg.b, seg.original):
+            for store in (*seg.sources, seg.original):
                 if store is None:
                     continue
                 size = store.numel() * store.element_size()
@@ -345,15 +385,24 @@ class RuntimeMerger:
                 device_bytes += size
         return MemoryCost(getattr(self, "mode", "?"), device_bytes, cpu_bytes)
 
-    def apply(self, recipe: Recipe) -> ApplyStats:
-        """Set the live UNet to ``lerp(A, B, w)`` per block; writes only blocks whose weight changed."""
+    def apply(self, recipe: Recipe | RecipeN) -> ApplyStats:
+        """Set the live UNet to ``lerp(A, B, w)`` (an N-model mix for a ``RecipeN``) per block; writes only blocks
+        whose weights changed."""
         with self._locked("apply()"):
             self._ensure_open()
-            recipe = self._check_recipe(recipe)
             start = time.perf_counter()
-            known = Recipe({blk: w for blk, w in self._state.items() if isinstance(w, float)}, source="applied weights")
-            changed = recipe.changed_blocks(known)
-            stats = self._write_targets(recipe.weights, changed, start)
+            if isinstance(recipe, RecipeN):
+                recipe = self._check_recipe_n(recipe)
+                targets: dict[str, float | tuple[float, ...] | _State] = {
+                    blk: chain_of(recipe.shares[blk]) for blk in self.blocks
+                }
+                changed = [blk for blk in self.blocks if self._state[blk] != targets[blk]]
+                stats = self._write_targets(targets, changed, start)
+            else:
+                recipe = self._check_recipe(recipe)
+                known = Recipe({blk: w for blk, w in self._state.items() if isinstance(w, float)}, source="applied weights")
+                changed = recipe.changed_blocks(known)
+                stats = self._write_targets(recipe.weights, changed, start)
             self._current = recipe
             return stats
 
@@ -443,16 +492,26 @@ class RuntimeMerger:
 
     def _check_recipe(self, recipe: Recipe) -> Recipe:
         if not isinstance(recipe, Recipe):
-            raise RecipeError(f"apply() needs a Recipe, got {type(recipe).__name__}")
+            raise RecipeError(f"apply() needs a Recipe or an N-model recipe (RecipeN), got {type(recipe).__name__}")
+        if self.n_sources != 2:
+            raise RecipeError(
+                f"{recipe.source}: is a two-model recipe; this mix has {self.n_sources} models and takes "
+                "an N-model recipe (RecipeN)"
+            )
         if recipe.method != "weighted_sum":
             raise RecipeError(
                 f"{recipe.source}: the runtime merge does weighted sums only (lerp of A and B), not {recipe.method!r}"
             )
         return recipe.for_family(self.arch.family)
 
+    def _check_recipe_n(self, recipe: RecipeN) -> RecipeN:
+        if recipe.n_models != self.n_sources:
+            raise RecipeError(f"{recipe.source}: is a recipe for {recipe.n_models} models; this mix has {self.n_sources}")
+        return recipe.for_family(self.arch.family)
+
     # ------------------------------------------------------------------ writing
 
-    def _restored_state(self, block: str) -> float | _State:
+    def _restored_state(self, block: str) -> float | tuple[float, ...] | _State:
         """A block's state after a restore: weight 0 when the original weights are A's, else ORIGINAL."""
         return 0.0 if all(seg.original is None for seg in self._by_block[block]) else ORIGINAL
 
@@ -465,7 +524,8 @@ class RuntimeMerger:
         return stats
 
     def _write_targets(
-        self, targets: Mapping[str, float | _State], first: Sequence[str], start: float, restoring: bool = False
+        self, targets: Mapping[str, float | tuple[float, ...] | _State], first: Sequence[str], start: float,
+        restoring: bool = False,
     ) -> ApplyStats:
         """Bring every block to its target, checking each block against the host just before writing it.
 
@@ -497,7 +557,7 @@ class RuntimeMerger:
                     for seg in self._by_block[block]:
                         nbytes += self._write_segment(seg, target)
                         names.extend(slot.name for slot in seg.slots)
-                        devices.update(t.device for t in (seg.live, seg.a, seg.b) if t.device.type == "cuda")
+                        devices.update(t.device for t in (seg.live, *seg.sources) if t.device.type == "cuda")
                     self._state[block] = target
                     if block not in written:
                         written.append(block)
@@ -509,10 +569,12 @@ class RuntimeMerger:
         reloaded = any(r.reloaded for r in reports)
         return ApplyStats(time.perf_counter() - start, blocks, nbytes, resynced, reloaded)
 
-    def _write_segment(self, seg: Segment, target: float | _State) -> int:
+    def _write_segment(self, seg: Segment, target: float | tuple[float, ...] | _State) -> int:
         """One segment's live values := target; bytes read + written."""
         if target is ORIGINAL:
             return _copy_into(seg.live, seg.original if seg.original is not None else seg.a)
+        if isinstance(target, tuple):
+            return self._mix_segment(seg, target)
         assert isinstance(target, float)
         if target == 0.0:
             return _copy_into(seg.live, seg.a)
@@ -539,6 +601,44 @@ class RuntimeMerger:
         torch.lerp(a, b, target, out=out)
         nbytes += 3 * seg.numel * a.element_size() + _copy_into(seg.live, out)
         self._staging.record(compute, wide, role, seg.live.device)
+        return nbytes
+
+    def _mix_segment(self, seg: Segment, chain: tuple[float, ...]) -> int:
+        """One segment's live values := the chain mix of its sources (``merge.mix.chain_mix``); bytes read + written.
+
+        The chain runs where A's store is, in fp32, over chunks of ``chunk_elements``; sources kept elsewhere
+        (``stream``) are staged one chunk at a time, and a result computed away from the live weights (``cpu``)
+        goes through two alternating output chunks.
+        """
+        compute = seg.a.device
+        begin, steps = chain_plan(chain)
+        needed = {begin, *(index for index, _ in steps)}
+        capacity = min(self._chunk, self._max_numel)
+        direct = seg.live.device == compute
+        nbytes = 0
+        for offset in range(0, seg.numel, self._chunk):
+            size = min(self._chunk, seg.numel - offset)
+            inputs = []
+            for index, store in enumerate(seg.sources):
+                part = store.narrow(0, offset, size)
+                if index in needed and part.device != compute:
+                    staged = self._staging.get(compute, part.dtype, size, f"src{index}", capacity)
+                    nbytes += _copy_into(staged, part)
+                    part = staged
+                inputs.append(part)
+            acc = self._staging.get(compute, torch.float32, size, "acc", capacity)
+            tmp = self._staging.get(compute, torch.float32, size, "tmp", capacity)
+            live = seg.live.narrow(0, offset, size)
+            nbytes += (len(needed) + 1) * size * seg.a.element_size()
+            if direct:
+                chain_mix(inputs, chain, live, acc, tmp)
+                continue
+            role = f"out{self._out_slot}"
+            self._out_slot ^= 1
+            out = self._staging.get(compute, seg.live.dtype, size, role, capacity)
+            chain_mix(inputs, chain, out, acc, tmp)
+            nbytes += _copy_into(live, out)
+            self._staging.record(compute, seg.live.dtype, role, seg.live.device)
         return nbytes
 
     def _notify(self, names: list[str]) -> None:
@@ -624,9 +724,14 @@ class RuntimeMerger:
                     return True
         return False
 
-    def _expected_values(self, seg: Segment, state: float | _State) -> torch.Tensor:
+    def _expected_values(self, seg: Segment, state: float | tuple[float, ...] | _State) -> torch.Tensor:
         if state is ORIGINAL:
             return seg.original if seg.original is not None else seg.a
+        if isinstance(state, tuple):
+            inputs = [store.to(seg.a.device) for store in seg.sources]
+            acc = torch.empty(seg.numel, dtype=torch.float32, device=seg.a.device)
+            tmp = torch.empty_like(acc)
+            return chain_mix(inputs, state, torch.empty_like(acc), acc, tmp)
         assert isinstance(state, float)
         if state == 0.0:
             return seg.a
@@ -663,7 +768,9 @@ class RuntimeMerger:
                 slot.stride = dense_stride(slot.current())  # type: ignore[arg-type]
             numel = assign_offsets(members)
             if reusable is not None and all(old_of[id(s)][1:] == (s.offset, s.stride) for s in members):
-                seg = Segment(block, members, numel, reusable.live, reusable.a, reusable.b, reusable.original, reusable.identical)
+                seg = Segment(
+                    block, members, numel, reusable.live, reusable.a, reusable.b, reusable.original, reusable.identical, reusable.more
+                )
             else:
                 seg = self._regather(block, members, numel, old_of, compute_dtype_for(dtype), dtype)
             self._adopt(seg, device, dtype)
@@ -685,6 +792,7 @@ class RuntimeMerger:
         first = old_of[id(members[0])][0]
         a = empty_store(numel, cdtype, first.a.device)
         b = empty_store(numel, cdtype, first.b.device)
+        more = tuple(empty_store(numel, cdtype, store.device) for store in first.more)
         needs_original = any(old_of[id(s)][0].original is not None for s in members)
         original = empty_store(numel, live_dtype, CPU) if needs_original else None
         for slot in members:
@@ -695,11 +803,14 @@ class RuntimeMerger:
 
             slot.view(a).copy_(old_view(old_seg.a))
             slot.view(b).copy_(old_view(old_seg.b))
+            for new_store, old_store in zip(more, old_seg.more):
+                slot.view(new_store).copy_(old_view(old_store))
             if original is not None:
                 source = old_seg.original if old_seg.original is not None else old_seg.a
                 slot.view(original).copy_(old_view(source))
         placeholder = torch.empty(0, dtype=live_dtype)  # replaced by _adopt
-        return Segment(block, members, numel, placeholder, a, b, original, identical=bitwise_equal(a, b))
+        identical = all(bitwise_equal(a, other) for other in (b, *more))
+        return Segment(block, members, numel, placeholder, a, b, original, identical, more)
 
     def _resnapshot(self) -> None:
         """The live values become the original weights (and A, when A is the live model)."""
@@ -709,12 +820,17 @@ class RuntimeMerger:
                     seg.a = empty_store(seg.numel, compute_dtype_for(seg.live.dtype), seg.a.device)  # no longer compact
                 seg.a.copy_(seg.live)
                 seg.original = None
-                seg.identical = bitwise_equal(seg.a, seg.b)
+                seg.identical = all(bitwise_equal(seg.a, other) for other in (seg.b, *seg.more))
             elif bitwise_equal(seg.a.to(device=seg.live.device, dtype=seg.live.dtype), seg.live):
                 seg.original = None
             else:
                 seg.original = empty_store(seg.numel, seg.live.dtype, CPU)
                 seg.original.copy_(seg.live)
+        if self._a_is_live and all(seg.identical for seg in self._segments) and self.n_sources > 2:
+            raise IdenticalModelsError(
+                "the host loaded weights identical to every other model of the mix into the live model, which is "
+                "model 1: every mix would give the same model; stop the search and pick different models"
+            )
         if self._a_is_live and all(seg.identical for seg in self._segments):
             raise IdenticalModelsError(
                 "the host loaded weights identical to model B into the live model, which is model A: "
@@ -730,6 +846,7 @@ class RuntimeMerger:
         empty = torch.empty(0)
         for seg in self._segments:
             seg.a = seg.b = empty
+            seg.more = ()
             seg.original = None
         self._staging.clear()
 
@@ -760,6 +877,40 @@ class RuntimeMerger:
         self._staging.clear()
 
 
+# ---------------------------------------------------------------------- memory before building
+
+
+def plan_for_checkpoint(
+    path: str | os.PathLike[str], element_bytes: int, n_sources: int, mode: str, device: torch.device | str,
+    headroom_bytes: int = DEFAULT_HEADROOM_BYTES,
+) -> _memory.MemoryPlan:
+    """The memory plan of a mix of ``n_sources`` (3-5) models on a live UNet shaped like ``path``'s, before building it.
+
+    For hosts that must state (and check) the memory before the live model is theirs to touch: the numbers of
+    ``runtime.multi.plan_n`` (what the merger checks when it is built), from the file's UNet shapes at the live
+    element size, with the live weights as model 1.
+    """
+    from ..checkpoint import open_checkpoint
+    from .multi import choose_mode_n, plan_n_for
+
+    device = torch.device(device)
+    block_numel: dict[str, int] = {}
+    with open_checkpoint(path) as ckpt:
+        arch = ckpt.arch
+        for key in ckpt.unet_keys():
+            block = block_of_unet_key(key[len(arch.unet_prefix):], arch.family)
+            numel = 1
+            for d in ckpt.shapes[key]:
+                numel *= int(d)
+            block_numel[block] = block_numel.get(block, 0) + numel
+    if not block_numel:
+        raise RuntimeMergeError(f"{path}: has no UNet weights to merge")
+    unet_bytes = sum(block_numel.values()) * element_bytes
+    largest = max(block_numel.values()) * element_bytes
+    chosen = choose_mode_n(mode, device, n_sources, unet_bytes, element_bytes=element_bytes, headroom_bytes=headroom_bytes)
+    return plan_n_for(chosen, device, n_sources, unet_bytes, largest, element_bytes)
+
+
 # ---------------------------------------------------------------------- helpers
 
 
@@ -779,15 +930,15 @@ def _fits_dtype(values: torch.Tensor, dtype: torch.dtype) -> bool:
     return bitwise_equal(values.to(dtype).to(values.dtype), values)
 
 
-def _store_dtype(members: list[Slot], live_dtype: torch.dtype, a: OpenedModel | None, b: OpenedModel) -> torch.dtype:
-    """The dtype A and B of a segment are stored in: fp16 for fp32 live weights that come from fp16 files, else the
+def _store_dtype(members: list[Slot], live_dtype: torch.dtype, a: OpenedModel | None, others: Sequence[OpenedModel]) -> torch.dtype:
+    """The dtype the sources of a segment (A, and ``others``: B, models 3..N) are stored in: fp16 for fp32 live weights that come from fp16 files, else the
     compute dtype. Lossless (an fp16 value widened to fp32 and back is the same bits), and half the memory: a
     CPU WebUI runs fp16 checkpoints in fp32."""
     cdtype = compute_dtype_for(live_dtype)
     if live_dtype != torch.float32:
         return cdtype
     compact = torch.float16
-    for model in (b,) if a is None else (a, b):
+    for model in others if a is None else (a, *others):
         prefix = model.arch.unet_prefix
         if any(model.checkpoint.dtypes.get(prefix + s.key) != compact for s in members):
             return cdtype
@@ -828,6 +979,23 @@ def _collect_slots(unet: nn.Module, key_map: Mapping[str, str] | None) -> list[S
     if key_map is not None and len(keys) != len(slots):
         raise ArchitectureMismatchError("key_map maps two live parameters to the same UNet key")
     return slots
+
+
+def _refuse_repeated(opened: Sequence[OpenedModel], n_sources: int) -> None:
+    """Refuse a model given twice (same object or same file), before any tensor is read."""
+    if n_sources == 2:
+        if len(opened) == 2:
+            refuse_same_source(opened[0], opened[1])
+        return
+    for i, x in enumerate(opened):
+        for y in opened[i + 1:]:
+            try:
+                refuse_same_source(x, y)
+            except IdenticalModelsError:
+                where = f" ({x.path})" if x.path is not None else " (the same object)"
+                raise IdenticalModelsError(
+                    f"{x.role} and {y.role} are the same model{where}; each model of a mix must be different"
+                ) from None
 
 
 def _main_device(slots: list[Slot]) -> torch.device:

@@ -150,14 +150,26 @@ def make_mix_generators(settings: SearchSettings, host: Any, plugins: Collection
 
 
 def runtime_memory(generators: Sequence[Any]) -> list[str]:
-    """Build each generator's runtime mix now (its memory checked, before the run folder exists); what it holds."""
+    """Build each generator's runtime mix now (its memory checked, before the run folder exists); what it holds.
+
+    A generator that may not build its mix yet (the WebUI's: the live model is the WebUI's until the search holds
+    its queue) states it with ``memory_plan()``, which is checked here the same way; the merger checks again when
+    it is built.
+    """
+    from ..runtime.memory import check_fits
+
     described = []
     for generator in generators:
-        merger = getattr(generator, "merger", None)
-        plan = getattr(merger, "plan", None)
+        stated = getattr(generator, "memory_plan", None)
+        if callable(stated):
+            plan = stated()
+            if plan is not None:
+                check_fits(plan)
+        else:
+            plan = getattr(getattr(generator, "merger", None), "plan", None)
         if plan is not None:
             described.append(plan.describe())
-            log.info("runtime mix of %d models: %s", getattr(merger, "n_sources", 0), plan.describe())
+            log.info("runtime mix: %s", plan.describe())
     return described
 
 

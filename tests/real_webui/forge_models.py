@@ -35,7 +35,7 @@ FORGE_MODELS_VERSION = 1
 #: SD1.5 key names and CLIP/VAE sizes, a UNet with 320 channels at every level.
 FORGE_TEST_CONFIG = replace(SD1, name="forge-test-sd1", unet=replace(SD1_UNET, channel_mult=(1, 1, 1, 1)))
 
-NAMES = ("mbw-forge-a.safetensors", "mbw-forge-b.safetensors")
+NAMES = ("mbw-forge-a.safetensors", "mbw-forge-b.safetensors", "mbw-forge-c.safetensors")
 
 
 def forge_state_dict(model_seed: int, base_seed: int = 0, shape: DemoShape | None = None) -> dict[str, torch.Tensor]:
@@ -55,20 +55,31 @@ def forge_state_dict(model_seed: int, base_seed: int = 0, shape: DemoShape | Non
 
 
 def cached_forge_models(seed: int = 0) -> Path:
-    """The folder holding A and B for ``seed`` under the test cache, written on first use (about a minute)."""
+    """The folder holding A, B and C for ``seed`` under the test cache, written on first use (about a minute each).
+
+    A cache made before C existed keeps A and B; only C is added (written beside, then renamed into place).
+    """
     folder = cache_root() / "test-models" / f"forge-v{FORGE_MODELS_VERSION}-seed{seed}"
     if all((folder / name).is_file() for name in NAMES):
         return folder
-    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for offset, (name, role) in enumerate(zip(NAMES, "AB"), start=1):
-        state = forge_state_dict(3 * seed + offset, 3 * seed)
-        save_file(state, str(partial / name), metadata={"auto_mbw_test": json.dumps({"model": role, "seed": seed})})
-        del state
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    if not all((folder / name).is_file() for name in NAMES[:2]):
+        partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for offset, (name, role) in enumerate(zip(NAMES[:2], "AB"), start=1):
+            _write_forge_model(partial / name, role, seed, offset)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    partial_c = folder / f".{NAMES[2]}.partial-{os.getpid()}"
+    _write_forge_model(partial_c, "C", seed, 3)
+    partial_c.rename(folder / NAMES[2])
     return folder
+
+
+def _write_forge_model(path: Path, role: str, seed: int, offset: int) -> None:
+    """Test model ``role`` (model seed ``3 * seed + offset`` over the base ``3 * seed``; C: offset 3)."""
+    state = forge_state_dict(3 * seed + offset, 3 * seed)
+    save_file(state, str(path), metadata={"auto_mbw_test": json.dumps({"model": role, "seed": seed})})
 
 
 def write_forge_models(webui_root: Path, work: Path, seed: int = 0) -> ModelSet:
@@ -81,7 +92,7 @@ def write_forge_models(webui_root: Path, work: Path, seed: int = 0) -> ModelSet:
             os.link(source / name, folder / name)
         except OSError:
             shutil.copyfile(source / name, folder / name)
-    models = ModelSet(NAMES[0], NAMES[1], folder, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    models = ModelSet(NAMES[0], NAMES[1], folder, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, model_c=NAMES[2])
     shapes = {k: torch.empty(d, device="meta") for k, d in checkpoint_layout(FORGE_TEST_CONFIG).items() if k.startswith(UNET_PREFIX)}
     write_kohya_lora(webui_root / "models" / "Lora" / f"{models.lora}.safetensors", shapes)
     return models

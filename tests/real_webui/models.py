@@ -21,6 +21,7 @@ import yaml
 from safetensors.torch import save_file
 
 from lib_mbw.demo_models import demo_config, demo_state_dicts
+from lib_mbw.demo_n import demo_state_dicts_n
 from lib_mbw.generators.diffusers_files import write_config_folder
 
 CLIP_REPO = "openai/clip-vit-large-patch14"
@@ -37,6 +38,7 @@ class ModelSet:
     folder: Path
     env: dict[str, str] = field(default_factory=dict)
     lora: str = "mbw-test-lora"  #: name of a LoRA in models/Lora for ``<lora:NAME:1>`` (empty: none)
+    model_c: str = ""  #: a third checkpoint for a 3-model mix (empty: none)
 
     @property
     def path_a(self) -> Path:
@@ -80,20 +82,21 @@ def write_hf_clip_cache(hf_home: Path, work: Path) -> Path:
 
 
 def write_a1111_models(webui_root: Path, work: Path, seed: int = 0) -> ModelSet:
-    """Tiny SD1 A and B in ``webui_root/models/Stable-diffusion`` with their yaml, plus the HF cache under ``work``."""
+    """Tiny SD1 A, B and C in ``webui_root/models/Stable-diffusion`` with their yaml, plus the HF cache under ``work``."""
     folder = webui_root / "models" / "Stable-diffusion"
     folder.mkdir(parents=True, exist_ok=True)
     config = a1111_yaml(webui_root)
     state_a, state_b = demo_state_dicts(seed)
-    names = ("mbw-test-a.safetensors", "mbw-test-b.safetensors")
-    for name, state, role in zip(names, (state_a, state_b), "AB"):
+    state_c = demo_state_dicts_n(seed, 3)[2]  # a third fine-tune of the same base, for a 3-model mix
+    names = ("mbw-test-a.safetensors", "mbw-test-b.safetensors", "mbw-test-c.safetensors")
+    for name, state, role in zip(names, (state_a, state_b, state_c), "ABC"):
         save_file(state, str(folder / name), metadata={"auto_mbw_test": json.dumps({"model": role, "seed": seed})})
         (folder / name).with_suffix(".yaml").write_text(config, encoding="utf-8")
     write_kohya_lora(webui_root / "models" / "Lora" / "mbw-test-lora.safetensors", state_a)
     hf_home = work / "hf-home"
     write_hf_clip_cache(hf_home, work)
     env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return ModelSet(names[0], names[1], folder, env)
+    return ModelSet(names[0], names[1], folder, env, model_c=names[2])
 
 
 ModelWriter = Callable[[Path, Path], ModelSet]

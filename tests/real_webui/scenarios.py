@@ -174,3 +174,20 @@ def assert_users_model_is_a(host: RunningHost, image_a: bytes) -> None:
 def write_payload(host: RunningHost, name: str, **changes: Any) -> None:
     """A payload file ``name.json``: the tiny payload with ``changes``."""
     (host.server.payload_dir / f"{name}.json").write_text(json.dumps({**TINY_PAYLOAD, **changes}), encoding="utf-8")
+
+
+def mix_search(host: RunningHost, references: Path) -> SearchResult:
+    """A 3-model mix searched from the tab (model C from the checkpoint list): 2 evaluations per chain step.
+
+    The run finishes with 4 scored evaluations whose history has a column per block and chain step.
+    """
+    assert host.models.model_c, "this host's test models have no model C"
+    result = run_search(host, model_c=host.models.model_c, max_evaluations=2, **reference_scorer(references))
+    assert "**Finished**" in result.final_status, result.statuses
+    assert result.run_dir is not None
+    rows = history_rows(result.run_dir)
+    assert "IN00@m3" in rows[0] and "IN00" not in rows[0], list(rows[0])
+    assert [r["status"] for r in rows if r["status"] != "selected"] == ["ok"] * 4, [r["reason"] for r in rows]
+    manifest = json.loads((result.run_dir / "manifest.json").read_text(encoding="utf-8"))
+    assert Path(manifest["models"]["c"]["path"]).name == host.models.model_c and manifest.get("runtime_memory")
+    return result

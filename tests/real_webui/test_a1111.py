@@ -19,6 +19,7 @@ from tests.real_webui.scenarios import (
     ALL_ONES,
     HALF,
     assert_users_model_is_a,
+    mix_search,
     history_rows,
     imagereward_in_host,
     plain,
@@ -76,6 +77,11 @@ def test_a_search_finishes_writes_its_run_folder_and_leaves_the_users_model(a111
     rows = history_rows(result.run_dir)
     assert [r["status"] for r in rows if r["status"] != "selected"] == ["ok", "ok", "ok"], [r["reason"] for r in rows]
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows if r["status"] == "ok")
+    assert_users_model_is_a(a1111, image_a)
+
+
+def test_a_three_model_mix_search_finishes_and_leaves_the_users_model(a1111: RunningHost, image_a: bytes, references: Path) -> None:
+    mix_search(a1111, references)
     assert_users_model_is_a(a1111, image_a)
 
 

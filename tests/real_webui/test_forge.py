@@ -24,6 +24,7 @@ from tests.real_webui.scenarios import (
     HALF,
     history_rows,
     long_search,
+    mix_search,
     plain,
     reference_scorer,
     run_search,
@@ -110,6 +111,12 @@ def test_a_search_finishes_writes_its_run_folder_and_leaves_the_users_model(forg
     assert [r["status"] for r in rows if r["status"] != "selected"] == ["ok", "ok", "ok"], rows
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows if r["status"] == "ok")
     assert "this search holds" in log_since(forge, mark), "the memory a search takes is stated before it starts"
+    assert_users_model_is_a(forge, image_a)
+
+
+def test_a_three_model_mix_search_on_inference_mode_weights_leaves_a_working_model_a(forge: RunningHost, image_a: bytes, references: Path) -> None:
+    """Forge's inference-mode Parameters under a mix: every render while mixed works, and A renders as before."""
+    mix_search(forge, references)
     assert_users_model_is_a(forge, image_a)
 
 
