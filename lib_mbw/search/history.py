@@ -11,8 +11,14 @@ never share or overwrite one) holding:
   before the next evaluation starts. Columns: ``index, timestamp, status,
   source, score``, every block weight by name in canonical order, ``BASE`` if
   searched, ``payload:<name>`` per payload, ``merge_s, generate_s, score_s,
-  total_s, worker, reason``. ``status`` is ok / failed / abandoned / cached /
-  rescore / selected; ``source`` is optimizer / initial / rescore / final.
+  total_s, worker, reason, rung, screen_score``. ``status`` is ok / failed /
+  abandoned / screened / cached / rescore / selected; ``source`` is optimizer
+  / initial / rescore / final. With multi-fidelity screening (``fidelity``)
+  ``rung`` says how far a search candidate got (``screen``: only the cheap
+  render, status ``screened``, its score the full-scale estimate the optimizer
+  was told; ``full``: promoted and rendered in full) and ``screen_score`` holds
+  its cheap score; both are empty without screening, and histories written
+  before these columns existed are read as such.
   The last row (status ``selected``) is the recipe the search returned and why.
 * ``state.json``: where the loop was (phase, stop reason, elapsed time,
   re-score candidates), replaced atomically after every evaluation. It holds
@@ -45,6 +51,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..blocks import BASE, BLOCKS, present_blocks
 from ..errors import MBWError, RecipeError
 from .. import fileio
+from .fidelity import RUNGS
 from ..fileio import safe_name, write_atomic
 from ..recipe import ORDERS, Recipe, from_positional, read_recipe, to_positional, to_preset
 
@@ -53,7 +60,7 @@ MANIFEST_FILE = "manifest.json"
 STATE_FILE = "state.json"
 STATE_FORMAT = "auto-mbw-state"
 
-STATUSES: tuple[str, ...] = ("ok", "failed", "abandoned", "cached", "rescore", "selected")
+STATUSES: tuple[str, ...] = ("ok", "failed", "abandoned", "screened", "cached", "rescore", "selected")
 PHASES: tuple[str, ...] = ("search", "rescore", "select", "done")
 #: Stop reasons a state may record (``stopping.StopReason`` values; not imported: stopping imports the optimizer).
 STOP_REASONS: tuple[str, ...] = (
@@ -65,7 +72,7 @@ SCORED_STATUSES: tuple[str, ...] = ("ok", "cached", "rescore")
 
 PAYLOAD_PREFIX = "payload:"
 _LEAD = ("index", "timestamp", "status", "source", "score")
-_TAIL = ("merge_s", "generate_s", "score_s", "total_s", "worker", "reason")
+_TAIL = ("merge_s", "generate_s", "score_s", "total_s", "worker", "reason", "rung", "screen_score")
 
 
 class HistoryError(MBWError):
@@ -139,6 +146,8 @@ class HistoryRow:
     worker: str = ""
     reason: str = ""
     timestamp: str = field(default_factory=_now_iso)
+    rung: str = ""  # "" (no screening) / screen / full: see the module docstring
+    screen_score: float | None = None
 
     @property
     def total_s(self) -> float:
@@ -276,6 +285,8 @@ class RunHistory:
         """
         if row.status not in STATUSES or row.source not in SOURCES:
             raise HistoryError(f"bad history row status/source {row.status!r}/{row.source!r}")
+        if row.rung not in RUNGS:
+            raise HistoryError(f"bad history row rung {row.rung!r}; one of {', '.join(repr(r) for r in RUNGS)}")
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow(self._format(row))
         data = buffer.getvalue().encode("utf-8")
@@ -323,6 +334,8 @@ class RunHistory:
             "total_s": f"{row.total_s:.4f}",
             "worker": row.worker,
             "reason": " ".join(row.reason.split()),
+            "rung": row.rung,
+            "screen_score": _number(row.screen_score),
         }
         for block in self.blocks:
             values[block] = _number(weights.get(block))
@@ -340,6 +353,9 @@ class RunHistory:
             raise HistoryError(f"{where}: index must be a whole number, got {cell['index'][:20]!r}; the history is damaged")
         if cell["status"] not in STATUSES or cell["source"] not in SOURCES:
             raise HistoryError(f"{where}: unknown status/source {cell['status'][:20]!r}/{cell['source'][:20]!r}; the history is damaged")
+        rung = cell.get("rung", "")
+        if rung not in RUNGS:
+            raise HistoryError(f"{where}: rung must be one of {', '.join(repr(r) for r in RUNGS)}, got {rung[:20]!r}; the history is damaged")
         weights = {b: w for b in self.blocks if (w := _parse_number(cell[b], where)) is not None}
         base = _parse_number(cell[BASE], where) if self.has_base else None
         recipe = Recipe(weights, base=base, source=where) if weights else None
@@ -356,6 +372,8 @@ class RunHistory:
             score_s=_parse_number(cell["score_s"], where) or 0.0,
             worker=cell["worker"],
             reason=cell["reason"],
+            rung=rung,
+            screen_score=_parse_number(cell.get("screen_score", ""), where),
         )
 
     # ---- state and manifest
