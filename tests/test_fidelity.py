@@ -262,3 +262,68 @@ def test_cli_fidelity_flags_reach_the_run_and_its_history(work: Path, capsys) ->
     assert "--fidelity-quantile must be from 0 to 1 (a quantile, below 1), got 1" in capsys.readouterr().err
     assert main(["search", "--resume", str(folder), *LOOP_PLUGINS, "--fidelity", "off", "-q"]) == 2
     assert "cannot change fidelity when resuming" in capsys.readouterr().err
+
+
+def test_the_ui_form_sets_screening_and_the_live_table_shows_the_rung(tmp_path: Path) -> None:
+    from lib_mbw.search.events import IterationDone, Timings
+    from lib_mbw.ui.form import form_from_settings
+    from lib_mbw.ui.live import LiveState, apply_event
+    from lib_mbw.ui.views import history_table
+    from tests.test_ui_form import build, good_form, paths as paths_fixture
+
+    paths = paths_fixture.__wrapped__(tmp_path)
+    result = build(good_form(fidelity_mode="screen", fidelity_steps=0.25, fidelity_payloads="1", fidelity_quantile=0.6), paths)
+    assert result.ok, result.errors
+    fidelity = result.settings.fidelity
+    assert (fidelity.mode, fidelity.steps_fraction, fidelity.payloads, fidelity.promote_quantile) == ("screen", 0.25, 1, 0.6)
+    back = form_from_settings(result.settings)
+    assert (back.fidelity_mode, back.fidelity_steps, back.fidelity_payloads, back.fidelity_quantile) == ("screen", 0.25, "1", 0.6)
+    bad = build(good_form(fidelity_mode="fast", fidelity_steps=0), paths)
+    assert "fidelity_mode" in bad.errors and "fidelity_steps" in bad.errors and "fidelity" in bad.section_messages()["scoring"]
+
+    state = LiveState()
+    for index, (status, rung) in enumerate((("ok", "full"), ("screened", "screen"), ("ok", ""))):
+        apply_event(state, IterationDone(index, Recipe.uniform(0.5), status, 0.5, {}, [], Timings(), False, 0.5, index + 1, 10,
+                                         "search", "fake", rung=rung), now=float(index))
+    assert [row[2] for row in history_table(state.rows)] == ["ok", "screened (screen rung)", "ok (full rung)"]
+
+
+@pytest.mark.usefixtures("single_cpu_thread")
+def test_screening_on_the_tiny_demo_models_renders_fewer_full_evaluations_against_references_per_fidelity(demo_models, tmp_path: Path) -> None:
+    """The real pipeline (runtime merge, diffusers, SSIM references) as the time-to-quality benchmark runs it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+    import time_to_quality as ttq
+
+    setup = ttq.Setup(demo_models.model_a, demo_models.model_b, demo_models.config_dir, "sd1", ttq.make_payloads(2, steps=4, size=64), work=tmp_path)
+    hidden = ttq.hidden_recipe(setup.blocks, 1)
+    trace = ttq.run_ours(setup, hidden, 10, 1, {"mode": "screen", "warmup": 3})
+    (folder,) = (tmp_path / "history").iterdir()
+    search_rows = [r for r in RunHistory.open(folder).rows() if r.source in ("optimizer", "initial")]
+    promoted = sum(r.rung == "full" for r in search_rows)
+    assert len(search_rows) == 10 and 3 <= promoted < 10 and {r.rung for r in search_rows} == {"screen", "full"}
+    assert trace.screened == 10 - promoted
+    references = tmp_path / "ours-refs-1"
+    cheap_payloads = screen_payloads(setup.payloads, FidelitySettings(mode="screen"))
+    assert all((fidelity_folder(references, "steps0.5") / p.name / "0.png").is_file() for p in setup.payloads)
+    generator = setup.generator(merged=True)
+    try:
+        generator.apply(hidden)
+        cheap_hidden = ttq.render_all(generator, cheap_payloads, batched=True)
+    finally:
+        generator.close()
+    scorer = ReferenceScorer.from_folder(references)
+    assert min(scorer.for_fidelity("steps0.5").score(cheap_hidden)) > 0.99, "the hidden recipe's cheap renders match the cheap references"
+    assert max(scorer.score(cheap_hidden)) < 0.99, "...and would not match the full ones"
+
+
+def test_a_window_compares_with_the_recent_cheap_scores_only() -> None:
+    everything = Screen(FidelitySettings(mode="screen", warmup=2, min_promote=0.0), PAYLOADS, FakeScorer())
+    recent = Screen(FidelitySettings(mode="screen", warmup=2, min_promote=0.0, window=2), PAYLOADS, FakeScorer())
+    for screen in (everything, recent):
+        for value in (0.1, 0.2, 0.8, 0.9):
+            screen.observe("full", "ok", value, value)
+    assert everything.decide(0.6).promote  # above the median 0.5 of all four
+    low = recent.decide(0.6)
+    assert not low.promote and "quantile 0.85 of the last 2 cheap scores" in low.reason

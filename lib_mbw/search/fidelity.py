@@ -16,8 +16,10 @@ Two rungs:
 
 A candidate is promoted to the full rung when it is one of the first
 ``warmup`` screened candidates, or its cheap score is at or above the
-``promote_quantile`` quantile of the cheap scores of every earlier screened
-candidate (the median stopping rule for ``0.5``), or fewer than
+``promote_quantile`` quantile of the cheap scores of the earlier screened
+candidates (all of them: the median stopping rule for ``0.5``; or the last
+``window`` ones, which keeps the promotion rate near ``1 - promote_quantile``
+while the optimizer improves), or fewer than
 ``min_promote`` of the screened candidates so far would be promoted without
 it. A candidate that is not promoted is recorded with status ``screened``,
 rung ``screen``, its cheap score in ``screen_score``, and as its score the
@@ -69,6 +71,7 @@ class FidelitySettings:
     promote_quantile: float = 0.5
     min_promote: float = 0.1
     warmup: int = 5
+    window: int | None = None
 
     @property
     def on(self) -> bool:
@@ -85,6 +88,7 @@ def fidelity_checks(settings: FidelitySettings) -> list[tuple[bool, str, str]]:
         (math.isfinite(settings.promote_quantile) and 0.0 <= settings.promote_quantile < 1.0, "fidelity.promote_quantile", "in [0, 1)"),
         (math.isfinite(settings.min_promote) and 0.0 <= settings.min_promote <= 1.0, "fidelity.min_promote", "in [0, 1]"),
         (settings.warmup >= 2, "fidelity.warmup", "≥ 2 (the map onto the full scale needs candidates with both scores)"),
+        (settings.window is None or settings.window >= 2, "fidelity.window", "≥ 2 (or unset for every earlier candidate)"),
     ]
 
 
@@ -224,16 +228,18 @@ class Screen:
             if not self._pairs:
                 return Decision(True, "promoted: no candidate has both a cheap and a full score yet")
             q = self.settings.promote_quantile
-            bar = quantile(self._cheap, q)
+            window = self._cheap[-self.settings.window:] if self.settings.window else self._cheap
+            bar = quantile(window, q)
+            of = f"{len(window)} cheap scores" if len(window) == seen else f"the last {len(window)} cheap scores"
             if cheap >= bar:
-                return Decision(True, f"promoted: cheap score {cheap_score:.4g} ≥ the {q:g} quantile {self.sign * bar:.4g} of {seen} cheap scores")
+                return Decision(True, f"promoted: cheap score {cheap_score:.4g} ≥ the {q:g} quantile {self.sign * bar:.4g} of {of}")
             if self._promoted < self.settings.min_promote * (seen + 1):
                 return Decision(True, f"promoted: keeps the promotion rate at {self.settings.min_promote:g} or more")
             xs, ys = isotonic_fit(self._pairs)
             estimate = interpolate(xs, ys, cheap)
             return Decision(
                 False,
-                f"screened out: cheap score {cheap_score:.4g} < the {q:g} quantile {self.sign * bar:.4g} of {seen} cheap scores; "
+                f"screened out: cheap score {cheap_score:.4g} < the {q:g} quantile {self.sign * bar:.4g} of {of}; "
                 f"told {self.sign * estimate:.4g}, its full-scale estimate (monotone fit on {len(self._pairs)} promoted candidates)",
                 estimate,
             )

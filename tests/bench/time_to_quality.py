@@ -49,7 +49,10 @@ the gap (median over hidden recipes), and
   the same search with ``fidelity.mode = "screen"``, references rendered at
   the cheap rung too; median over hidden recipes; 0 when the screened run
   never reaches it). Only full-fidelity scores count as quality: a candidate
-  screened out at the cheap rung adds time, not a score.
+  screened out at the cheap rung adds time, not a score. Also printed: the
+  same ratio on process CPU time, and on rendering work (steps x images
+  rendered, in full evaluations: what the time would be where it follows
+  steps and images, as on a GPU at real sizes; a model, not a measurement).
 
 Usage (2-core CPU: run it niced, in the background)::
 
@@ -99,7 +102,10 @@ from lib_mbw.search.settings import from_mapping  # noqa: E402
 LEVELS = 21
 INIT_POINTS = 10
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
-PIPELINES = ("ours", "ours-screen", "seed", "peer")
+#: The three pipelines compared (the GPU script runs these).
+PIPELINES = ("ours", "seed", "peer")
+#: Every pipeline this script runs: ours once more with multi-fidelity screening.
+ALL_PIPELINES = ("ours", "ours-screen", "seed", "peer")
 #: The screening setting of pipeline ours-screen (``--fidelity`` replaces it).
 SCREEN = {"mode": "screen"}
 SPLIT = ("merge", "generate", "score", "optimizer", "io")
@@ -189,6 +195,11 @@ def one_by_one(generator: DiffusersGenerator, payload: Payload) -> tuple[list[Ge
     return images, time.perf_counter() - started
 
 
+def work(payloads: Sequence[Payload]) -> float:
+    """Rendering work of ``payloads`` when time follows steps x images (a GPU at real sizes)."""
+    return float(sum(p.steps * p.batch_size for p in payloads))
+
+
 def warmed_scorer(references: Sequence[GeneratedImage], fidelities: dict[str, Sequence[GeneratedImage]] | None = None) -> ReferenceScorer:
     """The SSIM reference scorer, run once on the references themselves (imports and first-call costs out of the timing).
 
@@ -224,15 +235,21 @@ class Trace:
     split: list[dict[str, float]] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     screened: int = 0  #: evaluations screened out at the cheap rung (ours-screen)
+    #: Per evaluation, its rendering work in full evaluations when time follows steps x images (a GPU at real sizes).
+    units: list[float] = field(default_factory=list)
 
-    def add(self, elapsed: float, score: float, split: dict[str, float], cpu: float | None = None) -> None:
+    def add(self, elapsed: float, score: float, split: dict[str, float], cpu: float | None = None, units: float = 1.0) -> None:
         """One evaluation: wall seconds and process CPU seconds (all threads) since the search started."""
         self.elapsed.append(elapsed)
         self.scores.append(score)
         self.split.append(split)
         self.cpu.append(elapsed if cpu is None else cpu)
+        self.units.append(units)
 
     def clock(self, name: str) -> list[float]:
+        """Wall seconds, CPU seconds or rendering work (``units``, summed) since the start, per evaluation."""
+        if name == "units":
+            return list(np.cumsum(self.units))
         return self.cpu if name == "cpu" else self.elapsed
 
     @property
@@ -417,9 +434,13 @@ def run_ours(setup: Setup, hidden: Recipe, evals: int, seed: int, fidelity: dict
         generator.apply(hidden)
         references = render_all(generator, setup.payloads, batched=True)
         cheap: dict[str, list[GeneratedImage]] = {}
+        cheap_units, reuses = 0.0, False
         if fidelity:
             screen = from_mapping(FidelitySettings, fidelity, "--fidelity")
+            cheap_payloads = screen_payloads(setup.payloads, screen)
+            cheap_units = work(cheap_payloads) / work(setup.payloads)
             label = reference_label(screen, setup.payloads)
+            reuses = label is None and all(c.batch_size == p.batch_size for c, p in zip(cheap_payloads, setup.payloads))
             if label is not None:
                 cheap[label] = render_all(generator, screen_payloads(setup.payloads, screen), batched=True)
         generator.restore()
@@ -464,7 +485,8 @@ def run_ours(setup: Setup, hidden: Recipe, evals: int, seed: int, fidelity: dict
             wall = now - last
             split = {"merge": t.merge_s, "generate": t.generate_s, "score": t.score_s, "optimizer": optimizer_s}
             split["io"] = max(0.0, wall - sum(split.values()))
-            trace.add(now - started, score, split, time.process_time() - cpu_started)
+            units = {"screen": cheap_units, "full": 1.0 if reuses else 1.0 + cheap_units}.get(event.rung, 1.0)
+            trace.add(now - started, score, split, time.process_time() - cpu_started, units)
             last = now
 
         session.run.add_listener(on_event)
@@ -752,7 +774,7 @@ def median_or_none(values: list[float | None]) -> float | None:
 
 def summarize(results: Sequence[HiddenResult], evals: int) -> dict[str, Any]:
     """Tables and ratios over the hidden recipes, for the pipelines every result has (ours always)."""
-    present = [name for name in PIPELINES if all(name in r.traces for r in results)]
+    present = [name for name in ALL_PIPELINES if all(name in r.traces for r in results)]
     rows = {}
     for name in present:
         traces = [r.traces[name] for r in results]
@@ -773,12 +795,13 @@ def summarize(results: Sequence[HiddenResult], evals: int) -> dict[str, Any]:
         "evaluations": evals,
         "hidden": [{**hidden_record(r), **{f"{b}_ratio{suffix}": ratio_to(r, b, clock) for b in present if b in ("seed", "peer")
                                            for suffix, clock in (("", "wall"), ("_cpu", "cpu"))},
-                    "fidelity_speedup": fidelity_speedup(r), "fidelity_speedup_cpu": fidelity_speedup(r, "cpu")} for r in results],
+                    **{f"fidelity_speedup{suffix}": fidelity_speedup(r, clock) for suffix, clock in (("", "wall"), ("_cpu", "cpu"), ("_work", "units"))}}
+                   for r in results],
         "pipelines": rows,
         **{f"{b}_ratio{suffix}": (statistics.median(ratio_to(r, b, clock) for r in results) if b in present else None)
            for b in ("seed", "peer") for suffix, clock in (("", "wall"), ("_cpu", "cpu"))},
         **{f"fidelity_speedup{suffix}": (statistics.median(fidelity_speedup(r, clock) for r in results) if "ours-screen" in present else None)
-           for suffix, clock in (("", "wall"), ("_cpu", "cpu"))},
+           for suffix, clock in (("", "wall"), ("_cpu", "cpu"), ("_work", "units"))},
         "overhead": overhead([r.traces["ours"] for r in results]),
     }
 
@@ -809,10 +832,16 @@ def print_summary(summary: dict[str, Any], n_hidden: int) -> None:
         print(f"  hidden {item['seed']}: hidden score {item['hidden_score']:.4f}, random mean {item['random_mean']:.4f}, "
               f"seed_ratio {fmt(item.get('seed_ratio'), 3)}, peer_ratio {fmt(item.get('peer_ratio'), 3)} "
               f"(CPU time: {fmt(item.get('seed_ratio_cpu'), 3)}, {fmt(item.get('peer_ratio_cpu'), 3)}), "
-              f"fidelity_speedup {fmt(item.get('fidelity_speedup'), 2)} (CPU time: {fmt(item.get('fidelity_speedup_cpu'), 2)})")
+              f"fidelity_speedup {fmt(item.get('fidelity_speedup'), 2)} (CPU time: {fmt(item.get('fidelity_speedup_cpu'), 2)}; "
+              f"rendering work, time following steps x images: {fmt(item.get('fidelity_speedup_work'), 2)})")
     print(f"  median on process CPU time (what an idle machine would take): seed_ratio {fmt(summary['seed_ratio_cpu'], 3)}, "
           f"peer_ratio {fmt(summary['peer_ratio_cpu'], 3)}; total CPU s: "
           + ", ".join(f"{n} {rows[n]['total_cpu_s']:.1f}" for n in rows))
+    if summary.get("fidelity_speedup") is not None:
+        screened = [item["traces"]["ours-screen"]["screened"] for item in summary["hidden"]]
+        print(f"  fidelity_speedup (median): wall {fmt(summary['fidelity_speedup'], 2)}, process CPU {fmt(summary['fidelity_speedup_cpu'], 2)}, "
+              f"rendering work (time following steps x images) {fmt(summary['fidelity_speedup_work'], 2)}; "
+              f"screened out per run: {screened} of {summary['evaluations']}")
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -846,7 +875,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-def run_all(setup: Setup, hidden_seeds: Sequence[int], evals: int, random_samples: int, pipelines: Sequence[str] = PIPELINES,
+def run_all(setup: Setup, hidden_seeds: Sequence[int], evals: int, random_samples: int, pipelines: Sequence[str] = ALL_PIPELINES,
             say: Callable[[str], None] = print, fidelity: dict[str, Any] | None = None) -> list[HiddenResult]:
     results = []
     for seed in hidden_seeds:
@@ -870,7 +899,7 @@ def run_all(setup: Setup, hidden_seeds: Sequence[int], evals: int, random_sample
 
 def hidden_record(result: HiddenResult) -> dict[str, Any]:
     return {"seed": result.seed, "hidden_score": result.hidden_score, "random_mean": result.random_mean,
-            "traces": {n: {"elapsed": t.elapsed, "cpu": t.cpu, "scores": t.scores, "split": t.split, "screened": t.screened}
+            "traces": {n: {"elapsed": t.elapsed, "cpu": t.cpu, "scores": t.scores, "split": t.split, "screened": t.screened, "units": t.units}
                        for n, t in result.traces.items()}}
 
 
@@ -901,8 +930,9 @@ def load_results(path: Path) -> list[HiddenResult]:
         traces = {}
         for name, raw in item["traces"].items():
             trace = Trace(name, item["seed"], screened=int(raw.get("screened", 0)))
-            for elapsed, score, split, cpu in zip(raw["elapsed"], raw["scores"], raw["split"], raw.get("cpu", raw["elapsed"])):
-                trace.add(elapsed, score, split, cpu)
+            for elapsed, score, split, cpu, units in zip(raw["elapsed"], raw["scores"], raw["split"], raw.get("cpu", raw["elapsed"]),
+                                                         raw.get("units", [1.0] * len(raw["scores"]))):
+                trace.add(elapsed, score, split, cpu, units)
             traces[name] = trace
         results.append(HiddenResult(item["seed"], item["hidden_score"], item["random_mean"], traces))
     return results
@@ -929,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--random-samples", type=int, default=None, help="random recipes for the gap's zero (default 12; --quick 6)")
     parser.add_argument("--hidden-seeds", type=int, nargs="+", default=None, help="which hidden recipes (default 0..hidden-1)")
-    parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES,
+    parser.add_argument("--pipelines", nargs="+", default=list(ALL_PIPELINES), choices=ALL_PIPELINES,
                         help="run only these (for runs split over processes; --combine joins them)")
     parser.add_argument("--combine", type=Path, nargs="+", default=None,
                         help="summarize the --json files of earlier runs together (traces of one hidden recipe are joined)")
