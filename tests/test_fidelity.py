@@ -327,3 +327,14 @@ def test_a_window_compares_with_the_recent_cheap_scores_only() -> None:
     assert everything.decide(0.6).promote  # above the median 0.5 of all four
     low = recent.decide(0.6)
     assert not low.promote and "quantile 0.85 of the last 2 cheap scores" in low.reason
+
+
+def test_screening_with_several_workers_records_a_rung_for_every_candidate(tmp_path: Path) -> None:
+    history = RunHistory.create(tmp_path, BLOCKS, [p.name for p in PAYLOADS])
+    generators = [recording_generator(name="w0"), recording_generator(name="w1")]
+    result = SearchRun(PAYLOADS, RandomGridOptimizer(BLOCKS, seed=3), generators, FakeScorer(),
+                       stop=StopSettings(max_evaluations=16, patience=None), settings=LoopSettings(rescore_top=0, fidelity=SCREEN),
+                       history=history).run()
+    search_rows = [r for r in result.rows if r.source in ("optimizer", "initial")]
+    assert len(search_rows) == 16 and {r.rung for r in search_rows} <= {"screen", "full"}
+    assert sum(r.status == "screened" for r in search_rows) > 0 and {r.worker for r in search_rows} == {"w0#0", "w1#1"}
