@@ -47,8 +47,10 @@ the gap (median over hidden recipes), and
 * ``fidelity_speedup``: seconds ours needs to reach its own final quality
   without screening / with multi-fidelity screening (pipeline **ours-screen**:
   the same search with ``fidelity.mode = "screen"``, references rendered at
-  the cheap rung too; median over hidden recipes; 0 when the screened run
-  never reaches it). Only full-fidelity scores count as quality: a candidate
+  the cheap rung too, run until it reaches ours' final best score, for at
+  most 3x ours' evaluations and 2x ours' wall time: screening makes a
+  candidate cheaper, so the same time buys more candidates; median over
+  hidden recipes; 0 when the screened run never reaches it). Only full-fidelity scores count as quality: a candidate
   screened out at the cheap rung adds time, not a score. Also printed: the
   same ratio on process CPU time, and on rendering work (steps x images
   rendered, in full evaluations: what the time would be where it follows
@@ -108,6 +110,10 @@ PIPELINES = ("ours", "seed", "peer")
 ALL_PIPELINES = ("ours", "ours-screen", "seed", "peer")
 #: The screening setting of pipeline ours-screen (``--fidelity`` replaces it).
 SCREEN = {"mode": "screen"}
+#: Pipeline ours-screen runs until it reaches ours' final best score, for at most this many times ours' evaluations
+#: and ``SCREEN_BUDGET`` times ours' wall time (a search that screens is cheaper per candidate: it may use more).
+SCREEN_EVALUATIONS = 3
+SCREEN_BUDGET = 2.0
 SPLIT = ("merge", "generate", "score", "optimizer", "io")
 #: The demo's prompts (lib_mbw.demo): name, prompt, seed.
 PROMPTS = (
@@ -419,10 +425,13 @@ class PeerMerge:
 # ----------------------------------------------------------------------------- the three pipelines
 
 
-def run_ours(setup: Setup, hidden: Recipe, evals: int, seed: int, fidelity: dict[str, Any] | None = None) -> Trace:
+def run_ours(setup: Setup, hidden: Recipe, evals: int, seed: int, fidelity: dict[str, Any] | None = None,
+             target: float | None = None, budget_s: float | None = None) -> Trace:
     """auto-MBW as a user runs it: ``start_search`` with default settings, batched rendering.
 
     ``fidelity``: the ``fidelity`` setting (pipeline ours-screen); references are rendered at its cheap rung too.
+    ``target``/``budget_s``: stop once the best full score reaches ``target`` or after ``budget_s`` seconds
+    (up to ``SCREEN_EVALUATIONS`` x ``evals`` evaluations): a cheaper search may use more evaluations.
     """
     from lib_mbw.search.events import IterationDone
     from lib_mbw.search.session import start_search
@@ -455,7 +464,8 @@ def run_ours(setup: Setup, hidden: Recipe, evals: int, seed: int, fidelity: dict
                 "seed": seed,
                 "models": {"a": str(setup.model_a), "b": str(setup.model_b), "family": setup.family},
                 "payloads": {"folder": str(write_payload_files(setup.work / "payloads", setup.payloads)), "wildcards": None},
-                "stop": {"max_evaluations": evals, "patience": None},
+                "stop": {"max_evaluations": evals if target is None else SCREEN_EVALUATIONS * evals, "patience": None,
+                         "target_score": target, "max_minutes": None if budget_s is None else budget_s / 60},
                 "rescore_top": 0,
                 **({"fidelity": fidelity} if fidelity else {}),
                 "generator": {"name": "diffusers", "options": {"config_dir": str(setup.config_dir or "")}},
@@ -838,10 +848,10 @@ def print_summary(summary: dict[str, Any], n_hidden: int) -> None:
           f"peer_ratio {fmt(summary['peer_ratio_cpu'], 3)}; total CPU s: "
           + ", ".join(f"{n} {rows[n]['total_cpu_s']:.1f}" for n in rows))
     if summary.get("fidelity_speedup") is not None:
-        screened = [item["traces"]["ours-screen"]["screened"] for item in summary["hidden"]]
+        screened = [f"{item['traces']['ours-screen']['screened']} of {len(item['traces']['ours-screen']['scores'])}" for item in summary["hidden"]]
         print(f"  fidelity_speedup (median): wall {fmt(summary['fidelity_speedup'], 2)}, process CPU {fmt(summary['fidelity_speedup_cpu'], 2)}, "
               f"rendering work (time following steps x images) {fmt(summary['fidelity_speedup_work'], 2)}; "
-              f"screened out per run: {screened} of {summary['evaluations']}")
+              f"screened out per run: {', '.join(screened)}")
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -883,8 +893,11 @@ def run_all(setup: Setup, hidden_seeds: Sequence[int], evals: int, random_sample
         hidden_score, random_mean = random_baseline(setup, hidden, random_samples, seed)
         say(f"hidden {seed}: scores {hidden_score:.4f}; {random_samples} random recipes {random_mean:.4f}")
         traces = {}
-        for name in pipelines:
-            if name.startswith("ours"):
+        for name in sorted(pipelines, key=ALL_PIPELINES.index):  # ours before ours-screen: its final best is the target
+            if name == "ours-screen" and "ours" in traces:
+                plain = traces["ours"]
+                trace = run_ours(setup, hidden, evals, seed, fidelity or SCREEN, target=plain.best[-1], budget_s=SCREEN_BUDGET * plain.elapsed[-1])
+            elif name.startswith("ours"):
                 trace = run_ours(setup, hidden, evals, seed, (fidelity or SCREEN) if name == "ours-screen" else None)
             else:
                 trace = run_baseline(name, setup, hidden, evals, seed)
@@ -983,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.combine:
         results = join_results([result for path in args.combine for result in load_results(path)])
-        evals = min(len(t.scores) for r in results for t in r.traces.values())
+        evals = min(len(t.scores) for r in results for n, t in r.traces.items() if n != "ours-screen")
     else:
         seeds = args.hidden_seeds or list(range(hidden))
         with tempfile.TemporaryDirectory(prefix="ttq-") as tmp:
