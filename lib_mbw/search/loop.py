@@ -100,10 +100,10 @@ from .events import (
     Stopped,
     Timings,
 )
+from .fidelity import FidelitySettings, make_screen
 from .history import HistoryError, HistoryRow, HistoryWriteError, LoopState, RunHistory
 from .optimizer import Told, replay
 from .runlock import RunLock
-from .fidelity import FidelitySettings, make_screen
 from .settings import AbandonSettings
 from .stopping import UNFINISHED, StopReason, StopSettings, StopTracker
 
