@@ -18,8 +18,7 @@ A candidate is promoted to the full rung when it is one of the first
 ``warmup`` screened candidates, or its cheap score is at or above the
 ``promote_quantile`` quantile of the cheap scores of the earlier screened
 candidates (all of them: the median stopping rule for ``0.5``; or the last
-``window`` ones, which keeps the promotion rate near ``1 - promote_quantile``
-while the optimizer improves), or fewer than
+``window`` ones, so the bar rises with an improving optimizer), or fewer than
 ``min_promote`` of the screened candidates so far would be promoted without
 it. A candidate that is not promoted is recorded with status ``screened``,
 rung ``screen``, its cheap score in ``screen_score``, and as its score the
