@@ -338,3 +338,16 @@ def test_screening_with_several_workers_records_a_rung_for_every_candidate(tmp_p
     search_rows = [r for r in result.rows if r.source in ("optimizer", "initial")]
     assert len(search_rows) == 16 and {r.rung for r in search_rows} <= {"screen", "full"}
     assert sum(r.status == "screened" for r in search_rows) > 0 and {r.worker for r in search_rows} == {"w0#0", "w1#1"}
+
+
+def test_a_warm_start_from_a_screened_run_takes_full_scores_only(tmp_path: Path) -> None:
+    from lib_mbw.search.history import HistoryRow, read_history_scores
+
+    history = RunHistory.create(tmp_path, BLOCKS, ["p"])
+    full, screened = Recipe.uniform(0.5), Recipe.uniform(0.25)
+    for row in (HistoryRow(0, "ok", "optimizer", full, score=0.9, rung="full", screen_score=0.8),
+                HistoryRow(1, "screened", "optimizer", screened, score=0.4, rung="screen", screen_score=0.3),
+                HistoryRow(2, "cached", "optimizer", screened, score=0.4),
+                HistoryRow(3, "cached", "optimizer", full, score=0.9)):
+        history.append(row)
+    assert read_history_scores(tmp_path) == [(full, 0.9), (full, 0.9)], "an estimate, even repeated as cached, is no score"

@@ -576,7 +576,11 @@ def read_history_scores(path: str | os.PathLike[str]) -> list[tuple[Recipe, floa
     history = RunHistory.open(folder) if path.is_dir() or path.name == HISTORY_FILE else None
     if history is None:
         raise HistoryError(f"{path}: not an auto-MBW history")
-    return [(r.recipe, r.score) for r in history.rows() if r.status in SCORED_STATUSES and r.recipe and r.score is not None]
+    rows = history.rows()
+    # a cached row repeats its recipe's first score: an estimate if that one was screened out or abandoned
+    measured = {r.recipe for r in rows if r.status in ("ok", "rescore")}
+    return [(r.recipe, r.score) for r in rows
+            if r.status in SCORED_STATUSES and r.recipe and r.score is not None and (r.status != "cached" or r.recipe in measured)]
 
 
 def load_warm_start(spec: str, order: str = "rt", fold: str = "mbw") -> WarmStart:
