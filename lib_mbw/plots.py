@@ -27,6 +27,7 @@ _STATUS_STYLE = {
     "ok": dict(marker="o", color="#1f77b4", label="evaluation"),
     "cached": dict(marker="o", color="#9e9e9e", label="repeat (cached score)"),
     "abandoned": dict(marker="x", color="#ff7f0e", label="abandoned early (partial score)"),
+    "screened": dict(marker="v", color="#8c564b", label="screened out (full-scale estimate of a cheap score)"),
     "rescore": dict(marker="D", color="#2ca02c", label="re-score of a top candidate"),
 }
 

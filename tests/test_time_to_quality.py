@@ -93,7 +93,23 @@ def test_ratios_compare_ours_time_to_the_baselines_final_quality_with_their_tota
     summary = ttq.summarize([result], 4)
     assert summary["pipelines"]["seed"]["evals_0.5"] == 2 and summary["pipelines"]["seed"]["seconds_0.9"] is None
     line = ttq.final_line(summary)
-    assert line == "time_to_quality seed_ratio=0.075 peer_ratio=never fidelity_speedup=1.00 overhead=0.889"
+    assert line == "time_to_quality seed_ratio=0.075 peer_ratio=never fidelity_speedup=- overhead=0.889"
+
+
+def test_fidelity_speedup_is_ours_time_to_its_own_final_quality_without_screening_over_with_it() -> None:
+    """Screened-out candidates carry no score (-inf): only full-fidelity scores reach a quality."""
+    ours = trace("ours", [1, 2, 3, 4], [0.2, 0.6, 0.7, 0.9])
+    faster = trace("ours-screen", [0.5, 1, 1.5, 2], [0.3, -float("inf"), 0.9, -float("inf")])
+    slower = trace("ours-screen", [0.5, 1, 1.5, 2], [0.3, -float("inf"), 0.8, 0.85])
+    quick = ttq.HiddenResult(0, 1.0, 0.0, {"ours": ours, "ours-screen": faster})
+    never = ttq.HiddenResult(1, 1.0, 0.0, {"ours": ours, "ours-screen": slower})
+    assert ttq.fidelity_speedup(quick) == pytest.approx(4 / 1.5)
+    assert ttq.fidelity_speedup(never) == 0.0, "the screened run never reaches ours' 0.9"
+    assert ttq.fidelity_speedup(ttq.HiddenResult(2, 1.0, 0.0, {"ours": ours})) is None
+    summary = ttq.summarize([quick, never, quick], 4)
+    assert summary["fidelity_speedup"] == pytest.approx(4 / 1.5)
+    assert " fidelity_speedup=2.67 " in ttq.final_line(summary)
+    assert summary["pipelines"]["ours-screen"]["final_gap"] == pytest.approx(0.9)
 
 
 def test_runs_split_by_pipeline_are_joined_and_a_missing_baseline_reads_as_unmeasured(tmp_path) -> None:

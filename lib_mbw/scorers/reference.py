@@ -25,6 +25,13 @@ Where references come from, in this order, for the image ``index`` of payload ``
 ``<folder>/<payload name>.png`` (one for all images of the payload), and
 ``save_references`` writes generated images in that layout.
 
+Multi-fidelity screening (``lib_mbw.search.fidelity``) renders cheap images
+with fewer steps; they are compared with references rendered the same cheap
+way, never with the full ones: ``for_fidelity(label)`` gives a scorer over the
+``fidelities[label]`` mapping, else over ``<folder>/@<label>/`` (the same
+layout, e.g. ``@steps0.5/<payload>/<index>.png``), else refuses.
+``load_references`` skips those ``@`` folders.
+
 A reference of another size is resized to the generated image when the aspect
 ratios agree (within 1 %); otherwise the scorer refuses it.
 """
@@ -51,6 +58,8 @@ ReferenceSource = Union[Image.Image, str, Path]
 
 METRICS: dict[str, tuple[float, float]] = {"ssim": (0.0, 1.0), "neg_mse": (-0.1, 0.0), "clip": (0.5, 1.0)}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: Sub-folder prefix of the references of a cheap screening fidelity: ``<folder>/@<label>/``.
+FIDELITY_PREFIX = "@"
 ASPECT_TOLERANCE = 0.01
 
 
@@ -72,7 +81,7 @@ def load_references(folder: str | Path) -> dict[ReferenceKey, Path]:
     for entry in sorted(folder.iterdir()):
         if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
             found[(entry.stem, None)] = entry
-        elif entry.is_dir():
+        elif entry.is_dir() and not entry.name.startswith(FIDELITY_PREFIX):
             for image in sorted(entry.iterdir()):
                 if not (image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES):
                     continue
@@ -100,6 +109,11 @@ def save_references(folder: str | Path, images: Sequence[GeneratedImage], overwr
     return paths
 
 
+def fidelity_folder(folder: str | Path, label: str) -> Path:
+    """Where the references of screening fidelity ``label`` live inside reference folder ``folder``."""
+    return Path(folder) / f"{FIDELITY_PREFIX}{label}"
+
+
 def references_from_images(images: Sequence[GeneratedImage]) -> dict[ReferenceKey, Image.Image]:
     """An in-memory reference mapping from rendered images (e.g. the demo's hidden-recipe renders)."""
     return {(item.payload.name, item.index): item.image for item in images}
@@ -117,6 +131,9 @@ class ReferenceScorer:
         metric: Metric = "ssim",
         root: str | Path | None = None,
         clip: "CLIPScorer | None" = None,
+        *,
+        folder: str | Path | None = None,
+        fidelities: Mapping[str, Mapping[ReferenceKey, ReferenceSource]] | None = None,
     ) -> None:
         if metric not in METRICS:
             raise ScorerError(f"reference: metric must be one of {', '.join(METRICS)}, not {metric!r}")
@@ -128,13 +145,30 @@ class ReferenceScorer:
         self.root = Path(root) if root is not None else None
         self.clip = clip
         self._references: dict[ReferenceKey, ReferenceSource] = dict(references or {})
+        self.folder = Path(folder) if folder is not None else None
+        self._fidelities = {label: dict(refs) for label, refs in (fidelities or {}).items()}
         self._images: dict[str, Image.Image] = {}
         self._embeddings: dict[tuple[str, tuple[int, int]], Any] = {}
 
     @classmethod
     def from_folder(cls, folder: str | Path, metric: Metric = "ssim", **kwargs: Any) -> "ReferenceScorer":
         """A scorer over ``load_references(folder)``."""
-        return cls(load_references(folder), metric=metric, **kwargs)
+        return cls(load_references(folder), metric=metric, folder=folder, **kwargs)
+
+    def for_fidelity(self, label: str) -> "ReferenceScorer":
+        """A scorer over the references rendered at screening fidelity ``label`` (like with like); ScorerError if none."""
+        if label in self._fidelities:
+            references: Mapping[ReferenceKey, ReferenceSource] = self._fidelities[label]
+        elif self.folder is not None and fidelity_folder(self.folder, label).is_dir():
+            references = load_references(fidelity_folder(self.folder, label))
+        else:
+            where = fidelity_folder(self.folder, label) if self.folder is not None else f"<reference folder>/{FIDELITY_PREFIX}{label}"
+            raise ScorerError(
+                f"reference: multi-fidelity screening renders cheap images ({label}) but there are no references rendered "
+                f"the same way; render them into {where}/<payload>/<index>.png, or screen with fidelity.steps_fraction 1 "
+                "(fewer payloads or images at full steps compare with the full references)"
+            )
+        return ReferenceScorer(references, metric=self.metric, root=self.root, clip=self.clip)
 
     def unload(self) -> None:
         """Forget decoded references and embeddings (and unload CLIP)."""

@@ -141,7 +141,7 @@ def _reference(settings: ReferenceScorerSettings, references: Mapping[Any, Any] 
     found.update(references or {})
     if settings.metric == "clip" and clip is None:
         clip = CLIPScorer(PackageScoreSettings(settings.device, settings.dtype, None, settings.download_root))
-    return ReferenceScorer(found, metric=settings.metric, root=settings.root, clip=clip)
+    return ReferenceScorer(found, metric=settings.metric, root=settings.root, clip=clip, folder=settings.folder)
 
 
 @dataclass

@@ -170,6 +170,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--tally-positive", choices=["sigmoid", "none"], help="how power means handle negative scores (default: sigmoid)")
     g.add_argument("--abandon-margin", type=float, help="early abandon: skip the rest of a candidate this far below the best (score units)")
     g.add_argument("--abandon-after", type=int, help="payloads rendered before the first abandon check (default: half)")
+    g.add_argument("--fidelity", choices=["off", "screen"], help="multi-fidelity screening: render candidates cheaply first, in full only the promising ones (default: off)")
+    g.add_argument("--fidelity-steps", type=float, metavar="FRACTION", help="screening: fraction of the steps the cheap render uses (default: 0.5)")
+    g.add_argument("--fidelity-payloads", type=int, metavar="N", help="screening: the cheap render uses the first N payloads (default: all)")
+    g.add_argument("--fidelity-quantile", type=float, metavar="Q", help="screening: promote a candidate whose cheap score is at or above this quantile of the earlier ones (default: 0.5)")
     g.add_argument("--rescore-top", type=int, help="re-score this many top candidates on new seeds before choosing; 0 = off (default: 3)")
     g = parser.add_argument_group("generator")
     g.add_argument("--generator", help="generator name or package.module:factory (default: diffusers)")
@@ -207,6 +211,9 @@ _NUMBER_FLAGS: tuple[tuple[str, str, float | None, bool, float | None, str], ...
     ("--tally-trim", "tally_trim", 0, True, 0.5, " (fraction cut from each end; below 0.5)"),
     ("--abandon-margin", "abandon_margin", 0, True, None, " (score units)"),
     ("--abandon-after", "abandon_after", 1, True, None, " (payloads)"),
+    ("--fidelity-steps", "fidelity_steps", 0, False, 1, " (a fraction of the steps)"),
+    ("--fidelity-payloads", "fidelity_payloads", 1, True, None, " (payloads)"),
+    ("--fidelity-quantile", "fidelity_quantile", 0, True, 1, " (a quantile, below 1)"),
     ("--rescore-top", "rescore_top", 0, True, None, " (0 turns re-scoring off)"),
 )
 
@@ -220,7 +227,7 @@ def check_flags(args: argparse.Namespace) -> None:
         if not math.isfinite(value):
             raise FlagError(f"{flag} must be a finite number, got {value}")
         too_low = low is not None and (value < low or (value == low and not low_ok))
-        too_high = high is not None and (value > high or (value == high and attribute == "tally_trim"))
+        too_high = high is not None and (value > high or (value == high and attribute in ("tally_trim", "fidelity_quantile")))
         if too_low or too_high:
             if high is None:
                 bound = f"{'≥' if low_ok else '>'} {low:g}"
@@ -296,6 +303,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("tally.positive", args.tally_positive)
     put("abandon.margin", args.abandon_margin)
     put("abandon.after", args.abandon_after)
+    put("fidelity.mode", args.fidelity)
+    put("fidelity.steps_fraction", args.fidelity_steps)
+    put("fidelity.payloads", args.fidelity_payloads)
+    put("fidelity.promote_quantile", args.fidelity_quantile)
     put("rescore_top", args.rescore_top)
     put("generator.name", args.generator)
     put("generator.options", _pairs(args.generator_option, "--generator-option") or None)

@@ -110,6 +110,7 @@ class IterationDone(SearchEvent):
     phase: str
     worker: str
     reason: str = ""
+    rung: str = ""  #: multi-fidelity screening: the rung reached (screen / full); "" without screening
 
 
 @dataclass

@@ -11,9 +11,16 @@ never share or overwrite one) holding:
   before the next evaluation starts. Columns: ``index, timestamp, status,
   source, score``, every block weight by name in canonical order, ``BASE`` if
   searched, ``payload:<name>`` per payload, ``merge_s, generate_s, score_s,
-  total_s, worker, reason``. A search over 3-5 models has chain-weight
-  columns ``<BLOCK>@m<K>`` instead of the block weights (``history_n``). ``status`` is ok / failed / abandoned / cached /
+  total_s, worker, reason, rung, screen_score``. A search over 3-5 models has
+  chain-weight columns ``<BLOCK>@m<K>`` instead of the block weights
+  (``history_n``). ``status`` is ok / failed / abandoned / screened / cached /
   rescore / selected; ``source`` is optimizer / initial / rescore / final.
+  With multi-fidelity screening (``fidelity``) ``rung`` says how far a search
+  candidate got (``screen``: only the cheap render, status ``screened``, its
+  score the full-scale estimate the optimizer was told; ``full``: promoted and
+  rendered in full) and ``screen_score`` holds its cheap score; both are empty
+  without screening, and histories written before these columns existed are
+  read as such.
   The last row (status ``selected``) is the recipe the search returned and why.
 * ``state.json``: where the loop was (phase, stop reason, elapsed time,
   re-score candidates), replaced atomically after every evaluation. It holds
@@ -49,13 +56,14 @@ from .. import fileio
 from ..fileio import safe_name, write_atomic
 from ..recipe import ORDERS, Recipe, from_positional, read_recipe, to_positional, to_preset
 from ..recipe_n import RecipeN
+from .fidelity import RUNGS
 
 HISTORY_FILE = "history.csv"
 MANIFEST_FILE = "manifest.json"
 STATE_FILE = "state.json"
 STATE_FORMAT = "auto-mbw-state"
 
-STATUSES: tuple[str, ...] = ("ok", "failed", "abandoned", "cached", "rescore", "selected")
+STATUSES: tuple[str, ...] = ("ok", "failed", "abandoned", "screened", "cached", "rescore", "selected")
 PHASES: tuple[str, ...] = ("search", "rescore", "select", "done")
 #: Stop reasons a state may record (``stopping.StopReason`` values; not imported: stopping imports the optimizer).
 STOP_REASONS: tuple[str, ...] = (
@@ -67,7 +75,7 @@ SCORED_STATUSES: tuple[str, ...] = ("ok", "cached", "rescore")
 
 PAYLOAD_PREFIX = "payload:"
 _LEAD = ("index", "timestamp", "status", "source", "score")
-_TAIL = ("merge_s", "generate_s", "score_s", "total_s", "worker", "reason")
+_TAIL = ("merge_s", "generate_s", "score_s", "total_s", "worker", "reason", "rung", "screen_score")
 
 
 class HistoryError(MBWError):
@@ -141,6 +149,8 @@ class HistoryRow:
     worker: str = ""
     reason: str = ""
     timestamp: str = field(default_factory=_now_iso)
+    rung: str = ""  # "" (no screening) / screen / full: see the module docstring
+    screen_score: float | None = None
 
     @property
     def total_s(self) -> float:
@@ -287,6 +297,8 @@ class RunHistory:
         """
         if row.status not in STATUSES or row.source not in SOURCES:
             raise HistoryError(f"bad history row status/source {row.status!r}/{row.source!r}")
+        if row.rung not in RUNGS:
+            raise HistoryError(f"bad history row rung {row.rung!r}; one of {', '.join(repr(r) for r in RUNGS)}")
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow(self._format(row))
         data = buffer.getvalue().encode("utf-8")
@@ -334,6 +346,8 @@ class RunHistory:
             "total_s": f"{row.total_s:.4f}",
             "worker": row.worker,
             "reason": " ".join(row.reason.split()),
+            "rung": row.rung,
+            "screen_score": _number(row.screen_score),
         }
         for block in self.blocks:
             values[block] = _number(weights.get(block))
@@ -355,6 +369,9 @@ class RunHistory:
             raise HistoryError(f"{where}: index must be a whole number, got {cell['index'][:20]!r}; the history is damaged")
         if cell["status"] not in STATUSES or cell["source"] not in SOURCES:
             raise HistoryError(f"{where}: unknown status/source {cell['status'][:20]!r}/{cell['source'][:20]!r}; the history is damaged")
+        rung = cell.get("rung", "")
+        if rung not in RUNGS:
+            raise HistoryError(f"{where}: rung must be one of {', '.join(repr(r) for r in RUNGS)}, got {rung[:20]!r}; the history is damaged")
         weights = {b: w for b in self.blocks if (w := _parse_number(cell[b], where)) is not None}
         base = _parse_number(cell[BASE], where) if self.has_base else None
         recipe: Recipe | RecipeN | None = Recipe(weights, base=base, source=where) if weights else None
@@ -375,6 +392,8 @@ class RunHistory:
             score_s=_parse_number(cell["score_s"], where) or 0.0,
             worker=cell["worker"],
             reason=cell["reason"],
+            rung=rung,
+            screen_score=_parse_number(cell.get("screen_score", ""), where),
         )
 
     # ---- state and manifest
@@ -593,7 +612,11 @@ def read_history_scores(path: str | os.PathLike[str]) -> list[tuple[Recipe, floa
     history = RunHistory.open(folder) if path.is_dir() or path.name == HISTORY_FILE else None
     if history is None:
         raise HistoryError(f"{path}: not an auto-MBW history")
-    return [(r.recipe, r.score) for r in history.rows() if r.status in SCORED_STATUSES and r.recipe and r.score is not None]
+    rows = history.rows()
+    # a cached row repeats its recipe's first score: an estimate if that one was screened out or abandoned
+    measured = {r.recipe for r in rows if r.status in ("ok", "rescore")}
+    return [(r.recipe, r.score) for r in rows
+            if r.status in SCORED_STATUSES and r.recipe and r.score is not None and (r.status != "cached" or r.recipe in measured)]
 
 
 def load_warm_start(spec: str, order: str = "rt", fold: str = "mbw") -> WarmStart:

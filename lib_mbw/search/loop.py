@@ -42,6 +42,13 @@ telling it keeps the optimizer from proposing that region again. Abandoned
 candidates never count as an improvement for early stop and are never
 chosen as the best.
 
+Multi-fidelity screening (``LoopSettings.fidelity``, ``lib_mbw.search.fidelity``)
+renders a search candidate cheaply first (fewer steps, fewer payloads or
+images) and in full only when ``Screen.decide`` promotes it; one that is not
+promoted is recorded as ``screened`` with a full-scale estimate as its score,
+which is what the optimizer is told. Early abandon then acts inside the full
+render. Re-scoring always renders in full.
+
 While ``run()`` works, it holds the run folder's lock (``runlock``): a
 second process resuming the same folder is refused, naming the holder.
 
@@ -93,6 +100,7 @@ from .events import (
     Stopped,
     Timings,
 )
+from .fidelity import FidelitySettings, make_screen
 from .history import HistoryError, HistoryRow, HistoryWriteError, LoopState, RunHistory
 from .optimizer import Told, replay
 from .runlock import RunLock
@@ -128,6 +136,7 @@ class LoopSettings:
     rescore_top: int = 3
     max_failures: int = 3
     abandon: AbandonSettings = field(default_factory=AbandonSettings)
+    fidelity: FidelitySettings = field(default_factory=FidelitySettings)
     rescore_seed_offset: int = 1_000_003
 
 
@@ -143,6 +152,8 @@ class Evaluation:
     timings: Timings = field(default_factory=Timings)
     reason: str = ""
     worker: str = ""
+    rung: str = ""  # multi-fidelity screening: screen / full ("" without screening)
+    screen_score: float | None = None
 
 
 @dataclass
@@ -216,6 +227,7 @@ class SearchRun:
         self._weights = {name: next(p.weight for p in self.payloads if p.name == name) for name in self._names}
         offset = settings.rescore_seed_offset
         self._rescore_payloads = [dataclasses.replace(p, seed=(p.seed + offset) % 2**32) for p in self.payloads]
+        self._screen = make_screen(settings.fidelity, self.payloads, scorer, self._sign)
         self._initial = list(initial_recipes)
         self._retry: list[tuple[Recipe, str]] = []  # recipes a worker could not evaluate (down), tried first
         self._worker_names = self._name_workers()
@@ -461,8 +473,10 @@ class SearchRun:
             self._cache[row.recipe] = row.score
             if self._best is None or objective > self._sign * self._best[1]:
                 self._best = (row.recipe, row.score)
-        elif row.status in ("abandoned", "cached") and row.score is not None and row.recipe is not None:
+        elif row.status in ("abandoned", "screened", "cached") and row.score is not None and row.recipe is not None:
             self._cache.setdefault(row.recipe, row.score)
+        if self._screen is not None:
+            self._screen.observe(row.rung, row.status, row.screen_score, row.score)
         self._tracker.record(objective)
         self._failures_in_row = self._failures_in_row + 1 if row.status == "failed" else 0
         self._successes += row.status == "ok"
@@ -648,29 +662,20 @@ class SearchRun:
             started = self._clock()
             applied = generator.apply(recipe)
             timings.merge_s = _apply_seconds(applied, self._clock() - started)
-            chunks = self._chunks(payloads, allow_abandon=phase == "search")
-            done_payloads = 0
+            done: set[str] = set()
+            if self._screen is not None and phase == "search":
+                if not self._screen_first(generator, evaluation, launch_index, image_scores, done):
+                    return evaluation
+                if evaluation.status == "screened":
+                    return evaluation
+            chunks = [[p for p in chunk if p.key not in done] for chunk in self._chunks(payloads, allow_abandon=phase == "search")]
+            chunks = [chunk for chunk in chunks if chunk]
+            done_payloads = len(done)
             for number, chunk in enumerate(chunks):
-                chunk_images: list[GeneratedImage] = []
-                batched = len(chunk) > 1 and callable(getattr(generator, "generate_many", None))
-                for group in [chunk] if batched else [[p] for p in chunk]:
-                    if self._stop_requested:
-                        evaluation.status = "aborted"
-                        return evaluation
-                    if batched:
-                        chunk_images.extend(self._generate_many(generator, group, launch_index, worker_name, timings))
-                    else:
-                        chunk_images.extend(self._generate(generator, group[0], launch_index, worker_name, timings))
-                started = self._clock()
-                scores = list(self.scorer.score(chunk_images))
-                timings.score_s += self._clock() - started
-                if len(scores) != len(chunk_images):
-                    raise EvaluationFailed(f"scorer {getattr(self.scorer, 'name', '?')} returned {len(scores)} scores for {len(chunk_images)} images")
-                for image, score in zip(chunk_images, scores):
-                    value = float(score)
-                    if not math.isfinite(value):
-                        raise EvaluationFailed(f"score {value} for payload {image.payload.key}, image {image.index}")
-                    image_scores.setdefault(image.payload.name, []).append(value)
+                chunk_images = self._render_scored(generator, chunk, self.scorer, launch_index, worker_name, timings, image_scores)
+                if chunk_images is None:
+                    evaluation.status = "aborted"
+                    return evaluation
                 images.extend(chunk_images)
                 done_payloads += len(chunk)
                 if number < len(chunks) - 1:
@@ -698,6 +703,57 @@ class SearchRun:
         if evaluation.status == "failed":
             evaluation.payload_scores = {n: sum(s) / len(s) for n, s in image_scores.items() if s}
         return evaluation
+
+    def _render_scored(self, generator: Generator, chunk: Sequence[Payload], scorer: Scorer, index: int, worker: str, timings: Timings,
+                       image_scores: dict[str, list[float]]) -> list[GeneratedImage] | None:
+        """Render ``chunk`` (in one call where the generator batches), score it into ``image_scores``; None: stopped."""
+        chunk_images: list[GeneratedImage] = []
+        batched = len(chunk) > 1 and callable(getattr(generator, "generate_many", None))
+        for group in [chunk] if batched else [[p] for p in chunk]:
+            if self._stop_requested:
+                return None
+            if batched:
+                chunk_images.extend(self._generate_many(generator, group, index, worker, timings))
+            else:
+                chunk_images.extend(self._generate(generator, group[0], index, worker, timings))
+        started = self._clock()
+        scores = list(scorer.score(chunk_images))
+        timings.score_s += self._clock() - started
+        if len(scores) != len(chunk_images):
+            raise EvaluationFailed(f"scorer {getattr(scorer, 'name', '?')} returned {len(scores)} scores for {len(chunk_images)} images")
+        for image, score in zip(chunk_images, scores):
+            value = float(score)
+            if not math.isfinite(value):
+                raise EvaluationFailed(f"score {value} for payload {image.payload.key}, image {image.index}")
+            image_scores.setdefault(image.payload.name, []).append(value)
+        return chunk_images
+
+    def _screen_first(self, generator: Generator, evaluation: Evaluation, index: int, image_scores: dict[str, list[float]], done: set[str]) -> bool:
+        """The cheap rung of multi-fidelity screening (``fidelity``); False: stopped. Sets ``evaluation.status``
+        to ``screened`` for a candidate that is not promoted; a promoted one keeps reusable images in ``image_scores``."""
+        screen = self._screen
+        assert screen is not None
+        evaluation.rung = "screen"
+        cheap_scores: dict[str, list[float]] = {}
+        cheap_images = self._render_scored(generator, screen.payloads, screen.scorer, index, evaluation.worker, evaluation.timings, cheap_scores)
+        if cheap_images is None:
+            evaluation.status = "aborted"
+            return False
+        evaluation.screen_score, cheap_means = self._tally_scores(cheap_scores)
+        decision = screen.decide(evaluation.screen_score)
+        evaluation.reason = decision.reason
+        if not decision.promote:
+            assert decision.estimate is not None
+            evaluation.rung, evaluation.status = "screen", "screened"
+            evaluation.score, evaluation.payload_scores = self._sign * decision.estimate, cheap_means
+            evaluation.images.extend(cheap_images)
+            return True
+        evaluation.rung = "full"
+        if screen.reuses:
+            image_scores.update(cheap_scores)
+            evaluation.images.extend(cheap_images)
+            done.update(p.key for p in screen.payloads)
+        return True
 
     def _generate(self, generator: Generator, payload: Payload, index: int, worker: str, timings: Timings) -> list[GeneratedImage]:
         def progress(step: int, steps: int) -> None:
@@ -821,6 +877,8 @@ class SearchRun:
             score_s=t.score_s,
             worker=evaluation.worker,
             reason=evaluation.reason,
+            rung=evaluation.rung,
+            screen_score=evaluation.screen_score,
         )
 
     def _after_failure(self, row: HistoryRow) -> None:
@@ -846,6 +904,7 @@ class SearchRun:
                 phase=phase,
                 worker=evaluation.worker,
                 reason=row.reason,
+                rung=row.rung,
             )
         )
 
@@ -927,6 +986,10 @@ class SearchRun:
                 log.warning("optimizer recommend() failed; returning the best observed recipe", exc_info=True)
             else:
                 mean, count = self._mean_score(recommendation.recipe)
+                if mean is None and self._screen is not None:
+                    # a screened-out candidate has only an estimate: never return a recipe no full render has scored
+                    recipe, score = self._best
+                    return recipe, score, "best observed score (the optimizer recommended a candidate screened out at the cheap rung)"
                 predicted = getattr(recommendation, "predicted_mean", None)
                 score = mean if mean is not None else (self._sign * predicted if predicted is not None else None)
                 return recommendation.recipe, score, f"optimizer recommendation: {recommendation.reason}"

@@ -72,7 +72,7 @@ MANIFEST_FORMAT = "auto-mbw-run"
 #: Settings that define what a run measures; changing them on resume would mix incomparable scores.
 FIXED_ON_RESUME: tuple[str, ...] = (
     "name", "seed", "models", "payloads", "strategy", "strategy_options", "init", "warm_start",
-    "initial_recipes", "recipe_order", "recipe_fold", "space", "tally", "scorer", "history_dir",
+    "initial_recipes", "recipe_order", "recipe_fold", "space", "tally", "scorer", "history_dir", "fidelity",
 )
 
 _PACKAGES = (
@@ -420,7 +420,8 @@ def _make_run(settings, payloads, optimizer, generators, scorer, history, initia
         scorer,
         tally=Tally(settings.tally.method, settings.tally.trim, settings.tally.positive),
         stop=stop_for(settings),
-        settings=LoopSettings(rescore_top=settings.rescore_top, max_failures=settings.max_failures, abandon=settings.abandon),
+        settings=LoopSettings(rescore_top=settings.rescore_top, max_failures=settings.max_failures, abandon=settings.abandon,
+                              fidelity=settings.fidelity),
         history=history,
         initial_recipes=initial,
         run_id=run_id,

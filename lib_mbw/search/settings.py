@@ -38,6 +38,7 @@ from typing import Any, Mapping, Union
 from ..errors import MBWError
 from ..recipe import FOLDS, ORDERS
 from ..scorers.tally import POSITIVE_MAPS, TALLIES
+from .fidelity import FidelitySettings, fidelity_checks
 from .stopping import StopSettings
 
 FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
@@ -174,6 +175,7 @@ class SearchSettings:
     space: SpaceSettings = field(default_factory=SpaceSettings)
     stop: StopSettings = field(default_factory=StopSettings)
     abandon: AbandonSettings = field(default_factory=AbandonSettings)
+    fidelity: FidelitySettings = field(default_factory=FidelitySettings)
     tally: TallySettings = field(default_factory=TallySettings)
     rescore_top: int = 3
     max_failures: int = 3
@@ -205,6 +207,7 @@ class SearchSettings:
             (self.output.dtype in DTYPES, "output.dtype", f"one of {', '.join(DTYPES)}"),
             (bool(self.generator.name), "generator.name", "set (a registry name or package.module:factory)"),
             (bool(self.scorer.name), "scorer.name", "set (a registry name or package.module:factory)"),
+            *fidelity_checks(self.fidelity),
         ]
         for ok, key, need in checks:
             if not ok:

@@ -195,6 +195,11 @@ def build_ui(host: Any, defaults: FormValues | None = None, plugins: Collection[
                                 form["abandon_after"] = gr.Textbox(value=d.abandon_after, label="… after this many payloads (blank = half)")
                                 form["rescore_top"] = gr.Number(value=d.rescore_top, precision=0, label="Re-score the top N on new seeds (0 = off)", elem_id="mbw-rescore-top")
                                 form["max_failures"] = gr.Number(value=d.max_failures, precision=0, label="Pause after failures in a row")
+                            with gr.Row():
+                                form["fidelity_mode"] = compat.dropdown("Multi-fidelity screening (render cheaply first)", ["off", "screen"], d.fidelity_mode)
+                                form["fidelity_steps"] = gr.Number(value=d.fidelity_steps, label="Screening: fraction of the steps")
+                                form["fidelity_payloads"] = gr.Textbox(value=d.fidelity_payloads, label="Screening: first N payloads (blank = all)")
+                                form["fidelity_quantile"] = gr.Number(value=d.fidelity_quantile, label="Screening: promote at or above this quantile")
                             gr.Markdown("**Payload weights** (how much each payload counts in the tally; saved into the payload files)")
                             weights_table = compat.dataframe(headers=payload_editor.WEIGHT_HEADERS, datatype=["str", "number"], interactive=True,
                                                              value=payload_editor.weight_table(paths.payloads), elem_id="mbw-weights")

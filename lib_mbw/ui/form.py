@@ -31,6 +31,7 @@ from ..errors import MBWError
 from ..hosts.base import HostPaths
 from ..recipe import FOLDS, ORDERS
 from ..scorers.tally import POSITIVE_MAPS, TALLIES
+from ..search.fidelity import MODES as FIDELITY_MODES
 from ..search.settings import DTYPES, SearchSettings, SettingsError, from_mapping
 from ..search.stopping import DEFAULT_MAX_EVALUATIONS, DEFAULT_PATIENCE
 
@@ -89,6 +90,10 @@ class FormValues:
     tally_positive: str = "sigmoid"
     abandon_margin: str = ""
     abandon_after: str = ""
+    fidelity_mode: str = "off"
+    fidelity_steps: float | None = 0.5
+    fidelity_payloads: str = ""
+    fidelity_quantile: float | None = 0.5
     rescore_top: float | None = 3
     max_failures: float | None = 3
     human_low: float | None = 1
@@ -135,7 +140,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "warm_start": ("warm_start_paths", "warm_start_files", "initial_recipe", "recipe_order", "recipe_fold"),
     "scoring": (
         "scorer", "scorer_options", "tally", "tally_trim", "tally_positive", "abandon_margin", "abandon_after",
-        "rescore_top", "max_failures", "human_low", "human_high", "human_timeout", "human_on_missing",
+        "fidelity_mode", "fidelity_steps", "fidelity_payloads", "fidelity_quantile", "rescore_top", "max_failures", "human_low", "human_high", "human_timeout", "human_on_missing",
         "human_auto_weight", "human_auto_scorer", "generator_options",
     ),
     "output": ("merge_when_done", "output_name", "dtype", "base_from", "vae_from", "overwrite", "save_images"),
@@ -162,6 +167,10 @@ _KEY_TO_FIELD: dict[str, str] = {
     "max_failures": "max_failures",
     "abandon.margin": "abandon_margin",
     "abandon.after": "abandon_after",
+    "fidelity.mode": "fidelity_mode",
+    "fidelity.steps_fraction": "fidelity_steps",
+    "fidelity.payloads": "fidelity_payloads",
+    "fidelity.promote_quantile": "fidelity_quantile",
     "output.dtype": "dtype",
     "generator.name": "generator_options",
     "scorer.name": "scorer",
@@ -602,6 +611,12 @@ def settings_from_form(
     positive = p.choice("tally_positive", form.tally_positive, list(POSITIVE_MAPS))
     margin = p.optional_real("abandon_margin", form.abandon_margin, 0.0, what=" (blank = never abandon early)")
     after = p.optional_integer("abandon_after", form.abandon_after, 1, what=" (blank = half of the payloads)")
+    fidelity = {
+        "mode": p.choice("fidelity_mode", form.fidelity_mode, list(FIDELITY_MODES)),
+        "steps_fraction": p.real("fidelity_steps", form.fidelity_steps, 0.01, 1.0),
+        "payloads": p.optional_integer("fidelity_payloads", form.fidelity_payloads, 1, what=" (blank = all payloads)"),
+        "promote_quantile": p.real("fidelity_quantile", form.fidelity_quantile, 0.0, 0.99),
+    }
     rescore_top = p.integer("rescore_top", form.rescore_top, 0, what=" (0 = no re-scoring)")
     max_failures = p.integer("max_failures", form.max_failures, 1)
     host_generator_options = generator_options
@@ -660,6 +675,7 @@ def settings_from_form(
             "target_score": target,
         },
         "abandon": {"margin": margin, "after": after},
+        "fidelity": fidelity,
         "tally": {"method": tally, "trim": trim, "positive": positive},
         "rescore_top": rescore_top,
         "max_failures": max_failures,
@@ -749,6 +765,10 @@ def form_from_settings(settings: SearchSettings, title_of: Callable[[str], str |
         tally_positive=s.tally.positive,
         abandon_margin="" if s.abandon.margin is None else f"{s.abandon.margin:g}",
         abandon_after="" if s.abandon.after is None else str(s.abandon.after),
+        fidelity_mode=s.fidelity.mode,
+        fidelity_steps=s.fidelity.steps_fraction,
+        fidelity_payloads="" if s.fidelity.payloads is None else str(s.fidelity.payloads),
+        fidelity_quantile=s.fidelity.promote_quantile,
         rescore_top=s.rescore_top,
         max_failures=s.max_failures,
         human_low=human.get("low", 1),

@@ -53,6 +53,7 @@ class LiveRow:
     is_new_best: bool = False
     reason: str = ""
     worker: str = ""
+    rung: str = ""  # multi-fidelity screening: the rung the candidate reached (screen / full), "" without
 
 
 @dataclass
@@ -203,7 +204,8 @@ def apply_event(state: LiveState, event: ev.SearchEvent, now: float | None = Non
 
 def _apply_iteration(state: LiveState, event: ev.IterationDone, now: float) -> None:
     state.rows.append(
-        LiveRow(event.index, event.status, event.score, event.phase, event.timings.total_s, event.is_new_best, event.reason, event.worker)
+        LiveRow(event.index, event.status, event.score, event.phase, event.timings.total_s, event.is_new_best, event.reason, event.worker,
+                event.rung)
     )
     state.done_times.append(now)
     state.phase = event.phase

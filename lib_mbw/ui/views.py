@@ -219,7 +219,7 @@ def gallery_items(images: Sequence[GeneratedImage], payload_scores: Mapping[str,
     return items
 
 
-_STATUS_MARKS = {"ok": "#1f77b4", "cached": "#9e9e9e", "abandoned": "#ff7f0e", "rescore": "#2ca02c"}
+_STATUS_MARKS = {"ok": "#1f77b4", "cached": "#9e9e9e", "abandoned": "#ff7f0e", "screened": "#8c564b", "rescore": "#2ca02c"}
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -321,7 +321,7 @@ def history_table(rows: Sequence[LiveRow], limit: int | None = None) -> list[lis
         table.append([
             row.index,
             row.phase,
-            row.status,
+            f"{row.status} ({row.rung} rung)" if row.rung else row.status,
             "" if row.score is None else round(row.score, 6),
             "★" if row.is_new_best else "",
             round(row.seconds, 2),

@@ -44,13 +44,23 @@ the gap (median over hidden recipes), and
   the goal is <= 0.2); ``peer_ratio`` likewise (goal <= 0.5);
 * ``overhead``: ours' time beyond generation as a fraction of its evaluation
   time (everything but the pipeline calls, summed over evaluations);
-* ``fidelity_speedup``: 1.0: multi-fidelity screening is not implemented
-  (see docs/benchmarks.md).
+* ``fidelity_speedup``: seconds ours needs to reach its own final quality
+  without screening / with multi-fidelity screening (pipeline **ours-screen**:
+  the same search with ``fidelity.mode = "screen"``, references rendered at
+  the cheap rung too, run until it reaches ours' final best score, for at
+  most 3x ours' evaluations and 2x ours' wall time: screening makes a
+  candidate cheaper, so the same time buys more candidates; median over
+  hidden recipes; 0 when the screened run never reaches it). Only full-fidelity scores count as quality: a candidate
+  screened out at the cheap rung adds time, not a score. Also printed: the
+  same ratio on process CPU time, and on rendering work (steps x images
+  rendered, in full evaluations: what the time would be where it follows
+  steps and images, as on a GPU at real sizes; a model, not a measurement).
 
 Usage (2-core CPU: run it niced, in the background)::
 
     nice -n 5 python tests/bench/time_to_quality.py --quick      # ~5 minutes: 2 hidden recipes x 40 evaluations
     nice -n 5 python tests/bench/time_to_quality.py              # 3 hidden recipes x 270 evaluations (hours)
+    nice -n 5 python tests/bench/time_to_quality.py --quick --pipelines ours ours-screen   # screening only
 
 Last line: ``time_to_quality seed_ratio=<x> peer_ratio=<x> fidelity_speedup=<x> overhead=<fraction>``.
 """
@@ -87,12 +97,23 @@ from lib_mbw.generators.base import GeneratedImage  # noqa: E402
 from lib_mbw.generators.diffusers import LDM_UNET_PREFIX, DiffusersGenerator, DiffusersOptions  # noqa: E402
 from lib_mbw.payloads import Payload, payload_from_dict  # noqa: E402
 from lib_mbw.recipe import Recipe  # noqa: E402
-from lib_mbw.scorers.reference import ReferenceScorer, references_from_images, save_references  # noqa: E402
+from lib_mbw.scorers.reference import ReferenceScorer, fidelity_folder, references_from_images, save_references  # noqa: E402
+from lib_mbw.search.fidelity import FidelitySettings, reference_label, screen_payloads  # noqa: E402
+from lib_mbw.search.settings import from_mapping  # noqa: E402
 
 LEVELS = 21
 INIT_POINTS = 10
 THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
+#: The three pipelines compared (the GPU script runs these).
 PIPELINES = ("ours", "seed", "peer")
+#: Every pipeline this script runs: ours once more with multi-fidelity screening.
+ALL_PIPELINES = ("ours", "ours-screen", "seed", "peer")
+#: The screening setting of pipeline ours-screen (``--fidelity`` replaces it).
+SCREEN = {"mode": "screen"}
+#: Pipeline ours-screen runs until it reaches ours' final best score, for at most this many times ours' evaluations
+#: and ``SCREEN_BUDGET`` times ours' wall time (a search that screens is cheaper per candidate: it may use more).
+SCREEN_EVALUATIONS = 3
+SCREEN_BUDGET = 2.0
 SPLIT = ("merge", "generate", "score", "optimizer", "io")
 #: The demo's prompts (lib_mbw.demo): name, prompt, seed.
 PROMPTS = (
@@ -180,9 +201,18 @@ def one_by_one(generator: DiffusersGenerator, payload: Payload) -> tuple[list[Ge
     return images, time.perf_counter() - started
 
 
-def warmed_scorer(references: Sequence[GeneratedImage]) -> ReferenceScorer:
-    """The SSIM reference scorer, run once on the references themselves (imports and first-call costs out of the timing)."""
-    scorer = ReferenceScorer(references_from_images(references), metric="ssim")
+def work(payloads: Sequence[Payload]) -> float:
+    """Rendering work of ``payloads`` when time follows steps x images (a GPU at real sizes)."""
+    return float(sum(p.steps * p.batch_size for p in payloads))
+
+
+def warmed_scorer(references: Sequence[GeneratedImage], fidelities: dict[str, Sequence[GeneratedImage]] | None = None) -> ReferenceScorer:
+    """The SSIM reference scorer, run once on the references themselves (imports and first-call costs out of the timing).
+
+    ``fidelities``: references rendered at a cheap screening rung, by label (``ReferenceScorer.for_fidelity``).
+    """
+    scorer = ReferenceScorer(references_from_images(references), metric="ssim",
+                             fidelities={label: references_from_images(images) for label, images in (fidelities or {}).items()})
     scores = scorer.score(references)
     if min(scores) < 0.999:
         raise AssertionError(f"references do not score 1 against themselves: {min(scores)}")
@@ -210,15 +240,22 @@ class Trace:
     scores: list[float] = field(default_factory=list)
     split: list[dict[str, float]] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    screened: int = 0  #: evaluations screened out at the cheap rung (ours-screen)
+    #: Per evaluation, its rendering work in full evaluations when time follows steps x images (a GPU at real sizes).
+    units: list[float] = field(default_factory=list)
 
-    def add(self, elapsed: float, score: float, split: dict[str, float], cpu: float | None = None) -> None:
+    def add(self, elapsed: float, score: float, split: dict[str, float], cpu: float | None = None, units: float = 1.0) -> None:
         """One evaluation: wall seconds and process CPU seconds (all threads) since the search started."""
         self.elapsed.append(elapsed)
         self.scores.append(score)
         self.split.append(split)
         self.cpu.append(elapsed if cpu is None else cpu)
+        self.units.append(units)
 
     def clock(self, name: str) -> list[float]:
+        """Wall seconds, CPU seconds or rendering work (``units``, summed) since the start, per evaluation."""
+        if name == "units":
+            return list(np.cumsum(self.units))
         return self.cpu if name == "cpu" else self.elapsed
 
     @property
@@ -388,29 +425,49 @@ class PeerMerge:
 # ----------------------------------------------------------------------------- the three pipelines
 
 
-def run_ours(setup: Setup, hidden: Recipe, evals: int, seed: int) -> Trace:
-    """auto-MBW as a user runs it: ``start_search`` with default settings, batched rendering."""
+def run_ours(setup: Setup, hidden: Recipe, evals: int, seed: int, fidelity: dict[str, Any] | None = None,
+             target: float | None = None, budget_s: float | None = None) -> Trace:
+    """auto-MBW as a user runs it: ``start_search`` with default settings, batched rendering.
+
+    ``fidelity``: the ``fidelity`` setting (pipeline ours-screen); references are rendered at its cheap rung too.
+    ``target``/``budget_s``: stop once the best full score reaches ``target`` or after ``budget_s`` seconds
+    (up to ``SCREEN_EVALUATIONS`` x ``evals`` evaluations): a cheaper search may use more evaluations.
+    """
     from lib_mbw.search.events import IterationDone
     from lib_mbw.search.session import start_search
     from lib_mbw.search.settings import settings_from_dict
 
-    trace = Trace("ours", seed)
+    trace = Trace("ours-screen" if fidelity else "ours", seed)
     generator = setup.generator(merged=True)
     try:
         generator.apply(hidden)
         references = render_all(generator, setup.payloads, batched=True)
+        cheap: dict[str, list[GeneratedImage]] = {}
+        cheap_units, reuses = 0.0, False
+        if fidelity:
+            screen = from_mapping(FidelitySettings, fidelity, "--fidelity")
+            cheap_payloads = screen_payloads(setup.payloads, screen)
+            cheap_units = work(cheap_payloads) / work(setup.payloads)
+            label = reference_label(screen, setup.payloads)
+            reuses = label is None and all(c.batch_size == p.batch_size for c, p in zip(cheap_payloads, setup.payloads))
+            if label is not None:
+                cheap[label] = render_all(generator, screen_payloads(setup.payloads, screen), batched=True)
         generator.restore()
         ref_dir = setup.work / f"ours-refs-{seed}"
         save_references(ref_dir, references, overwrite=True)
-        scorer = warmed_scorer(references)
+        for label, images in cheap.items():
+            save_references(fidelity_folder(ref_dir, label), images, overwrite=True)
+        scorer = warmed_scorer(references, cheap)
         settings = settings_from_dict(
             {
                 "name": f"ttq-{seed}",
                 "seed": seed,
                 "models": {"a": str(setup.model_a), "b": str(setup.model_b), "family": setup.family},
                 "payloads": {"folder": str(write_payload_files(setup.work / "payloads", setup.payloads)), "wildcards": None},
-                "stop": {"max_evaluations": evals, "patience": None},
+                "stop": {"max_evaluations": evals if target is None else SCREEN_EVALUATIONS * evals, "patience": None,
+                         "target_score": target, "max_minutes": None if budget_s is None else budget_s / 60},
                 "rescore_top": 0,
+                **({"fidelity": fidelity} if fidelity else {}),
                 "generator": {"name": "diffusers", "options": {"config_dir": str(setup.config_dir or "")}},
                 "scorer": {"name": "reference", "options": {"folder": str(ref_dir), "metric": "ssim"}},
                 "history_dir": str(setup.work / "history"),
@@ -429,13 +486,17 @@ def run_ours(setup: Setup, hidden: Recipe, evals: int, seed: int) -> Trace:
             nonlocal last
             if not isinstance(event, IterationDone) or event.phase != "search" or event.score is None:
                 return
+            # quality counts full-fidelity scores only: a screened-out candidate's score is an estimate
+            score = float(event.score) if event.status in ("ok", "cached") else -math.inf
+            trace.screened += event.status == "screened"
             now = time.perf_counter()
             t = event.timings
             optimizer_s, timed.seconds = timed.seconds, 0.0
             wall = now - last
             split = {"merge": t.merge_s, "generate": t.generate_s, "score": t.score_s, "optimizer": optimizer_s}
             split["io"] = max(0.0, wall - sum(split.values()))
-            trace.add(now - started, float(event.score), split, time.process_time() - cpu_started)
+            units = {"screen": cheap_units, "full": 1.0 if reuses else 1.0 + cheap_units}.get(event.rung, 1.0)
+            trace.add(now - started, score, split, time.process_time() - cpu_started, units)
             last = now
 
         session.run.add_listener(on_event)
@@ -688,6 +749,17 @@ def ratio_to(result: HiddenResult, baseline: str, clock: str = "wall") -> float:
     return math.inf if hit is None else hit[1] / base.clock(clock)[-1]
 
 
+def fidelity_speedup(result: HiddenResult, clock: str = "wall") -> float | None:
+    """Seconds ours needs to reach its own final best without screening / with it (0: never with it); None: not run."""
+    if "ours-screen" not in result.traces:
+        return None
+    target = result.traces["ours"].best[-1]
+    plain = result.traces["ours"].reach(target, clock)
+    screened = result.traces["ours-screen"].reach(target, clock)
+    assert plain is not None
+    return 0.0 if screened is None else plain[1] / screened[1]
+
+
 def overhead(traces: Sequence[Trace]) -> float:
     """Ours' evaluation time beyond generation, as a fraction of the evaluation time."""
     total = sum(sum(s.values()) for t in traces for s in t.split)
@@ -712,7 +784,7 @@ def median_or_none(values: list[float | None]) -> float | None:
 
 def summarize(results: Sequence[HiddenResult], evals: int) -> dict[str, Any]:
     """Tables and ratios over the hidden recipes, for the pipelines every result has (ours always)."""
-    present = [name for name in PIPELINES if all(name in r.traces for r in results)]
+    present = [name for name in ALL_PIPELINES if all(name in r.traces for r in results)]
     rows = {}
     for name in present:
         traces = [r.traces[name] for r in results]
@@ -731,11 +803,15 @@ def summarize(results: Sequence[HiddenResult], evals: int) -> dict[str, Any]:
         rows[name] = row
     return {
         "evaluations": evals,
-        "hidden": [{**hidden_record(r), **{f"{b}_ratio{suffix}": ratio_to(r, b, clock) for b in present if b != "ours"
-                                           for suffix, clock in (("", "wall"), ("_cpu", "cpu"))}} for r in results],
+        "hidden": [{**hidden_record(r), **{f"{b}_ratio{suffix}": ratio_to(r, b, clock) for b in present if b in ("seed", "peer")
+                                           for suffix, clock in (("", "wall"), ("_cpu", "cpu"))},
+                    **{f"fidelity_speedup{suffix}": fidelity_speedup(r, clock) for suffix, clock in (("", "wall"), ("_cpu", "cpu"), ("_work", "units"))}}
+                   for r in results],
         "pipelines": rows,
         **{f"{b}_ratio{suffix}": (statistics.median(ratio_to(r, b, clock) for r in results) if b in present else None)
            for b in ("seed", "peer") for suffix, clock in (("", "wall"), ("_cpu", "cpu"))},
+        **{f"fidelity_speedup{suffix}": (statistics.median(fidelity_speedup(r, clock) for r in results) if "ours-screen" in present else None)
+           for suffix, clock in (("", "wall"), ("_cpu", "cpu"), ("_work", "units"))},
         "overhead": overhead([r.traces["ours"] for r in results]),
     }
 
@@ -765,10 +841,17 @@ def print_summary(summary: dict[str, Any], n_hidden: int) -> None:
     for item in summary["hidden"]:
         print(f"  hidden {item['seed']}: hidden score {item['hidden_score']:.4f}, random mean {item['random_mean']:.4f}, "
               f"seed_ratio {fmt(item.get('seed_ratio'), 3)}, peer_ratio {fmt(item.get('peer_ratio'), 3)} "
-              f"(CPU time: {fmt(item.get('seed_ratio_cpu'), 3)}, {fmt(item.get('peer_ratio_cpu'), 3)})")
+              f"(CPU time: {fmt(item.get('seed_ratio_cpu'), 3)}, {fmt(item.get('peer_ratio_cpu'), 3)}), "
+              f"fidelity_speedup {fmt(item.get('fidelity_speedup'), 2)} (CPU time: {fmt(item.get('fidelity_speedup_cpu'), 2)}; "
+              f"rendering work, time following steps x images: {fmt(item.get('fidelity_speedup_work'), 2)})")
     print(f"  median on process CPU time (what an idle machine would take): seed_ratio {fmt(summary['seed_ratio_cpu'], 3)}, "
           f"peer_ratio {fmt(summary['peer_ratio_cpu'], 3)}; total CPU s: "
           + ", ".join(f"{n} {rows[n]['total_cpu_s']:.1f}" for n in rows))
+    if summary.get("fidelity_speedup") is not None:
+        screened = [f"{item['traces']['ours-screen']['screened']} of {len(item['traces']['ours-screen']['scores'])}" for item in summary["hidden"]]
+        print(f"  fidelity_speedup (median): wall {fmt(summary['fidelity_speedup'], 2)}, process CPU {fmt(summary['fidelity_speedup_cpu'], 2)}, "
+              f"rendering work (time following steps x images) {fmt(summary['fidelity_speedup_work'], 2)}; "
+              f"screened out per run: {', '.join(screened)}")
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -777,7 +860,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"ours": "tab:green", "seed": "tab:red", "peer": "tab:blue"}
+    colours = {"ours": "tab:green", "ours-screen": "tab:olive", "seed": "tab:red", "peer": "tab:blue"}
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for item in summary["hidden"]:
         gap = item["hidden_score"] - item["random_mean"]
@@ -802,19 +885,26 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-def run_all(setup: Setup, hidden_seeds: Sequence[int], evals: int, random_samples: int, pipelines: Sequence[str] = PIPELINES,
-            say: Callable[[str], None] = print) -> list[HiddenResult]:
+def run_all(setup: Setup, hidden_seeds: Sequence[int], evals: int, random_samples: int, pipelines: Sequence[str] = ALL_PIPELINES,
+            say: Callable[[str], None] = print, fidelity: dict[str, Any] | None = None) -> list[HiddenResult]:
     results = []
     for seed in hidden_seeds:
         hidden = hidden_recipe(setup.blocks, seed)
         hidden_score, random_mean = random_baseline(setup, hidden, random_samples, seed)
         say(f"hidden {seed}: scores {hidden_score:.4f}; {random_samples} random recipes {random_mean:.4f}")
         traces = {}
-        for name in pipelines:
-            trace = run_ours(setup, hidden, evals, seed) if name == "ours" else run_baseline(name, setup, hidden, evals, seed)
+        for name in sorted(pipelines, key=ALL_PIPELINES.index):  # ours before ours-screen: its final best is the target
+            if name == "ours-screen" and "ours" in traces:
+                plain = traces["ours"]
+                trace = run_ours(setup, hidden, evals, seed, fidelity or SCREEN, target=plain.best[-1], budget_s=SCREEN_BUDGET * plain.elapsed[-1])
+            elif name.startswith("ours"):
+                trace = run_ours(setup, hidden, evals, seed, (fidelity or SCREEN) if name == "ours-screen" else None)
+            else:
+                trace = run_baseline(name, setup, hidden, evals, seed)
             traces[name] = trace
             best = trace.best[-1]
-            say(f"  {name}: {len(trace.scores)} evaluations in {trace.elapsed[-1]:.1f} s, best {best:.4f} "
+            screened = f" ({trace.screened} screened out)" if name == "ours-screen" else ""
+            say(f"  {name}: {len(trace.scores)} evaluations{screened} in {trace.elapsed[-1]:.1f} s, best {best:.4f} "
                 f"(gap {(best - random_mean) / (hidden_score - random_mean):.3f})")
         results.append(HiddenResult(seed, hidden_score, random_mean, traces))
     return results
@@ -822,7 +912,8 @@ def run_all(setup: Setup, hidden_seeds: Sequence[int], evals: int, random_sample
 
 def hidden_record(result: HiddenResult) -> dict[str, Any]:
     return {"seed": result.seed, "hidden_score": result.hidden_score, "random_mean": result.random_mean,
-            "traces": {n: {"elapsed": t.elapsed, "cpu": t.cpu, "scores": t.scores, "split": t.split} for n, t in result.traces.items()}}
+            "traces": {n: {"elapsed": t.elapsed, "cpu": t.cpu, "scores": t.scores, "split": t.split, "screened": t.screened, "units": t.units}
+                       for n, t in result.traces.items()}}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -851,17 +942,18 @@ def load_results(path: Path) -> list[HiddenResult]:
     for item in data["hidden"]:
         traces = {}
         for name, raw in item["traces"].items():
-            trace = Trace(name, item["seed"])
-            for elapsed, score, split, cpu in zip(raw["elapsed"], raw["scores"], raw["split"], raw.get("cpu", raw["elapsed"])):
-                trace.add(elapsed, score, split, cpu)
+            trace = Trace(name, item["seed"], screened=int(raw.get("screened", 0)))
+            for elapsed, score, split, cpu, units in zip(raw["elapsed"], raw["scores"], raw["split"], raw.get("cpu", raw["elapsed"]),
+                                                         raw.get("units", [1.0] * len(raw["scores"]))):
+                trace.add(elapsed, score, split, cpu, units)
             traces[name] = trace
         results.append(HiddenResult(item["seed"], item["hidden_score"], item["random_mean"], traces))
     return results
 
 
-def final_line(summary: dict[str, Any], fidelity_speedup: float = 1.0) -> str:
+def final_line(summary: dict[str, Any]) -> str:
     return (f"time_to_quality seed_ratio={fmt(summary['seed_ratio'], 3)} peer_ratio={fmt(summary['peer_ratio'], 3)} "
-            f"fidelity_speedup={fidelity_speedup:.2f} overhead={summary['overhead']:.3f}")
+            f"fidelity_speedup={fmt(summary.get('fidelity_speedup'), 2)} overhead={summary['overhead']:.3f}")
 
 
 def demo_setup(work: Path, payloads: int, steps: int, size: int) -> Setup:
@@ -880,12 +972,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--random-samples", type=int, default=None, help="random recipes for the gap's zero (default 12; --quick 6)")
     parser.add_argument("--hidden-seeds", type=int, nargs="+", default=None, help="which hidden recipes (default 0..hidden-1)")
-    parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES,
+    parser.add_argument("--pipelines", nargs="+", default=list(ALL_PIPELINES), choices=ALL_PIPELINES,
                         help="run only these (for runs split over processes; --combine joins them)")
     parser.add_argument("--combine", type=Path, nargs="+", default=None,
                         help="summarize the --json files of earlier runs together (traces of one hidden recipe are joined)")
     parser.add_argument("--fidelity-probe", type=int, default=0, metavar="N",
                         help="only measure how cheap renders rank N random recipes against full ones, then exit")
+    parser.add_argument("--fidelity", type=json.loads, default=None, metavar="JSON",
+                        help=f"the fidelity setting of pipeline ours-screen (default {json.dumps(SCREEN)})")
     parser.add_argument("--json", type=Path, default=None, help="write the summary (with every trace) here")
     parser.add_argument("--plot", type=Path, default=None, help="write the time-to-quality plot here")
     args = parser.parse_args(argv)
@@ -902,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.combine:
         results = join_results([result for path in args.combine for result in load_results(path)])
-        evals = min(len(t.scores) for r in results for t in r.traces.values())
+        evals = min(len(t.scores) for r in results for n, t in r.traces.items() if n != "ours-screen")
     else:
         seeds = args.hidden_seeds or list(range(hidden))
         with tempfile.TemporaryDirectory(prefix="ttq-") as tmp:
@@ -913,8 +1007,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"batching: {len(setup.payloads)} payloads one by one {single_s:.3f} s, in one call {batched_s:.3f} s "
                   f"(x{single_s / batched_s:.2f}); {differ} of {len(setup.payloads) * 64 * 64} pixels differ, by {most} grey level(s) at most",
                   flush=True)
-            results = run_all(setup, seeds, evals, samples, args.pipelines, say=lambda text: print(text, flush=True))
-        if set(args.pipelines) != set(PIPELINES):
+            results = run_all(setup, seeds, evals, samples, args.pipelines, say=lambda text: print(text, flush=True), fidelity=args.fidelity)
+        if "ours" not in args.pipelines:
             if args.json:
                 write_json(args.json, {"evaluations": evals, "hidden": [hidden_record(r) for r in results]})
             return 0
