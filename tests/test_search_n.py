@@ -258,3 +258,19 @@ def test_search_command_mixes_three_models_end_to_end(files, tmp_path, monkeypat
     assert main(["search", *map(str, models.models), str(models.models[0]), str(models.models[1]), str(models.models[2]),
                  "--payloads", str(payloads)]) == 2
     assert "search takes 2 to 5 models (MODEL arguments), got 6" in capsys.readouterr().err
+
+
+def test_three_model_search_with_screening_records_rungs_and_returns_a_fully_rendered_mix(files, single_cpu_thread) -> None:
+    """Multi-fidelity screening works for a mix: rungs in the chain-column history, a screened mix is never returned."""
+    root, models, payloads = files
+    screen = {"mode": "screen", "steps_fraction": 0.5, "warmup": 2, "promote_quantile": 0.9, "min_promote": 0.1}
+    session = start_search(settings_for(root, models, payloads, stop={"max_evaluations": 6, "patience": None}, fidelity=screen,
+                                        output={"merge": False, "save_images": False}),
+                           generators=[MixFake()], scorer=MixScorer())
+    result = session.execute().result
+    rows = RunHistory.open(session.run_dir).rows()
+    search = [r for r in rows if r.source in ("initial", "optimizer")]
+    assert {r.rung for r in search} == {"screen", "full"}
+    assert all(isinstance(r.recipe, RecipeN) for r in rows)
+    full = {r.recipe for r in rows if r.status in ("ok", "rescore")}
+    assert result.recipe in full, "the returned mix was rendered in full"
