@@ -56,6 +56,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from optimizer_families import FAMILIES, PROBLEMS, family_runs  # noqa: E402
+from optimizer_real import REAL_PROBLEMS  # noqa: E402
+from optimizer_real import code_hash as real_code_hash  # noqa: E402
 from optimizer_runners import COMMON, RUNNERS, facade_checkpoints, run  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -118,7 +120,9 @@ def run_key(label: str, problem: str) -> str:
     """Hash of everything a cached run of ``label`` on ``problem`` depends on."""
     digest = hashlib.sha256()
     digest.update(_code_hash(HERE / "optimizer_objectives.py").encode())
-    if problem not in ("smooth", "sparse", "near_uniform"):
+    if problem in REAL_PROBLEMS:  # the rendering code, the demo's and the packages it renders with
+        digest.update(f"{problem};{real_code_hash()};".encode())
+    elif problem not in ("smooth", "sparse", "near_uniform"):
         maker = "bbob" if problem.startswith("bbob") else "multimodal"
         names = (maker, "_calibrate", "NOISE_BY_SEED", "CALIBRATION_SAMPLES", "WIDTHS")
         digest.update(f"{problem};".encode() + _code_hash(HERE / "optimizer_families.py", names).encode())
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=0, help="tune on other seeds than the reported 0..4")
     parser.add_argument("--evals", type=int, default=270)
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes")
-    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--families", "--family", default=",".join(FAMILIES), help="families to run, comma separated")
     parser.add_argument("--problems", default="", help="only these problems (comma separated)")
     parser.add_argument("--baselines", default=",".join(BASELINES), help="which baselines to compare")
     parser.add_argument("--default", default=DEFAULT_STRATEGY, help="facade strategy measured as the default")
