@@ -332,7 +332,7 @@ def summarize(
         if family not in summary["families"]:
             continue
         table = summary["early_stop"][family] = early_stop(results, planned, default, evals)
-        cells = [f"{t['evals']:.0f}, {t['gap']:.3f} ({-t['loss']:+.3f} / {-t['worst_loss']:+.3f})" for t in table.values()]
+        cells = [f"{t['evals']:.0f}, {t['gap']:.3f} ({0.0 - t['loss']:+.3f} / {0.0 - t['worst_loss']:+.3f})" for t in table.values()]
         lines.append(f"| {family} | {table['None']['runs']} | " + " | ".join(cells) + " |")
     summary["curve_at"] = grid
     summary["worst_ratio"] = {str(c): (None if not math.isfinite(v) else round(v, 4)) for c, v in worst.items()}
