@@ -1,16 +1,24 @@
 """Optimizer benchmark: the default strategy against the peers' optimizers on several families of landscapes.
 
     python tests/bench/optimizer.py                 # every family, 5 seeds, 270 evaluations (hours: cached per run)
-    python tests/bench/optimizer.py --quick         # 1 seed of 4 problems, cached baselines (a few minutes)
+    python tests/bench/optimizer.py --family real --seeds 1   # the real pipeline, one instance of each hidden recipe
+    python tests/bench/optimizer.py --quick         # seed 0 of 5 problems (one real), cached baselines (a few minutes)
     python tests/bench/optimizer.py --timing 1000   # step time of the default up to evaluation 1000
 
 Families (optimizer_families.py): the three objectives of the old benchmark
-(``legacy``), a smooth multimodal landscape (``multimodal``) and COCO's bbob
-functions (``bbob-multimodal``, ``bbob-unimodal``), 27 blocks x 21 levels,
-noise 5-20 % of range. Quality = fraction of the gap closed between a random
-recipe (0) and the optimum (1), measured with the TRUE value of the recipe
+(``legacy``), a smooth multimodal landscape (``multimodal``), COCO's bbob
+functions (``bbob-multimodal``, ``bbob-unimodal``; 3 instances per function),
+27 blocks x 21 levels, noise 5-20 % of range, and the real pipeline
+(``real``, optimizer_real.py: the demo's tiny models, hidden recipes of four
+structures, SSIM to references; its noise is the rendering's). Quality =
+fraction of the gap closed between a random recipe (0) and the optimum (1;
+for ``real`` the hidden recipe), measured with the TRUE value of the recipe
 each strategy returns (optimizer_runners.py): ours ``recommend()``, the
 peers' their best observed score.
+
+Early stop: the default's recorded scores are replayed through the loop's
+own stop rule (lib_mbw.search.stopping) with patience 27, 54, 81 and none;
+per family the evaluations it would run and the gap closed at the stop.
 
 Peers, straight on their libraries: random search, the peer
 sd-webui-bayesian-merger's bayes_opt GP and optuna TPE, optuna TPE
@@ -56,6 +64,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from optimizer_families import FAMILIES, PROBLEMS, family_runs  # noqa: E402
+from optimizer_real import REAL_PROBLEMS  # noqa: E402
+from optimizer_real import code_hash as real_code_hash  # noqa: E402
 from optimizer_runners import COMMON, RUNNERS, facade_checkpoints, run  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -76,7 +86,9 @@ LABELS = {
 #: baselines run only on these families (the seed's GFO optimizer takes 10-70 minutes a run)
 ONLY_ON = {"seed": ("legacy",)}
 CHECKPOINTS = (30, 90, 270)
-QUICK_PROBLEMS = ("sparse", "multimodal-smooth", "bbob-f3", "bbob-f2")
+#: early-stop patiences replayed on the default's recorded scores (27: the seed's; None: never)
+PATIENCES = (27, 54, 81, None)
+QUICK_PROBLEMS = ("sparse", "multimodal-smooth", "bbob-f3", "bbob-f2", "real-diverse")
 PACKAGES = ("numpy", "scipy", "scikit-learn", "torch", "gradient-free-optimizers", "optuna", "bayesian-optimization", "cmaes", "coco-experiment")
 
 
@@ -118,7 +130,9 @@ def run_key(label: str, problem: str) -> str:
     """Hash of everything a cached run of ``label`` on ``problem`` depends on."""
     digest = hashlib.sha256()
     digest.update(_code_hash(HERE / "optimizer_objectives.py").encode())
-    if problem not in ("smooth", "sparse", "near_uniform"):
+    if problem in REAL_PROBLEMS:  # the rendering code, the demo's and the packages it renders with
+        digest.update(f"{problem};{real_code_hash()};".encode())
+    elif problem not in ("smooth", "sparse", "near_uniform"):
         maker = "bbob" if problem.startswith("bbob") else "multimodal"
         names = (maker, "_calibrate", "NOISE_BY_SEED", "CALIBRATION_SAMPLES", "WIDTHS")
         digest.update(f"{problem};".encode() + _code_hash(HERE / "optimizer_families.py", names).encode())
@@ -195,6 +209,46 @@ def gap_at(result: dict[str, Any], problem: str, seed: int, evals: int) -> dict[
     return {int(k): float(g) for k, g in zip(at, gaps) if k <= evals}
 
 
+def stop_point(observed: list[float], patience: int | None) -> int:
+    """Evaluations the loop runs on these scores before its early stop (lib_mbw.search.stopping, no tolerance)."""
+    from lib_mbw.search.stopping import StopSettings, StopTracker
+
+    tracker = StopTracker(StopSettings(max_evaluations=len(observed), patience=patience))
+    for score in observed:
+        tracker.record(score)
+        if tracker.check(0.0) is not None:
+            break
+    return tracker.evaluations
+
+
+def early_stop(results: dict[str, dict[str, Any]], planned: list[tuple[str, int]], label: str, evals: int) -> dict[str, Any]:
+    """Replay ``label``'s recorded scores with each patience: evaluations run, gap closed at the stop, loss against ``evals``.
+
+    The gap at a stop is the returned recipe's at the last recorded point at or
+    before it (facade runs record every 10 evaluations: up to 9 early).
+    """
+    have = [(p, s) for p, s in planned if job_id(label, p, s, evals) in results]
+    table: dict[str, Any] = {}
+    for patience in PATIENCES:
+        stops, at_stop, losses = [], [], []
+        for problem, seed in have:
+            result = results[job_id(label, problem, seed, evals)]
+            gaps = gap_at(result, problem, seed, evals)
+            k = stop_point(result["observed"][:evals], patience)
+            gap = gaps[max(at for at in gaps if at <= k)]
+            stops.append(k)
+            at_stop.append(gap)
+            losses.append(gaps[max(gaps)] - gap)
+        table[str(patience)] = {
+            "evals": float(np.median(stops)),
+            "gap": round(float(np.median(at_stop)), 4),
+            "loss": round(float(np.median(losses)), 4),
+            "worst_loss": round(float(np.max(losses)), 4),
+            "runs": len(have),
+        }
+    return table
+
+
 def step_time(result: dict[str, Any], evals: int) -> float:
     steps = result["ask_s"][:evals]
     return float(np.mean(steps[max(0, evals - 10) :]))
@@ -211,6 +265,10 @@ def summarize(
     worst_step = 0.0
     grid = facade_checkpoints(evals)
     for family, planned in runs.items():
+        # every strategy on the runs the default has (a median over other landscapes is no comparison)
+        ran = [(p, s) for p, s in planned if job_id(default, p, s, evals) in results]
+        short = len(planned) - len(ran) if ran else 0
+        planned = ran or planned
         table: dict[str, Any] = {}
         for label in labels:
             have = [(p, s) for p, s in planned if job_id(label, p, s, evals) in results]
@@ -240,6 +298,8 @@ def summarize(
                 worst[c] = min(worst[c], value)
         worst_step = max(worst_step, table[default]["step_s"])
         lines += ["", f"### {family} ({', '.join(sorted({p for p, _ in planned}))})", ""]
+        if short:
+            lines += [f"(the default has {len(planned)} of the family's {len(planned) + short} runs; every strategy is shown on those)", ""]
         head = "| strategy | runs | " + " | ".join(f"gap@{c}" for c in checkpoints) + " | step s @270 |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for label in sorted(table, key=lambda lb: -table[lb]["gap"][checkpoints[-1]]):
@@ -252,6 +312,8 @@ def summarize(
         ratio_text = ", ".join(f"@{c}: {v:.3f} (best peer {LABELS.get(p, p)})" for c, (v, p) in ratios.items())
         lines.append(f"\n{family}: default / best peer {ratio_text}; step {table[default]['step_s']:.3f} s")
         summary["families"][family] = {
+            "runs": len(planned),
+            "planned_runs": len(planned) + short,
             "ratios": {str(c): {"ratio": round(v, 4), "best_peer": p} for c, (v, p) in ratios.items()},
             "strategies": {
                 lb: {"runs": t["runs"], "gap": {str(c): round(v, 4) for c, v in t["gap"].items()}, "step_s": round(t["step_s"], 4),
@@ -260,6 +322,18 @@ def summarize(
                 for lb, t in table.items()
             },
         }
+    lines += ["", f"Early stop of {LABELS.get(default, default.replace('facade:', ''))}: the loop's stop after P evaluations without a new "
+              "best score, replayed on the recorded scores; median evaluations run, median gap at the stop (median / worst "
+              f"loss against all {evals}):", ""]
+    head = "| family | runs | " + " | ".join(f"P={p or 'none'}" for p in PATIENCES) + " |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    summary["early_stop"] = {}
+    for family, planned in runs.items():
+        if family not in summary["families"]:
+            continue
+        table = summary["early_stop"][family] = early_stop(results, planned, default, evals)
+        cells = [f"{t['evals']:.0f}, {t['gap']:.3f} ({0.0 - t['loss']:+.3f} / {0.0 - t['worst_loss']:+.3f})" for t in table.values()]
+        lines.append(f"| {family} | {table['None']['runs']} | " + " | ".join(cells) + " |")
     summary["curve_at"] = grid
     summary["worst_ratio"] = {str(c): (None if not math.isfinite(v) else round(v, 4)) for c, v in worst.items()}
     summary["step_s"] = worst_step
@@ -365,12 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     from lib_mbw.search.optimizer import DEFAULT_STRATEGY
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="seed 0 of 4 problems, cached baselines only")
+    parser.add_argument("--quick", action="store_true", help="seed 0 of 5 problems (one of them real), cached baselines only")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0, help="tune on other seeds than the reported 0..4")
     parser.add_argument("--evals", type=int, default=270)
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes")
-    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--families", "--family", default=",".join(FAMILIES), help="families to run, comma separated")
     parser.add_argument("--problems", default="", help="only these problems (comma separated)")
     parser.add_argument("--baselines", default=",".join(BASELINES), help="which baselines to compare")
     parser.add_argument("--default", default=DEFAULT_STRATEGY, help="facade strategy measured as the default")

@@ -30,7 +30,14 @@ Families:
   optimum still counts against the orders of magnitude bbob spans; the
   optimum is 0 (f_opt, usually off the 21-level grid, so gap 1 is out of
   reach). Noise 5, 10 or 20 % of range by seed (seed mod 3). Seed s runs
-  the family's function s mod 5 (``ROTATE``), so 5 seeds are 5 functions.
+  the family's function s mod 5 (``ROTATE``), instance s + 1; a rotating
+  family runs ``INSTANCES`` = 3 seeds per seed asked for (seeds 0-14 for
+  the usual 5), so each function runs on 3 instances, each with its own
+  noise level, and a family median is not decided by one run.
+* ``real``: the real pipeline (optimizer_real.py): the tiny demo models,
+  hidden recipes of four structures, SSIM to references rendered with the
+  hidden recipe, as ``python -m lib_mbw demo`` scores; seed = instance of
+  the hidden recipe.
 
 Noise is Gaussian with the given fraction of the range, defined as in
 optimizer_objectives (optimum minus the 1 % quantile of random recipes).
@@ -43,6 +50,7 @@ from typing import Callable
 import numpy as np
 
 from optimizer_objectives import DIM, LEVELS, OBJECTIVES, Objective
+from optimizer_real import REAL_PROBLEMS
 
 NOISE_BY_SEED = (0.05, 0.10, 0.20)
 CALIBRATION_SAMPLES = 20_000
@@ -134,6 +142,7 @@ PROBLEMS["multimodal"] = multimodal
 PROBLEMS["multimodal-smooth"] = lambda seed=0: multimodal(seed, "multimodal-smooth")
 for _f in (3, 15, 20, 21, 22, 2, 7, 8, 10, 14):
     PROBLEMS[f"bbob-f{_f}"] = bbob(_f)
+PROBLEMS.update(REAL_PROBLEMS)
 
 #: family -> its problems
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -141,18 +150,21 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "multimodal": ("multimodal", "multimodal-smooth"),
     "bbob-multimodal": ("bbob-f3", "bbob-f15", "bbob-f20", "bbob-f21", "bbob-f22"),
     "bbob-unimodal": ("bbob-f2", "bbob-f7", "bbob-f8", "bbob-f10", "bbob-f14"),
+    "real": tuple(REAL_PROBLEMS),
 }
 
 
-#: families whose seeds take turns over the problems (seed s runs problem s mod n): one run per seed, not n
+#: families whose seeds take turns over the problems (seed s runs problem s mod n): INSTANCES runs per seed, not n
 ROTATE = ("bbob-multimodal", "bbob-unimodal")
+INSTANCES = 3
 
 
 def family_runs(family: str, seeds: list[int]) -> list[tuple[str, int]]:
-    """The (problem, seed) runs of ``family`` over ``seeds``."""
+    """The (problem, seed) runs of ``family`` over ``seeds``; a rotating family runs INSTANCES rounds of len(seeds) seeds."""
     problems = FAMILIES[family]
     if family in ROTATE:
-        return [(problems[s % len(problems)], s) for s in seeds]
+        rounds = [s + k * len(seeds) for k in range(INSTANCES) for s in seeds]
+        return [(problems[s % len(problems)], s) for s in rounds]
     return [(p, s) for p in problems for s in seeds]
 
 
