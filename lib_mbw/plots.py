@@ -123,6 +123,20 @@ def unet_positions() -> dict[str, tuple[float, float]]:
     return positions
 
 
+#: width and height of a block's box in the UNet drawings (data units of ``unet_positions``)
+UNET_BOX = (0.9, 0.75)
+
+
+def draw_block_frame(ax: Any, x: float, y: float, block: str, shown: bool) -> None:
+    """A block's outlined box with its name above (dashed and grey when the block is absent)."""
+    from matplotlib.patches import Rectangle
+
+    width, height = UNET_BOX
+    ax.add_patch(Rectangle((x - width / 2, y - height / 2), width, height, fill=False, linestyle="-" if shown else "--",
+                           edgecolor="black" if shown else "#9e9e9e", linewidth=1.0))
+    ax.text(x, y + height / 2 + 0.08, block, ha="center", va="bottom", fontsize=7)
+
+
 def unet_weights_plot(
     recipe: Recipe,
     path: str | os.PathLike[str] | None = None,
@@ -136,27 +150,16 @@ def unet_weights_plot(
     present = set(present_blocks(family))
     fig = _new_figure(14, 6.4)
     ax = fig.subplots()
-    width, height = 0.9, 0.75
+    width, height = UNET_BOX
     for block, (x, y) in unet_positions().items():
         is_present = block in present and block in recipe.weights
-        ax.add_patch(
-            Rectangle(
-                (x - width / 2, y - height / 2),
-                width,
-                height,
-                fill=False,
-                linestyle="-" if is_present else "--",
-                edgecolor="black" if is_present else "#9e9e9e",
-                linewidth=1.0,
-            )
-        )
+        draw_block_frame(ax, x, y, block, is_present)
         if is_present:
             weight = recipe.weights[block]
             ax.add_patch(Rectangle((x - width / 2, y - height / 2), width, height * weight, color="#1f77b4", alpha=0.85))
             label = format_weight(round(weight, 3))
         else:
             label = "absent"
-        ax.text(x, y + height / 2 + 0.08, block, ha="center", va="bottom", fontsize=7)
         ax.text(x, y, label, ha="center", va="center", fontsize=8, color="black" if is_present else "#9e9e9e")
     ax.axvline(25.9, color="#cccccc", linewidth=0.8)
     if recipe.base is not None:

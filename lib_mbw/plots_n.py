@@ -11,7 +11,7 @@ import os
 
 from .blocks import present_blocks
 from .fileio import write_atomic
-from .plots import _figure_bytes, _new_figure, unet_positions
+from .plots import UNET_BOX, _figure_bytes, _new_figure, draw_block_frame, unet_positions
 from .recipe import format_weight
 from .recipe_n import RecipeN
 
@@ -32,12 +32,10 @@ def unet_shares_plot(
     present = set(present_blocks(family))
     fig = _new_figure(14, 6.8)
     ax = fig.subplots()
-    width, height = 0.9, 0.75
+    width, height = UNET_BOX
     for block, (x, y) in unet_positions().items():
         shown = block in present and block in recipe.shares
-        ax.add_patch(Rectangle((x - width / 2, y - height / 2), width, height, fill=False,
-                               linestyle="-" if shown else "--", edgecolor="black" if shown else "#9e9e9e", linewidth=1.0))
-        ax.text(x, y + height / 2 + 0.08, block, ha="center", va="bottom", fontsize=7)
+        draw_block_frame(ax, x, y, block, shown)
         if not shown:
             ax.text(x, y, "absent", ha="center", va="center", fontsize=8, color="#9e9e9e")
             continue

@@ -79,19 +79,13 @@ def unet_html(current: Recipe | RecipeN | None, best: Recipe | RecipeN | None, f
     box_w, box_h = _BOX_W, _BOX_H
     place, width, height = _layout()
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
-        f'style="width:100%;height:auto" role="img" aria-label="block weights">',
-        '<style>.mbw-t{font:bold 11px sans-serif;fill:currentColor}.mbw-v{font:11px monospace}.mbw-l{font:12px sans-serif;fill:currentColor}</style>',
-    ]
+    parts = _svg_start(width, height, "block weights")
     for block in BLOCKS:
         x, y = place(block)
         name = html.escape(block.replace("TIME_EMBED", "TIME"))
         middle = x + box_w / 2
         if block not in present:
-            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{box_w}" height="{box_h}" fill="none" stroke="#9e9e9e" stroke-dasharray="3,2"/>')
-            parts.append(f'<text class="mbw-t" x="{middle:.1f}" y="{y - 3:.1f}" text-anchor="middle" opacity="0.45">{name}</text>')
-            parts.append(f'<text class="mbw-v" x="{middle:.1f}" y="{y + box_h / 2 + 4:.1f}" text-anchor="middle" fill="#9e9e9e">absent</text>')
+            parts.extend(_absent_block(x, y, name))
             continue
         parts.append(f'<g data-block="{html.escape(block)}">')
         parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{box_w}" height="{box_h}" fill="none" stroke="#777"/>')
@@ -123,6 +117,25 @@ def unet_html(current: Recipe | RecipeN | None, best: Recipe | RecipeN | None, f
     return f'<div class="mbw-unet">{heading}{"".join(parts)}</div>'
 
 
+
+def _svg_start(width: float, height: float, label: str) -> list[str]:
+    """The opening tag and styles of a UNet view's SVG."""
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
+        f'style="width:100%;height:auto" role="img" aria-label="{html.escape(label)}">',
+        '<style>.mbw-t{font:bold 11px sans-serif;fill:currentColor}.mbw-v{font:11px monospace}.mbw-l{font:12px sans-serif;fill:currentColor}</style>',
+    ]
+
+
+def _absent_block(x: float, y: float, name: str) -> list[str]:
+    """A dashed, labelled box for a block the model family does not have."""
+    middle = x + _BOX_W / 2
+    return [
+        f'<rect x="{x:.1f}" y="{y:.1f}" width="{_BOX_W}" height="{_BOX_H}" fill="none" stroke="#9e9e9e" stroke-dasharray="3,2"/>',
+        f'<text class="mbw-t" x="{middle:.1f}" y="{y - 3:.1f}" text-anchor="middle" opacity="0.45">{name}</text>',
+        f'<text class="mbw-v" x="{middle:.1f}" y="{y + _BOX_H / 2 + 4:.1f}" text-anchor="middle" fill="#9e9e9e">absent</text>',
+    ]
+
 def unet_shares_html(current: RecipeN | None, best: RecipeN | None, family: str | None = None, *, title: str = "",
                      models: Sequence[str] = ()) -> str:
     """The UNet of an N-model mix: each box holds the current candidate's shares (left) and the best's (right).
@@ -137,19 +150,13 @@ def unet_shares_html(current: RecipeN | None, best: RecipeN | None, family: str 
     shown = best or current
     n = shown.n_models if shown is not None else 0
     names = list(models) or (list(shown.models) if shown is not None else [])
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
-        f'style="width:100%;height:auto" role="img" aria-label="share of each model per block">',
-        '<style>.mbw-t{font:bold 11px sans-serif;fill:currentColor}.mbw-v{font:11px monospace}.mbw-l{font:12px sans-serif;fill:currentColor}</style>',
-    ]
+    parts = _svg_start(width, height, "share of each model per block")
     for block in BLOCKS:
         x, y = place(block)
         name = html.escape(block.replace("TIME_EMBED", "TIME"))
         middle = x + _BOX_W / 2
         if block not in present:
-            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{_BOX_W}" height="{_BOX_H}" fill="none" stroke="#9e9e9e" stroke-dasharray="3,2"/>')
-            parts.append(f'<text class="mbw-t" x="{middle:.1f}" y="{y - 3:.1f}" text-anchor="middle" opacity="0.45">{name}</text>')
-            parts.append(f'<text class="mbw-v" x="{middle:.1f}" y="{y + _BOX_H / 2 + 4:.1f}" text-anchor="middle" fill="#9e9e9e">absent</text>')
+            parts.extend(_absent_block(x, y, name))
             continue
         parts.append(f'<g data-block="{html.escape(block)}">')
         parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{_BOX_W}" height="{_BOX_H}" fill="none" stroke="#777"/>')
