@@ -43,9 +43,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+import numpy as np
 
 from ..errors import MBWError
 from ..payloads import Payload
@@ -123,46 +124,13 @@ def scorer_at(scorer: Any, label: str | None) -> Any:
     return scorer.for_fidelity(label)
 
 
-def quantile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` with linear interpolation (numpy's default), without numpy."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def isotonic_fit(pairs: Sequence[tuple[float, float]]) -> tuple[list[float], list[float]]:
-    """Non-decreasing least-squares fit of y on x (pool adjacent violators): knots (xs, ys), one per distinct x."""
-    by_x: dict[float, list[float]] = {}
-    for x, y in pairs:
-        by_x.setdefault(x, []).append(y)
-    xs = sorted(by_x)
-    blocks: list[list[float]] = []  # [sum of y, count, first knot, last knot]
-    for n, x in enumerate(xs):
-        ys = by_x[x]
-        blocks.append([sum(ys), float(len(ys)), float(n), float(n)])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            last = blocks.pop()
-            blocks[-1][0] += last[0]
-            blocks[-1][1] += last[1]
-            blocks[-1][3] = last[3]
-    fitted = [0.0] * len(xs)
-    for total, count, first, last in blocks:
-        for n in range(int(first), int(last) + 1):
-            fitted[n] = total / count
-    return xs, fitted
+    """Non-decreasing least-squares fit of y on x (scikit-learn's ``IsotonicRegression``): its knots (xs, ys)."""
+    from sklearn.isotonic import IsotonicRegression
 
-
-def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
-    """Piecewise-linear through the knots, flat beyond them."""
-    if x <= xs[0]:
-        return ys[0]
-    if x >= xs[-1]:
-        return ys[-1]
-    n = bisect_right(xs, x)
-    x0, x1, y0, y1 = xs[n - 1], xs[n], ys[n - 1], ys[n]
-    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    x, y = zip(*pairs)
+    fit = IsotonicRegression(out_of_bounds="clip").fit(x, y)
+    return [float(v) for v in fit.X_thresholds_], [float(v) for v in fit.y_thresholds_]
 
 
 @dataclass(frozen=True)
@@ -228,14 +196,14 @@ class Screen:
                 return Decision(True, "promoted: no candidate has both a cheap and a full score yet")
             q = self.settings.promote_quantile
             window = self._cheap[-self.settings.window:] if self.settings.window else self._cheap
-            bar = quantile(window, q)
+            bar = float(np.quantile(window, q))
             of = f"{len(window)} cheap scores" if len(window) == seen else f"the last {len(window)} cheap scores"
             if cheap >= bar:
                 return Decision(True, f"promoted: cheap score {cheap_score:.4g} ≥ the {q:g} quantile {self.sign * bar:.4g} of {of}")
             if self._promoted < self.settings.min_promote * (seen + 1):
                 return Decision(True, f"promoted: keeps the promotion rate at {self.settings.min_promote:g} or more")
             xs, ys = isotonic_fit(self._pairs)
-            estimate = interpolate(xs, ys, cheap)
+            estimate = float(np.interp(cheap, xs, ys))  # flat beyond the knots
             return Decision(
                 False,
                 f"screened out: cheap score {cheap_score:.4g} < the {q:g} quantile {self.sign * bar:.4g} of {of}; "
@@ -261,7 +229,6 @@ __all__ = [
     "fidelity_checks",
     "isotonic_fit",
     "make_screen",
-    "quantile",
     "reference_label",
     "scorer_at",
     "screen_payloads",

@@ -744,7 +744,7 @@ class SearchRun:
         evaluation.reason = decision.reason
         if not decision.promote:
             assert decision.estimate is not None
-            evaluation.rung, evaluation.status = "screen", "screened"
+            evaluation.status = "screened"
             evaluation.score, evaluation.payload_scores = self._sign * decision.estimate, cheap_means
             evaluation.images.extend(cheap_images)
             return True
