@@ -1,4 +1,9 @@
-"""Small file helpers every writer shares: atomic writes, safe file names, leftover temp files.
+"""Small file helpers every reader and writer shares: capped text reads, atomic writes, safe file names, leftover temp files.
+
+Text a stranger may hand us (recipes, settings, payloads, a run folder's
+files) is read through ``read_text_capped``: a file larger than any real one
+of its kind (a multi-gigabyte "recipe", ``/dev/zero`` behind a link) is
+refused before it fills the memory, with an error that names the file.
 
 An atomic write goes to a temporary file in the destination's folder, is
 flushed and fsync'd, then renamed over the destination, so a reader (or a
@@ -44,6 +49,28 @@ def safe_name(text: str, default: str = "unnamed", max_length: int = 80) -> str:
     cleaned = _UNSAFE.sub("_", text.strip()).strip(" ._")
     cleaned = re.sub(r"_+", "_", cleaned)[:max_length].strip(" ._")
     return cleaned or default
+
+
+#: Largest text file of each kind read: far above any real one (a recipe is ~1 KB, a 10 000-row history ~10 MB).
+MAX_SMALL_TEXT = 4 * 1024 * 1024
+MAX_HISTORY_TEXT = 1024 * 1024 * 1024
+
+
+class FileTooLargeError(OSError):
+    """A text file is larger than any real file of its kind (an ``OSError``: readers report it like any read error)."""
+
+
+def read_text_capped(path: str | os.PathLike[str], max_bytes: int = MAX_SMALL_TEXT) -> str:
+    """The UTF-8 text of ``path``; ``FileTooLargeError`` if it holds more than ``max_bytes`` (checked while reading)."""
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLargeError(f"the file holds more than {_size(max_bytes)}, far more than any real one of its kind; is it the right file?")
+    return data.decode("utf-8")
+
+
+def _size(count: int) -> str:
+    return f"{count // (1024 * 1024)} MiB" if count >= 1024 * 1024 else f"{count} bytes"
 
 
 def png_bytes(image: "Image.Image") -> bytes:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import PayloadError
-from .fileio import safe_name, write_atomic
+from .fileio import read_text_capped, safe_name, write_atomic
 
 #: Ways a prompt template becomes concrete prompts.
 EXPANSIONS: tuple[str, ...] = ("none", "random", "combinatorial")
@@ -324,7 +324,7 @@ def load_payload(path: str | Path) -> Payload:
     """Read and validate one payload file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_capped(path)
     except FileNotFoundError:
         raise PayloadError(f"{path}: payload file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

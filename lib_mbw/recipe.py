@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from .blocks import BASE, BLOCKS, IN_BLOCKS, MID_BLOCKS, OUT, OUT_BLOCKS, TIME_EMBED, last_out_block, present_blocks
 from .errors import RecipeError
+from .fileio import read_text_capped
 
 RECIPE_FORMAT = "auto-mbw-recipe"
 RECIPE_VERSION = 1
@@ -321,7 +322,7 @@ def read_recipe(spec: str, order: str = "canonical", fold: str = "mbw") -> Recip
     looks_like_path = "\n" not in spec and not spec.lstrip().startswith("{") and not re.fullmatch(r"[\d.,;\s+-eE]+", spec)
     if looks_like_path and path.is_file():
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text_capped(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise RecipeError(f"{path}: cannot read recipe file ({exc})") from None
         return parse_recipe_text(text, order, fold, source=str(path))

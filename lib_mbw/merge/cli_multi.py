@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import RecipeError
+from ..fileio import read_text_capped
 from ..recipe_n import FORMAT_N, RecipeN, read_recipe_n
 
 
@@ -24,7 +25,7 @@ def wants_mix(args: argparse.Namespace) -> bool:
     if not spec or not spec.lower().endswith(".json"):
         return False
     try:
-        return FORMAT_N in Path(spec).read_text(encoding="utf-8")
+        return FORMAT_N in read_text_capped(Path(spec))
     except (OSError, UnicodeDecodeError):
         return False
 

@@ -266,7 +266,10 @@ class RunHistory:
         if not path.is_file():
             raise HistoryError(f"{folder}: no {HISTORY_FILE}; is this a run folder (csv/history/<run-id>)?")
         _repair_tail(path)
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = fileio.read_text_capped(path, fileio.MAX_HISTORY_TEXT)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HistoryError(f"{path}: cannot read the history ({exc})") from None
         reader = csv.reader(io.StringIO(text))
         try:
             columns = next(reader)
@@ -414,7 +417,7 @@ class RunHistory:
         if not path.is_file():
             return None
         try:
-            text = path.read_text(encoding="utf-8")
+            text = fileio.read_text_capped(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise HistoryError(f"{path}: cannot read the search state ({exc})") from None
         state = LoopState.from_json(text, str(path))
@@ -502,9 +505,11 @@ def read_history_rows(folder: str | os.PathLike[str]) -> list[HistoryRow]:
     """
     path = Path(folder) / HISTORY_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        text = fileio.read_text_capped(path, fileio.MAX_HISTORY_TEXT)
     except FileNotFoundError:
         raise HistoryError(f"{folder}: no {HISTORY_FILE}; is this a run folder (csv/history/<run-id>)?") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HistoryError(f"{path}: cannot read the history ({exc})") from None
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     reader = csv.reader(io.StringIO(text))
@@ -537,10 +542,10 @@ def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> Path:
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(fileio.read_text_capped(path))
     except FileNotFoundError:
         raise HistoryError(f"{folder}: no {MANIFEST_FILE}; is this a run folder (csv/history/<run-id>)?") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HistoryError(f"{path}: cannot read the manifest ({exc})") from None
     if not isinstance(data, dict):
         raise HistoryError(f"{path}: the manifest must be a JSON object")
@@ -568,7 +573,7 @@ def read_seed_csv(path: str | os.PathLike[str], order: str = "rt") -> list[tuple
     if order not in ORDERS:
         raise HistoryError(f"unknown block order {order!r}; use one of {', '.join(ORDERS)}")
     try:
-        lines = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+        lines = list(csv.reader(fileio.read_text_capped(path, fileio.MAX_HISTORY_TEXT).splitlines()))
     except (OSError, UnicodeDecodeError) as exc:
         raise HistoryError(f"{path}: cannot read ({exc})") from None
     lines = [line for line in lines if any(cell.strip() for cell in line)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MBWError
+from ..fileio import read_text_capped
 
 EXAMPLES = """examples:
   python -m lib_mbw mix-search A.safetensors B.safetensors C.safetensors --payloads payloads
@@ -77,7 +78,7 @@ def _space_file(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_capped(path))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise MBWError(f"{path}: cannot read the space settings ({exc})") from None
     if not isinstance(data, dict) or set(data) - {"steps", "frozen_shares"}:

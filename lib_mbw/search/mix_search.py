@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import MBWError
+from ..fileio import MAX_HISTORY_TEXT, read_text_capped
 from ..recipe_n import RecipeN, to_chain_text
 from .optimizer import DEFAULT_PATIENCE, InitSettings, make_optimizer
 from .space_n import MixSearchSpace
@@ -89,7 +90,10 @@ def read_history(path: Path, space: MixSearchSpace) -> list[tuple[RecipeN, float
     rows: list[tuple[RecipeN, float]] = []
     if not path.exists():
         return rows
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = read_text_capped(path, MAX_HISTORY_TEXT).splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MixSearchError(f"{path}: cannot read the history ({exc})") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -36,6 +36,7 @@ from typing import Any, Mapping, Union
 
 
 from ..errors import MBWError
+from ..fileio import read_text_capped
 from ..recipe import FOLDS, ORDERS
 from ..scorers.tally import POSITIVE_MAPS, TALLIES
 from .fidelity import FidelitySettings, fidelity_checks
@@ -334,7 +335,7 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a JSON or TOML settings file (by suffix; TOML for anything but .json)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_capped(path)
     except FileNotFoundError:
         raise SettingsError(f"{path}: settings file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
