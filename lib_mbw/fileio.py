@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -61,12 +62,35 @@ class FileTooLargeError(OSError):
 
 
 def read_text_capped(path: str | os.PathLike[str], max_bytes: int = MAX_SMALL_TEXT) -> str:
-    """The UTF-8 text of ``path``; ``FileTooLargeError`` if it holds more than ``max_bytes`` (checked while reading)."""
+    """The UTF-8 text of ``path``; ``FileTooLargeError`` if it holds more than ``max_bytes``.
+
+    A regular file is checked by its size before reading (and read whole: a
+    history being appended meanwhile stays readable); anything else (a pipe,
+    a device behind a link) is read in 1 MiB chunks, stopping past the cap.
+    Memory is never taken for the cap itself, only for what the file holds.
+    """
     with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
+        info = os.fstat(f.fileno())
+        if stat.S_ISREG(info.st_mode):
+            if info.st_size > max_bytes:
+                raise FileTooLargeError(_too_large(max_bytes, info.st_size))
+            data = f.read()
+        else:
+            chunks, total = [], 0
+            while total <= max_bytes:
+                chunk = f.read(1024 * 1024)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+            data = b"".join(chunks)
     if len(data) > max_bytes:
-        raise FileTooLargeError(f"the file holds more than {_size(max_bytes)}, far more than any real one of its kind; is it the right file?")
+        raise FileTooLargeError(_too_large(max_bytes, len(data)))
     return data.decode("utf-8")
+
+
+def _too_large(max_bytes: int, size: int) -> str:
+    return f"the file holds {_size(size)} or more, far more than the {_size(max_bytes)} any real one of its kind holds; is it the right file?"
 
 
 def _size(count: int) -> str:
