@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .blocks import BLOCKS, present_blocks
 from .errors import RecipeError
+from .fileio import read_text_capped
 from .recipe import Recipe, format_weight, parse_numbers, parse_recipe_text
 
 FORMAT_N = "auto-mbw-recipe-n"
@@ -367,7 +368,7 @@ def read_recipe_n(spec: str, **two_model_options: Any) -> RecipeN:
     looks_like_path = "\n" not in spec and not spec.lstrip().startswith("{") and not _numeric(spec)
     if looks_like_path and path.is_file():
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text_capped(path)
         except (OSError, UnicodeDecodeError) as exc:
             raise RecipeError(f"{path}: cannot read recipe file ({exc})") from None
         return parse_recipe_n_text(text, source=str(path), **two_model_options)

@@ -12,6 +12,7 @@ from lib_mbw import fileio
 from lib_mbw.errors import MBWError
 from lib_mbw.payloads import load_payload
 from lib_mbw.recipe import read_recipe
+from lib_mbw.recipe_n import read_recipe_n
 from lib_mbw.search.history import RunHistory, read_history_rows, read_manifest, read_seed_csv
 from lib_mbw.search.settings import read_settings_file
 
@@ -33,6 +34,7 @@ def _big(path: Path, size: int) -> Path:
 
 READERS: dict[str, tuple[str, Callable[[Path], object]]] = {
     "recipe": ("big.recipe.json", lambda p: read_recipe(str(p))),
+    "N-model recipe": ("big.mix.json", lambda p: read_recipe_n(str(p))),
     "settings": ("settings.json", read_settings_file),
     "payload": ("payload.json", load_payload),
     "manifest": ("run/manifest.json", lambda p: read_manifest(p.parent)),
