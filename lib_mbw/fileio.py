@@ -61,14 +61,16 @@ class FileTooLargeError(OSError):
     """A text file is larger than any real file of its kind (an ``OSError``: readers report it like any read error)."""
 
 
-def read_text_capped(path: str | os.PathLike[str], max_bytes: int = MAX_SMALL_TEXT) -> str:
-    """The UTF-8 text of ``path``; ``FileTooLargeError`` if it holds more than ``max_bytes``.
+def read_text_capped(path: str | os.PathLike[str], max_bytes: int | None = None) -> str:
+    """The UTF-8 text of ``path``; ``FileTooLargeError`` if it holds more than ``max_bytes`` (default ``MAX_SMALL_TEXT``).
 
     A regular file is checked by its size before reading (and read whole: a
     history being appended meanwhile stays readable); anything else (a pipe,
     a device behind a link) is read in 1 MiB chunks, stopping past the cap.
     Memory is never taken for the cap itself, only for what the file holds.
     """
+    if max_bytes is None:
+        max_bytes = MAX_SMALL_TEXT
     with open(path, "rb") as f:
         info = os.fstat(f.fileno())
         if stat.S_ISREG(info.st_mode):

@@ -22,7 +22,6 @@ def small_cap(monkeypatch: pytest.MonkeyPatch) -> int:
     """Caps of a few KiB, so that the tests write small files (the readers look the caps up when called)."""
     monkeypatch.setattr(fileio, "MAX_SMALL_TEXT", 4096)
     monkeypatch.setattr(fileio, "MAX_HISTORY_TEXT", 8192)
-    monkeypatch.setattr(fileio.read_text_capped, "__defaults__", (4096,))
     return 4096
 
 
