@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
 
@@ -120,6 +121,7 @@ def run_ui(args: argparse.Namespace) -> int:
         print(f"note: no .safetensors checkpoints in {host.models_dir}; put models A and B there (or pass --models DIR) "
               "and press 'Refresh model list'", file=sys.stderr)
     print(f"auto-MBW UI on http://{args.host}:{args.port} (models from {host.models_dir}); Ctrl-C to quit", file=sys.stderr)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops a running search cleanly, like Ctrl-C
     try:
         paths = host.paths
         compat.launch(blocks, server_name=args.host, server_port=args.port, block=True, quiet=True,

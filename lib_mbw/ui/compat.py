@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -243,6 +244,7 @@ def launch(blocks: Any, *, server_name: str, server_port: int | None, block: boo
     app = getattr(blocks, "server_app", None)
     if not IS_GRADIO_4 and app is not None and hasattr(app, "cwd"):
         app.cwd = tempfile.mkdtemp(prefix="auto-mbw-served-")  # gradio 3.41 serves anything under app.cwd
+        weakref.finalize(blocks, shutil.rmtree, app.cwd, True)
     if block:
         blocks.block_thread()
     return result

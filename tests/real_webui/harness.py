@@ -95,6 +95,7 @@ def running_host(name: str, settings: Mapping[str, Any] | None = None) -> Iterat
         assert models is not None
         timings["prepare_s"] = round(time.monotonic() - start, 1)
     except (VenvBuildError, HostStartError, OSError) as error:
+        clean_work_folder(workdir)
         unavailable(f"{name}: cannot prepare the real WebUI: {error}")
         return
     try:
