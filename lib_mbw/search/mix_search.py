@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import MBWError
-from ..fileio import MAX_HISTORY_TEXT, read_text_capped
+from .. import fileio
 from ..recipe_n import RecipeN, to_chain_text
 from .optimizer import DEFAULT_PATIENCE, InitSettings, make_optimizer
 from .space_n import MixSearchSpace
@@ -91,7 +91,7 @@ def read_history(path: Path, space: MixSearchSpace) -> list[tuple[RecipeN, float
     if not path.exists():
         return rows
     try:
-        lines = read_text_capped(path, MAX_HISTORY_TEXT).splitlines()
+        lines = fileio.read_text_capped(path, fileio.MAX_HISTORY_TEXT).splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise MixSearchError(f"{path}: cannot read the history ({exc})") from None
     for number, line in enumerate(lines, start=1):
