@@ -7,14 +7,14 @@
 
 Families (optimizer_families.py): the three objectives of the old benchmark
 (``legacy``), a smooth multimodal landscape (``multimodal``), COCO's bbob
-functions (``bbob-multimodal``, ``bbob-unimodal``; 3 instances per function),
+functions (``bbob-multimodal``, ``bbob-unimodal``; 5 instances per function),
 27 blocks x 21 levels, noise 5-20 % of range, and the real pipeline
 (``real``, optimizer_real.py: the demo's tiny models, hidden recipes of four
 structures, SSIM to references; its noise is the rendering's). Quality =
 fraction of the gap closed between a random recipe (0) and the optimum (1;
 for ``real`` the hidden recipe), measured with the TRUE value of the recipe
 each strategy returns (optimizer_runners.py): ours ``recommend()``, the
-peers' their best observed score.
+peers' their best observed score (NGOpt: its own recommendation).
 
 Early stop: the default's recorded scores are replayed through the loop's
 own stop rule (lib_mbw.search.stopping) with patience 27, 54, 81 and none;
@@ -22,9 +22,11 @@ per family the evaluations it would run and the gap closed at the stop.
 
 Peers, straight on their libraries: random search, the peer
 sd-webui-bayesian-merger's bayes_opt GP and optuna TPE, optuna TPE
-(multivariate) and GPSampler, plain CMA-ES (cmaes), and on ``legacy`` the
-seed's GFO BayesianOptimizer (the runs that finished; it takes 10-70 minutes
-a run). Every run (baselines and facade strategies) is cached in
+(multivariate) and GPSampler, plain CMA-ES (cmaes), nevergrad's NGOpt
+(installed apart: tests/bench/requirements-nevergrad.txt says how), and on
+``legacy`` the seed's GFO BayesianOptimizer (the runs that finished; it takes
+10-70 minutes a run). A peer without every run of a family is listed but left
+out of that family's ratio. Every run (baselines and facade strategies) is cached in
 tests/bench/results/optimizer_runs.json under a key that hashes the code it
 depends on (the runner's functions, the problem's module, for facade runs
 lib_mbw/search) and the package versions, so a run is never repeated and
@@ -73,7 +75,7 @@ CACHE = RESULTS / "optimizer_runs.json"
 LATEST = RESULTS / "optimizer_latest.json"
 TIMING = RESULTS / "optimizer_timing.json"
 PLOT = ROOT / "docs" / "img" / "optimizer-convergence.png"
-BASELINES = ("random", "peer-gp", "peer-tpe", "tpe-mv", "optuna-gp", "cma", "seed")
+BASELINES = ("random", "peer-gp", "peer-tpe", "tpe-mv", "optuna-gp", "cma", "ngopt", "seed")
 LABELS = {
     "seed": "seed: GFO BayesianOptimizer",
     "random": "random search",
@@ -82,6 +84,7 @@ LABELS = {
     "tpe-mv": "optuna TPE multivariate",
     "optuna-gp": "optuna GPSampler",
     "cma": "CMA-ES (cmaes)",
+    "ngopt": "nevergrad NGOpt",
 }
 #: baselines run only on these families (the seed's GFO optimizer takes 10-70 minutes a run)
 ONLY_ON = {"seed": ("legacy",)}
@@ -254,6 +257,19 @@ def step_time(result: dict[str, Any], evals: int) -> float:
     return float(np.mean(steps[max(0, evals - 10) :]))
 
 
+def paired(mine: list[float], theirs: list[float], resamples: int = 2000) -> tuple[int, tuple[float, float]]:
+    """Runs where the default closed more of the gap than the peer on the same (problem, seed), and a 90 % bootstrap
+    interval of the ratio of medians (runs resampled in pairs): how far a family's ratio is from a coin flip."""
+    a, b = np.asarray(mine, dtype=float), np.asarray(theirs, dtype=float)
+    wins = int(np.sum(a > b))
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(a), size=(resamples, len(a)))
+    top, bottom = np.median(a[picks], axis=1), np.median(b[picks], axis=1)
+    ratios = np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.inf)
+    low, high = np.quantile(ratios, [0.05, 0.95])
+    return wins, (float(low), float(high))
+
+
 def summarize(
     results: dict[str, dict[str, Any]], labels: list[str], runs: dict[str, list[tuple[str, int]]], evals: int, default: str
 ) -> tuple[list[str], dict[str, Any]]:
@@ -289,11 +305,16 @@ def summarize(
             continue
         # a median over other landscapes is no comparison: the best peer is chosen among the peers that ran every run the default ran
         peers = [lb for lb in table if lb in BASELINES and table[lb]["runs"] >= table[default]["runs"]]
-        ratios = {}
+        ratios, pairs = {}, {}
         for c in checkpoints:
             best_peer = max(peers, key=lambda lb: table[lb]["gap"][c]) if peers else None
             value = table[default]["gap"][c] / table[best_peer]["gap"][c] if best_peer and table[best_peer]["gap"][c] > 0 else math.inf
             ratios[c] = (value, best_peer)
+            if best_peer:
+                both = [(p, s) for p, s in planned if job_id(best_peer, p, s, evals) in results]
+                mine = [gap_at(results[job_id(default, p, s, evals)], p, s, evals)[c] for p, s in both]
+                theirs = [gap_at(results[job_id(best_peer, p, s, evals)], p, s, evals)[c] for p, s in both]
+                pairs[c] = (*paired(mine, theirs), len(both))
             if c != checkpoints[0]:
                 worst[c] = min(worst[c], value)
         worst_step = max(worst_step, table[default]["step_s"])
@@ -311,10 +332,15 @@ def summarize(
             lines.append(f"| {name} | {runs_text} | {cells} | {table[label]['step_s']:.3f} |")
         ratio_text = ", ".join(f"@{c}: {v:.3f} (best peer {LABELS.get(p, p)})" for c, (v, p) in ratios.items())
         lines.append(f"\n{family}: default / best peer {ratio_text}; step {table[default]['step_s']:.3f} s")
+        if pairs:
+            lines.append("paired with that peer, run by run: " + ", ".join(
+                f"@{c}: ahead in {w}/{n}, ratio 90 % interval {lo:.2f}-{hi:.2f}" for c, (w, (lo, hi), n) in pairs.items()))
         summary["families"][family] = {
             "runs": len(planned),
             "planned_runs": len(planned) + short,
             "ratios": {str(c): {"ratio": round(v, 4), "best_peer": p} for c, (v, p) in ratios.items()},
+            "paired": {str(c): {"ahead": w, "runs": n, "ratio_interval_90": [round(lo, 3), round(hi, 3)]}
+                       for c, (w, (lo, hi), n) in pairs.items()},
             "strategies": {
                 lb: {"runs": t["runs"], "gap": {str(c): round(v, 4) for c, v in t["gap"].items()}, "step_s": round(t["step_s"], 4),
                      "per_problem": {p: {str(c): round(v, 4) for c, v in g.items()} for p, g in t["per_problem"].items()},

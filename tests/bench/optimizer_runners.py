@@ -315,6 +315,62 @@ def run_cma(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
     return rec.result()
 
 
+NEVERGRAD_VERSION = "1.0.12"
+
+
+def _import_nevergrad() -> Any:
+    """nevergrad from its own folder (requirements-nevergrad.txt): it pins bayesian-optimization 1.4.0, our set 3.4.0.
+
+    NGOpt never picks bayes_opt's BO in this setting; blocking the module lets
+    nevergrad import as it does where bayes_opt is absent.
+    """
+    import sys
+
+    folder = os.environ.get("AUTO_MBW_BENCH_NEVERGRAD", os.path.expanduser("~/.cache/auto-mbw/bench-nevergrad"))
+    if not os.path.isdir(os.path.join(folder, "nevergrad")):
+        raise RuntimeError(f"nevergrad is not installed in {folder}: pip install --no-deps --target {folder} "
+                           "-r tests/bench/requirements-nevergrad.txt (or set AUTO_MBW_BENCH_NEVERGRAD)")
+    sys.modules["bayes_opt"] = None  # type: ignore[assignment]
+    sys.path.insert(0, folder)
+    import nevergrad
+
+    if nevergrad.__version__ != NEVERGRAD_VERSION:
+        raise RuntimeError(f"nevergrad {nevergrad.__version__} in {folder}, the bench's runs are keyed to {NEVERGRAD_VERSION}")
+    return nevergrad
+
+
+def run_ngopt(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
+    """nevergrad's NGOpt (its algorithm selector) on continuous weights, told the function is noisy, budget ``evals``;
+    returns its own ``provide_recommendation()`` (taken outside the timed steps)."""
+    import warnings
+
+    ng = _import_nevergrad()
+    objective = PROBLEMS[objective_name](seed)
+    rng = np.random.default_rng([seed, 7])
+    parametrization = ng.p.Array(shape=(DIM,), lower=0.0, upper=1.0)
+    parametrization.function.deterministic = False
+    parametrization.random_state = np.random.RandomState(seed)
+    rec = Recorder(objective)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = ng.optimizers.NGOpt(parametrization=parametrization, budget=evals, num_workers=1)
+        while len(rec.observed) < evals:
+            start = time.perf_counter()
+            candidate = optimizer.ask()
+            rec.ask_s.append(time.perf_counter() - start)
+            x = np.asarray(candidate.value, dtype=float)
+            score = float(objective.noisy(x, rng)[0])
+            rec.observe(x, score)
+            start = time.perf_counter()
+            optimizer.tell(candidate, -score)
+            rec.ask_s[-1] += time.perf_counter() - start
+            chosen = np.asarray(optimizer.provide_recommendation().value, dtype=float)
+            rec.returned.append(float(objective.true(chosen[None])[0]))
+    result = rec.result()
+    result["selected"] = optimizer.optim.name if hasattr(optimizer, "optim") else type(optimizer).__name__
+    return result
+
+
 #: evaluation counts at which a facade run records its returned recipe (recommend() on a copy)
 def facade_checkpoints(evals: int) -> list[int]:
     return sorted({k for k in range(10, evals + 1, 10)} | {k for k in (15, 20, 25, 30, 90, 270, evals) if k <= evals})
@@ -374,6 +430,7 @@ RUNNERS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "tpe-mv": (run_optuna_tpe_mv, ("run_optuna_tpe_mv", "_run_optuna")),
     "optuna-gp": (run_optuna_gp, ("run_optuna_gp", "_run_optuna")),
     "cma": (run_cma, ("run_cma",)),
+    "ngopt": (run_ngopt, ("run_ngopt", "_import_nevergrad", "NEVERGRAD_VERSION")),
 }
 COMMON = ("_limit_threads", "Recorder", "_grid", "INIT_POINTS")
 
