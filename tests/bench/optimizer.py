@@ -367,39 +367,40 @@ def summarize(
 
 
 def plot(summary: dict[str, Any], labels: list[str], default: str, path: Path) -> None:
+    """One panel per family (and one file per family); a strategy has the same colour in every panel, the default black."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = list(summary["families"])
-    fig, axes = plt.subplots(1, len(families), figsize=(4.6 * len(families), 4), sharey=True)
-    axes = np.atleast_1d(axes)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(lb for lb in labels if lb != default)}
+    colours[default] = "black"
     x = summary["curve_at"]
-    for ax, family in zip(axes, families):
-        for label in labels:
-            data = summary["families"][family]["strategies"].get(label)
-            if data is None:
-                continue
-            name = LABELS.get(label, label.replace("facade:", ""))
-            ax.plot(x, data["curve"], label=name + (" (default)" if label == default else ""), lw=2.4 if label == default else 1.1)
-        ax.set_title(family)
-        ax.set_xlabel("evaluations")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("gap closed by the returned recipe (median)")
-    axes[-1].legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
-    for family in families:  # and one file per family
-        one, ax = plt.subplots(figsize=(5.5, 4))
+
+    def draw(ax: Any, family: str) -> None:
         for label in labels:
             data = summary["families"][family]["strategies"].get(label)
             if data is not None:
-                name = LABELS.get(label, label.replace("facade:", ""))
-                ax.plot(x, data["curve"], label=name + (" (default)" if label == default else ""), lw=2.4 if label == default else 1.1)
-        ax.set_title(f"{family}: median gap closed by the returned recipe")
+                name = LABELS.get(label, label.replace("facade:", "")) + (" (default)" if label == default else "")
+                ax.plot(x, data["curve"], label=name, color=colours[label], lw=2.4 if label == default else 1.1)
         ax.set_xlabel("evaluations")
         ax.grid(alpha=0.3)
+
+    families = list(summary["families"])
+    fig, axes = plt.subplots(1, len(families), figsize=(4.6 * len(families), 4.4), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, family in zip(axes, families):
+        draw(ax, family)
+        ax.set_title(family)
+    axes[0].set_ylabel("gap closed by the returned recipe (median)")
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines()}
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 8), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    _save(fig, path)
+    for family in families:  # and one file per family
+        one, ax = plt.subplots(figsize=(5.5, 4))
+        draw(ax, family)
+        ax.set_title(f"{family}: median gap closed by the returned recipe")
         ax.legend(loc="lower right", fontsize=7)
         one.tight_layout()
         _save(one, path.with_name(f"{path.stem}-{family}.png"))

@@ -371,6 +371,73 @@ def run_ngopt(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
     return result
 
 
+BOTORCH_VERSION = "0.18.1"
+
+
+def run_botorch(objective_name: str, seed: int, evals: int) -> dict[str, Any]:
+    """BoTorch's standard loop (the field's strongest GP): ``SingleTaskGP`` (its default priors, learned noise,
+    standardized scores) refitted every step, ``qLogNoisyExpectedImprovement`` maximised by ``optimize_acqf``
+    (10 restarts, 512 raw samples), 10 random initial points, continuous weights. Returns the evaluated recipe with
+    the highest posterior mean (as ours does; its best observed is recorded too). Installed apart
+    (requirements-botorch.txt); several seconds a step here, so it runs at 90 evaluations (optimizer_botorch.py)."""
+    _limit_threads()
+    import sys
+    import warnings
+
+    folder = os.environ.get("AUTO_MBW_BENCH_BOTORCH", os.path.expanduser("~/.cache/auto-mbw/bench-botorch"))
+    if not os.path.isdir(os.path.join(folder, "botorch")):
+        raise RuntimeError(f"botorch is not installed in {folder}: pip install --no-deps --target {folder} "
+                           "-r tests/bench/requirements-botorch.txt (or set AUTO_MBW_BENCH_BOTORCH)")
+    sys.path.insert(0, folder)
+    import botorch
+    import torch
+    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms import Standardize
+    from botorch.optim import optimize_acqf
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    if botorch.__version__ != BOTORCH_VERSION:
+        raise RuntimeError(f"botorch {botorch.__version__} in {folder}, the bench's runs are keyed to {BOTORCH_VERSION}")
+    torch.manual_seed(seed)
+    objective = PROBLEMS[objective_name](seed)
+    rng = np.random.default_rng([seed, 7])
+    init_rng = np.random.default_rng([seed, 8])
+    bounds = torch.stack([torch.zeros(DIM), torch.ones(DIM)]).double()
+    rec = Recorder(objective)
+    xs: list[np.ndarray] = []
+    ys: list[float] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        while len(rec.observed) < evals:
+            start = time.perf_counter()
+            model = None
+            if len(xs) < INIT_POINTS:
+                x = init_rng.random(DIM)
+            else:
+                train_x = torch.tensor(np.array(xs), dtype=torch.double)
+                train_y = torch.tensor(ys, dtype=torch.double).unsqueeze(-1)
+                model = SingleTaskGP(train_x, train_y, outcome_transform=Standardize(m=1))
+                fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+                acquisition = qLogNoisyExpectedImprovement(model, X_baseline=train_x, prune_baseline=True)
+                candidate, _ = optimize_acqf(acquisition, bounds=bounds, q=1, num_restarts=10, raw_samples=512)
+                x = candidate.detach().numpy()[0]
+            rec.ask_s.append(time.perf_counter() - start)
+            score = float(objective.noisy(x, rng)[0])
+            rec.observe(x, score)
+            xs.append(np.asarray(x, dtype=float))
+            ys.append(score)
+            if model is None:
+                chosen = xs[int(np.argmax(ys))]
+            else:
+                with torch.no_grad():
+                    mean = model.posterior(torch.tensor(np.array(xs), dtype=torch.double)).mean.squeeze(-1).numpy()
+                chosen = xs[int(np.argmax(mean))] if len(mean) == len(xs) else xs[int(np.argmax(ys))]
+            rec.returned.append(float(objective.true(chosen[None])[0]))
+    return rec.result()
+
+
 #: evaluation counts at which a facade run records its returned recipe (recommend() on a copy)
 def facade_checkpoints(evals: int) -> list[int]:
     return sorted({k for k in range(10, evals + 1, 10)} | {k for k in (15, 20, 25, 30, 90, 270, evals) if k <= evals})
@@ -431,6 +498,7 @@ RUNNERS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "optuna-gp": (run_optuna_gp, ("run_optuna_gp", "_run_optuna")),
     "cma": (run_cma, ("run_cma",)),
     "ngopt": (run_ngopt, ("run_ngopt", "_import_nevergrad", "NEVERGRAD_VERSION")),
+    "botorch": (run_botorch, ("run_botorch", "BOTORCH_VERSION")),
 }
 COMMON = ("_limit_threads", "Recorder", "_grid", "INIT_POINTS")
 
