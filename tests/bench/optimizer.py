@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import hashlib
 import json
 import math
@@ -203,9 +204,15 @@ def run_jobs(jobs: list[tuple[str, str, int, int]], processes: int, on_result: A
 
 
 # ----- metrics -------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def objective(problem: str, seed: int) -> Any:
+    """The problem instance, built once per report (a bbob instance calibrates on 5000 random recipes)."""
+    return PROBLEMS[problem](seed)
+
+
 def gap_at(result: dict[str, Any], problem: str, seed: int, evals: int) -> dict[int, float]:
     """Gap closed by the returned recipe at each recorded evaluation count."""
-    obj = PROBLEMS[problem](seed)
+    obj = objective(problem, seed)
     values = np.asarray(result["returned"], dtype=float)
     at = result.get("returned_at") or list(range(1, len(values) + 1))
     gaps = obj.gap_closed(values)
@@ -292,6 +299,7 @@ def summarize(
                 continue
             gaps = [gap_at(results[job_id(label, p, s, evals)], p, s, evals) for p, s in have]
             table[label] = {
+                "by_run": dict(zip(have, gaps)),
                 "runs": len(have),
                 "gap": {c: float(np.median([g[c] for g in gaps])) for c in checkpoints},
                 "curve": [float(np.median([g[k] for g in gaps])) for k in grid],
@@ -311,9 +319,9 @@ def summarize(
             value = table[default]["gap"][c] / table[best_peer]["gap"][c] if best_peer and table[best_peer]["gap"][c] > 0 else math.inf
             ratios[c] = (value, best_peer)
             if best_peer:
-                both = [(p, s) for p, s in planned if job_id(best_peer, p, s, evals) in results]
-                mine = [gap_at(results[job_id(default, p, s, evals)], p, s, evals)[c] for p, s in both]
-                theirs = [gap_at(results[job_id(best_peer, p, s, evals)], p, s, evals)[c] for p, s in both]
+                both = [run for run in table[best_peer]["by_run"] if run in table[default]["by_run"]]
+                mine = [table[default]["by_run"][run][c] for run in both]
+                theirs = [table[best_peer]["by_run"][run][c] for run in both]
                 pairs[c] = (*paired(mine, theirs), len(both))
             if c != checkpoints[0]:
                 worst[c] = min(worst[c], value)
