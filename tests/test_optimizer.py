@@ -9,7 +9,6 @@ import pytest
 
 from lib_mbw.recipe import Recipe
 from lib_mbw.search.optimizer import (
-    DEFAULT_PATIENCE,
     DEFAULT_STRATEGY,
     SEED_STRATEGY,
     STRATEGIES,
@@ -21,6 +20,7 @@ from lib_mbw.search.optimizer import (
     resolve_strategy,
 )
 from lib_mbw.search.space import SearchSpace
+from lib_mbw.search.stopping import DEFAULT_PATIENCE
 
 #: Strategies quick enough to run a few dozen steps in a unit test.
 FAST = ["RandomSearch", "HillClimbing", "TPEOptimizer", "CmaEsOptimizer", "RandomOptimizer", DEFAULT_STRATEGY]
@@ -211,3 +211,27 @@ def test_default_strategy_refuses_an_additive_option_that_is_not_a_boolean():
         make_optimizer(DEFAULT_STRATEGY, SearchSpace(), seed=0, additive="False")
     plain = make_optimizer(DEFAULT_STRATEGY, SearchSpace(), seed=0, additive=False)
     assert plain._gp_additive is False
+
+
+@pytest.mark.parametrize("strategy", [DEFAULT_STRATEGY, "SurrogateCMA"])
+def test_the_plain_average_merge_is_tried_right_after_the_initial_design(strategy):
+    """CMA-ES starts at the centre of the space; the first search step evaluates that centre (every block 0.5)."""
+    space = SearchSpace()
+    centre = {block: 0.5 for block in space.blocks}
+
+    def first_weights(**options) -> list[dict[str, float]]:
+        opt = make_optimizer(strategy, space, seed=3, init=InitSettings(random=10), **options)
+        rng = np.random.default_rng(3)
+        seen = []
+        for _ in range(14):
+            recipe = opt.ask(1)[0]
+            seen.append(dict(recipe.weights))
+            opt.tell(recipe, float(rng.normal()))
+        return seen
+
+    tried = first_weights()
+    assert centre not in tried[:10]  # the initial design is random
+    assert centre in tried[10:12], [list(w.values())[:3] for w in tried[10:12]]
+    assert centre not in first_weights(mean_first=False)
+    with pytest.raises(OptimizerError, match="mean_first must be true or false"):
+        make_optimizer(strategy, space, seed=0, mean_first="yes")

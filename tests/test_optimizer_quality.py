@@ -94,7 +94,8 @@ def test_default_strategy_beats_random_search():
 def test_default_strategy_climbs_a_smooth_multimodal_landscape():
     default = [gap_closed(DEFAULT_STRATEGY, s, make_multimodal) for s in SEEDS]
     random = [gap_closed("RandomSearch", s, make_multimodal) for s in SEEDS]
-    # measured at 60 evaluations: default 0.52, 0.29, 0.39 (median 0.39); random search 0.26, -0.04, 0.10
+    # measured at 60 evaluations: default 0.48, 0.34, 0.31 (median 0.34; 0.52, 0.29, 0.39 before the cma arm tried
+    # the centre first); random search 0.26, -0.04, 0.10
     assert np.median(default) > 0.3, default
     assert np.median(default) > np.median(random) + 0.2, (default, random)
 

@@ -27,8 +27,9 @@ from typing import Any, Callable, Mapping, Sequence
 from ..errors import MBWError
 from .. import fileio
 from ..recipe_n import RecipeN, to_chain_text
-from .optimizer import DEFAULT_PATIENCE, InitSettings, make_optimizer
+from .optimizer import InitSettings, make_optimizer
 from .space_n import MixSearchSpace
+from .stopping import DEFAULT_PATIENCE
 
 #: Evaluations and early-stop patience per chain step: the two-model defaults per 27 dimensions.
 EVALUATIONS_PER_STEP = 150

@@ -30,8 +30,7 @@ What the facade owns, for every strategy alike (``Optimizer``):
 Engines (see ``STRATEGIES``): gradient-free-optimizers' ask/tell classes and
 optuna's samplers under the names Hyperactive 5 gives them, and auto-MBW's
 own: the default ``PortfolioGP`` (``strategies.portfolio``), ``SurrogateCMA``
-(``strategies.surrogate_cma``) and ``TrustRegionGP`` (``strategies.trust_region``). ``DEFAULT_PATIENCE`` is the early-stop
-patience the optimizer benchmark supports (docs/optimizer.md).
+(``strategies.surrogate_cma``) and ``TrustRegionGP`` (``strategies.trust_region``).
 """
 
 from __future__ import annotations
@@ -52,8 +51,6 @@ from .space import Point, SearchSpace
 DEFAULT_STRATEGY = "PortfolioGP"
 #: The seed's choice (auto-MBW-rt): kept selectable and used as the benchmark baseline.
 SEED_STRATEGY = "BayesianOptimizer"
-#: Evaluations without a new best score before a search stops early (docs/optimizer.md "Early stop").
-DEFAULT_PATIENCE = 54
 
 #: How often the facade asks an engine again when it proposes known recipes, before it falls back.
 MAX_ENGINE_RETRIES = 8

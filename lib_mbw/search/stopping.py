@@ -19,11 +19,12 @@ import math
 from dataclasses import dataclass
 
 from ..errors import MBWError
-from .optimizer import DEFAULT_PATIENCE  # the optimizer benchmark's recommendation (docs/optimizer.md)
-
 
 #: The seed tool's search length.
 DEFAULT_MAX_EVALUATIONS = 270
+#: Evaluations without a new best score before a search stops early: the optimizer benchmark's recommendation
+#: (docs/optimizer.md "Early stop").
+DEFAULT_PATIENCE = 54
 
 
 class StopReason(str, enum.Enum):

@@ -14,7 +14,12 @@ of ``strategies.gp`` makes each evaluation count more:
   generation (not the raw noisy scores), so one lucky score does not drag the
   distribution, and unevaluated members still count;
 * the returned recipe is the evaluated one with the highest posterior mean
-  (the facade's robust choice).
+  (the facade's robust choice);
+* a (re)start first evaluates its own mean (``mean_first``): at the first
+  start that is the centre of the space, the plain average of the models,
+  which on many merges is already good and which CMA-ES's samples only
+  surround. On the benchmark's tuning seeds this was ahead in 31 of 48
+  paired searches at 90 evaluations (docs/optimizer.md).
 
 The GP's kernel is a Matern kernel over all blocks plus an additive part, a
 sum of one learned curve per block with its own weight (``additive``): a
@@ -58,12 +63,13 @@ class SurrogateCMA(Optimizer):
         ard: int = 0,
         pool: float = 0.0,
         additive: bool = True,
+        mean_first: bool = True,
         **options: Any,
     ) -> None:
         if options:
             raise OptimizerError(
                 f"{self.name} has no option {', '.join(sorted(options))}; it accepts sigma0, start, population, "
-                "oversample, screen, model_after, fitness, ard, pool, additive"
+                "oversample, screen, model_after, fitness, ard, pool, additive, mean_first"
             )
         if not 0.0 < float(sigma0) <= 1.0:
             raise OptimizerError(f"{self.name}: sigma0 must be in (0, 1] (a fraction of each block's range), got {sigma0!r}")
@@ -71,6 +77,8 @@ class SurrogateCMA(Optimizer):
             raise OptimizerError(f"{self.name}: start must be 'center' or 'best', got {start!r}")
         if not isinstance(additive, (bool, int)):
             raise OptimizerError(f"{self.name}: additive must be true or false, got {additive!r}")
+        if not isinstance(mean_first, (bool, int)):
+            raise OptimizerError(f"{self.name}: mean_first must be true or false, got {mean_first!r}")
         if fitness not in ("model", "observed"):
             raise OptimizerError(f"{self.name}: fitness must be 'model' or 'observed', got {fitness!r}")
         self.sigma0 = float(sigma0)
@@ -83,6 +91,7 @@ class SurrogateCMA(Optimizer):
         self._gp_ard_from = int(ard)
         self._gp_pool = float(pool)
         self._gp_additive = bool(additive)
+        self.mean_first = bool(mean_first)
         self._cma: Any = None
         self._restarts = 0
         self._generation: list[tuple[np.ndarray, Point]] = []
@@ -135,15 +144,18 @@ class SurrogateCMA(Optimizer):
         return gp
 
     # ----- CMA-ES -----------------------------------------------------------------------------------
-    def _new_cma(self) -> Any:
-        from cmaes import CMA
-
-        d = self.space.ndim
-        mean = np.full(d, 0.5)
+    def _start_mean(self) -> np.ndarray:
+        """Where a (re)start centres CMA-ES: the centre of the unit cube, or the best recipe so far."""
         if self.start == "best" or self._restarts:
             ranked = self._ranked()
             if ranked:
-                mean = self.space.unit([ranked[0][0]])[0]
+                return self.space.unit([ranked[0][0]])[0]
+        return np.full(self.space.ndim, 0.5)
+
+    def _new_cma(self, mean: np.ndarray) -> Any:
+        from cmaes import CMA
+
+        d = self.space.ndim
         population = self.population or None
         if population is not None and self._restarts:
             population *= 2**self._restarts
@@ -156,8 +168,12 @@ class SurrogateCMA(Optimizer):
         )
 
     def _start_generation(self) -> None:
+        mean_point: Point | None = None
         if self._cma is None:
-            self._cma = self._new_cma()
+            mean = self._start_mean()
+            self._cma = self._new_cma(mean)
+            if self.mean_first:
+                mean_point = tuple(int(v) for v in self.space.from_unit(mean[None])[0])
         lam = self._cma.population_size
         gp = self._search_model() if len(self.cache) >= self.model_after else None
         samples = np.array([self._cma.ask() for _ in range(lam * (self.oversample if gp is not None else 1))])
@@ -178,6 +194,8 @@ class SurrogateCMA(Optimizer):
                 break
             if point not in queue and not self._is_known(point):
                 queue.append(point)
+        if mean_point is not None and mean_point not in queue and not self._is_known(mean_point):
+            queue.insert(0, mean_point)
         self._to_evaluate = queue
 
     def _finish_generation(self) -> None:
