@@ -21,7 +21,8 @@ reproducible) with a probability that follows their recent success: a
 suggestion succeeds when its score is among the best 10 % so far; each arm
 keeps a discounted success rate, and the ei arm gets its share of the rate
 sum, clipped to [0.2, 0.8] so neither arm dies out. Before ``model_after``
-scores only CMA-ES runs.
+scores only CMA-ES runs; its first suggestion is its own mean, the centre of
+the space (``SurrogateCMA``'s ``mean_first``).
 
 The returned recipe (``recommend``) is the evaluated one with the highest
 posterior mean of the search GP after scores the rest contradict were
