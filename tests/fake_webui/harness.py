@@ -23,6 +23,15 @@ def ensure_on_path() -> None:
 
 
 _TEMPLATES: dict[int, Path] = {}
+#: one folder per process for the templates, removed when the process exits (a test session leaves nothing in /tmp)
+_TEMPLATE_FOLDER: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def template_folder() -> Path:
+    """The process's folder of checkpoint templates, created on first use."""
+    if not _TEMPLATE_FOLDER:
+        _TEMPLATE_FOLDER.append(tempfile.TemporaryDirectory(prefix="fake-webui-ckpt-"))
+    return Path(_TEMPLATE_FOLDER[0].name)
 
 
 def fake_checkpoint(dest: Path, seed: int) -> Path:
@@ -30,8 +39,7 @@ def fake_checkpoint(dest: Path, seed: int) -> Path:
     from fake_sd_model import write_fake_checkpoint
 
     if seed not in _TEMPLATES:
-        folder = Path(tempfile.mkdtemp(prefix="fake-webui-ckpt-"))
-        _TEMPLATES[seed] = write_fake_checkpoint(folder / f"seed{seed}.safetensors", seed)
+        _TEMPLATES[seed] = write_fake_checkpoint(template_folder() / f"seed{seed}.safetensors", seed)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_TEMPLATES[seed], dest)
     return dest
