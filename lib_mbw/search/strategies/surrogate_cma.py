@@ -18,8 +18,9 @@ of ``strategies.gp`` makes each evaluation count more:
 * a (re)start first evaluates its own mean (``mean_first``): at the first
   start that is the centre of every block's range (with the default ranges
   0.5 everywhere: the plain average merge), often a good merge already,
-  which CMA-ES's samples would only surround. On the benchmark's tuning seeds this was ahead in 31 of 48
-  paired searches at 90 evaluations (docs/optimizer.md).
+  which CMA-ES's samples would only surround. On the benchmark's tuning
+  seeds this was ahead in 31 of 48 paired searches at 90 evaluations
+  (docs/optimizer.md).
 
 The GP's kernel is a Matern kernel over all blocks plus an additive part, a
 sum of one learned curve per block with its own weight (``additive``): a
