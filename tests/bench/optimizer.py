@@ -45,7 +45,6 @@ optimizer worst_ratio_90=<default/best peer at 90, worst family> worst_ratio_270
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
 import hashlib
 import json
@@ -55,7 +54,6 @@ import os
 import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +64,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
+from code_keys import code_hash, package_versions  # noqa: E402
 from optimizer_families import FAMILIES, PROBLEMS, family_runs  # noqa: E402
 from optimizer_real import REAL_PROBLEMS  # noqa: E402
 from optimizer_real import code_hash as real_code_hash  # noqa: E402
@@ -97,28 +96,6 @@ PACKAGES = ("numpy", "scipy", "scikit-learn", "torch", "gradient-free-optimizers
 
 
 # ----- cache keys ----------------------------------------------------------------------------------
-def _strip_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-            if isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-    return tree
-
-
-def _code_hash(path: Path, names: tuple[str, ...] | None = None) -> str:
-    """Hash of a Python file's code (or of its top-level definitions ``names``), docstrings and comments excluded."""
-    tree = _strip_docstrings(ast.parse(path.read_text()))
-    if names is not None:
-        wanted = []
-        for node in tree.body:  # type: ignore[attr-defined]
-            node_names = {getattr(node, "name", None)} | {getattr(t, "id", None) for t in getattr(node, "targets", [])}
-            if node_names & set(names):
-                wanted.append(node)
-        tree = ast.Module(body=wanted, type_ignores=[])
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
-
-
 def facade_files(strategy: str) -> list[Path]:
     """The files of lib_mbw a facade strategy's runs depend on: the facade, the space, the GP, the two strategies
     the default is built from and the strategy's own module."""
@@ -133,24 +110,20 @@ def facade_files(strategy: str) -> list[Path]:
 def run_key(label: str, problem: str) -> str:
     """Hash of everything a cached run of ``label`` on ``problem`` depends on."""
     digest = hashlib.sha256()
-    digest.update(_code_hash(HERE / "optimizer_objectives.py").encode())
+    digest.update(code_hash(HERE / "optimizer_objectives.py").encode())
     if problem in REAL_PROBLEMS:  # the rendering code, the demo's and the packages it renders with
         digest.update(f"{problem};{real_code_hash()};".encode())
     elif problem not in ("smooth", "sparse", "near_uniform"):
         maker = "bbob" if problem.startswith("bbob") else "multimodal"
         names = (maker, "_calibrate", "NOISE_BY_SEED", "CALIBRATION_SAMPLES", "WIDTHS")
-        digest.update(f"{problem};".encode() + _code_hash(HERE / "optimizer_families.py", names).encode())
+        digest.update(f"{problem};".encode() + code_hash(HERE / "optimizer_families.py", names).encode())
     if label.startswith("facade:"):
-        digest.update(_code_hash(HERE / "optimizer_runners.py", COMMON + ("run_facade", "facade_checkpoints")).encode())
+        digest.update(code_hash(HERE / "optimizer_runners.py", COMMON + ("run_facade", "facade_checkpoints")).encode())
         for path in facade_files(label.split(":", 1)[1]):
-            digest.update(_code_hash(path).encode())
+            digest.update(code_hash(path).encode())
     else:
-        digest.update(_code_hash(HERE / "optimizer_runners.py", COMMON + RUNNERS[label][1]).encode())
-    for package in PACKAGES:
-        try:
-            digest.update(f"{package}={metadata.version(package)};".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package}=;".encode())
+        digest.update(code_hash(HERE / "optimizer_runners.py", COMMON + RUNNERS[label][1]).encode())
+    digest.update(package_versions(PACKAGES).encode())
     digest.update(platform.python_version().encode())
     return digest.hexdigest()[:16]
 

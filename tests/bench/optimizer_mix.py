@@ -36,7 +36,6 @@ optimizer_mix n2_90=<median gap, default> n2_270=<> n3_90=<> ... ratio_vs_two_90
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import hashlib
 import json
@@ -46,7 +45,6 @@ import platform
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,7 +56,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from optimizer_objectives import DIM, LEVELS  # noqa: E402
-from optimizer_real import KINDS, _code, _locked_update, hidden_weights  # noqa: E402
+from code_keys import code_text, package_versions  # noqa: E402
+from optimizer_real import KINDS, _locked_update, hidden_weights  # noqa: E402
 from optimizer_real import code_hash as real_code_hash  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -71,13 +70,17 @@ MODEL_SEED = 0
 INIT_POINTS = 10
 PER_DIM_CHECKPOINTS = (30, 90, 270)
 LABELS = {"default": "default (PortfolioGP)", "cma": "CMA-ES (cmaes)", "random": "random search"}
-#: lib_mbw files the runs depend on beyond the two-model real family's (mixing and the mix space)
-DEPENDS_ON = (
+#: lib_mbw files a score depends on beyond the two-model real family's (the N-model mix), with the definitions of
+#: ``MIX_GENERATOR``; the search's files count for the default's runs only (``SEARCH_FILES``)
+SCORING_FILES = (
     "lib_mbw/demo_n.py",
     "lib_mbw/recipe_n.py",
     "lib_mbw/merge/mix.py",
     "lib_mbw/runtime/merger.py",
     "lib_mbw/runtime/multi.py",
+)
+MIX_GENERATOR = ("lib_mbw/search/mix_search.py", ("mix_generator",))
+SEARCH_FILES = (
     "lib_mbw/search/optimizer.py",
     "lib_mbw/search/space.py",
     "lib_mbw/search/space_n.py",
@@ -117,41 +120,37 @@ def random_chains(n: int, seed: int, count: int = RANDOM_SAMPLES) -> np.ndarray:
     return rng.integers(0, LEVELS, (count, (n - 1) * DIM)) / (LEVELS - 1)
 
 
-#: the definitions of this file that runs and their scores depend on (editing the report keeps the cache)
+#: the definitions of this file that every score depends on (the files and packages listed above count by content)
 SCORED_BY = (
-    "RANDOM_SAMPLES", "MODEL_SEED", "INIT_POINTS", "DEPENDS_ON", "PACKAGES", "hidden_chain", "random_chains", "MixRenderer",
-    "calibration", "gap", "_limit_threads", "checkpoints", "run_default", "_grid", "run_cma", "run_random", "run_job",
+    "RANDOM_SAMPLES", "MODEL_SEED", "hidden_chain", "random_chains", "MixRenderer", "calibration", "gap", "_limit_threads", "run_job",
 )
+#: the definitions each runner's runs depend on besides ``SCORED_BY`` (the default's: with ``SEARCH_FILES``)
+RUN_BY = {
+    "default": ("INIT_POINTS", "checkpoints", "run_default"),
+    "cma": ("_grid", "run_cma"),
+    "random": ("_grid", "run_random"),
+}
 
 
-def _definitions(path: Path, names: tuple[str, ...]) -> str:
-    """The code of the top-level definitions ``names`` of a Python file, docstrings and comments excluded."""
-    tree = ast.parse(path.read_text())
-    kept = []
-    for node in tree.body:
-        defined = {getattr(node, "name", None)} | {getattr(t, "id", None) for t in getattr(node, "targets", [])}
-        if defined & set(names):
-            kept.append(node)
-    for node in ast.walk(ast.Module(body=kept, type_ignores=[])):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            if isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
-    return "".join(ast.dump(node) for node in kept)
-
-
-def code_hash() -> str:
-    """Hash of what a mix problem's scores depend on: the two-model real family's code, the mixing code, this file."""
+def scoring_hash() -> str:
+    """Hash of what a mix problem's scores depend on: the two-model real family's code, the mixing code, this file's."""
     digest = hashlib.sha256(real_code_hash().encode())
-    digest.update(_definitions(Path(__file__), SCORED_BY).encode())
-    for name in DEPENDS_ON:
-        digest.update(_code(ROOT / name).encode())
-    for package in PACKAGES:
-        try:
-            digest.update(f"{package}={metadata.version(package)};".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package}=;".encode())
+    digest.update(code_text(HERE / "optimizer_mix.py", SCORED_BY).encode())
+    for name in SCORING_FILES:
+        digest.update(code_text(ROOT / name).encode())
+    digest.update(code_text(ROOT / MIX_GENERATOR[0], MIX_GENERATOR[1]).encode())
+    digest.update(package_versions(PACKAGES).encode())
     digest.update(platform.python_version().encode())
+    return digest.hexdigest()[:16]
+
+
+def run_key(label: str) -> str:
+    """Hash of what a run of ``label`` depends on: the scores (``scoring_hash``) and its runner (the default: the search)."""
+    digest = hashlib.sha256(scoring_hash().encode())
+    digest.update(code_text(HERE / "optimizer_mix.py", RUN_BY[label]).encode())
+    if label == "default":
+        for name in SEARCH_FILES:
+            digest.update(code_text(ROOT / name).encode())
     return digest.hexdigest()[:16]
 
 
@@ -215,9 +214,9 @@ class MixRenderer:
 
 
 def calibration(n: int, kind: str, seed: int, renderer: MixRenderer) -> dict[str, Any]:
-    """The hidden recipe's score and the random recipes' mean score (cached under ``code_hash``)."""
+    """The hidden recipe's score and the random recipes' mean score (cached under ``scoring_hash``)."""
     key = f"mix{n}-{kind}|{seed}|{renderer.size}x{renderer.steps}|{RANDOM_SAMPLES}"
-    digest = code_hash()
+    digest = scoring_hash()
     if CALIBRATION.is_file():
         entry = json.loads(CALIBRATION.read_text()).get(key)
         if entry and entry.get("code") == digest:
@@ -340,7 +339,6 @@ def run_job(job: tuple[str, int, str, int, int]) -> tuple[str, dict[str, Any]]:
     result["observed"] = [round(v, 6) for v in result["observed"]]
     result["step_s"] = [round(v, 4) for v in result.get("step_s", [])]
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    result["code"] = code_hash()
     return job_id(*job), result
 
 
@@ -422,12 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.kinds, args.per_dim, args.labels = [2, 3], ["diverse", "few-blocks"], 90, ["default"]
     seeds = list(range(args.seeds))
-    digest = code_hash()
-    cache = {k: v for k, v in load_cache().items() if v.get("code") == digest}
+    keys = {label: run_key(label) for label in RUNNERS}
+    cache = {k: v for k, v in load_cache().items() if v.get("code") == keys.get(k.split("|")[0])}
     jobs = [(label, n, kind, seed, args.per_dim * (n - 1)) for n in args.n for kind in args.kinds for seed in seeds for label in args.labels]
     todo = [] if args.cached else [j for j in jobs if job_id(*j) not in cache]
     todo.sort(key=lambda j: (j[0] != "default", -j[1]))  # long default runs first
-    print(f"optimizer_mix: {len(jobs)} runs, {len(todo)} to run, code {digest}", flush=True)
+    print(f"optimizer_mix: {len(jobs)} runs, {len(todo)} to run, code {scoring_hash()}", flush=True)
     if todo:
         import fcntl
 
@@ -438,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with mp.get_context("spawn").Pool(args.processes, maxtasksperchild=1) as pool:
             for key, result in pool.imap_unordered(run_job, todo):
+                result["code"] = keys[key.split("|")[0]]
                 with open(Path(tempfile.gettempdir()) / "auto-mbw-optimizer-mix.lock", "w") as lock:
                     fcntl.flock(lock, fcntl.LOCK_EX)
                     data = load_cache()
@@ -452,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if not args.quick:
         plot(cache, args.n, args.kinds, seeds, args.labels, args.per_dim)
-    LATEST.write_text(json.dumps({"lines": lines, "medians": medians, "code": digest}, indent=1) + "\n")
+    LATEST.write_text(json.dumps({"lines": lines, "medians": medians, "code": keys}, indent=1) + "\n")
     ratios = {}
     for c in PER_DIM_CHECKPOINTS:
         two = medians.get(f"n2_{c}")

@@ -30,17 +30,16 @@ proposes a recipe twice renders it once, as a score cache would).
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from code_keys import code_text, package_versions
 from optimizer_objectives import DIM, LEVELS, Objective
 
 HERE = Path(__file__).resolve().parent
@@ -63,27 +62,20 @@ DEPENDS_ON = (
 PACKAGES = ("torch", "diffusers", "transformers", "torchmetrics")
 
 
-def _code(path: Path) -> str:
-    """A Python file's code without docstrings and comments (editing those keeps cached runs)."""
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            if isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
-    return ast.dump(tree)
+#: the definitions of this file that a real problem's scores depend on (editing the rest keeps the cached runs;
+#: the files and packages listed above count by content)
+SCORED_BY = (
+    "RANDOM_SAMPLES", "MODEL_SEED", "KINDS", "_grid", "hidden_weights", "random_sample", "Renderer", "calibration", "real_problem",
+    "REAL_PROBLEMS",
+)
 
 
 def code_hash() -> str:
-    """Hash of what a real problem's scores depend on: this module, the demo's code, the rendering packages."""
-    digest = hashlib.sha256(_code(Path(__file__)).encode())
+    """Hash of what a real problem's scores depend on: ``SCORED_BY``, the demo's code, the rendering packages."""
+    digest = hashlib.sha256(code_text(HERE / "optimizer_real.py", SCORED_BY).encode())
     for name in DEPENDS_ON:
-        digest.update(_code(ROOT / name).encode())
-    for package in PACKAGES:
-        try:
-            digest.update(f"{package}={metadata.version(package)};".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package}=;".encode())
+        digest.update(code_text(ROOT / name).encode())
+    digest.update(package_versions(PACKAGES).encode())
     return digest.hexdigest()[:16]
 
 
