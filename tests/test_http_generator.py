@@ -8,6 +8,7 @@ WorkerUnavailableError and resumes on the restarted worker with nothing lost.
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import socket
@@ -26,7 +27,7 @@ from lib_mbw.errors import EvaluationFailed, MBWError, WorkerUnavailableError
 from lib_mbw.generators.base import Generator
 from lib_mbw.generators.http import HTTPGenerator, WorkerSettings
 from lib_mbw.recipe import Recipe
-from tests.fake_webui.harness import fake_checkpoint
+from tests.fake_webui.harness import TEMPLATE_ENV, fake_checkpoint, template_folder
 from tests.webui_support import expected_unet, payload, recipe, reference_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,8 @@ class Worker:
     def start(self) -> "Worker":
         command = [sys.executable, "-m", "tests.fake_webui.worker_app", "--root", str(self.root), "--port", str(self.port),
                    "--flavour", self.flavour, "--api-auth", f"{AUTH[0]}:{AUTH[1]}"]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = {**os.environ, TEMPLATE_ENV: str(template_folder())}  # killed workers leave no template folder behind
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:

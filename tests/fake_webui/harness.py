@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import shutil
 import sys
 import tempfile
@@ -25,21 +26,30 @@ def ensure_on_path() -> None:
 _TEMPLATES: dict[int, Path] = {}
 #: one folder per process for the templates, removed when the process exits (a test session leaves nothing in /tmp)
 _TEMPLATE_FOLDER: list[tempfile.TemporaryDirectory[str]] = []
+#: a process that starts fake WebUI workers hands them its folder here: a worker killed with SIGKILL cannot clean up
+TEMPLATE_ENV = "AUTO_MBW_FAKE_WEBUI_TEMPLATES"
 
 
 def template_folder() -> Path:
-    """The process's folder of checkpoint templates, created on first use."""
+    """The folder of checkpoint templates: the one a parent process handed down, else this process's own."""
+    inherited = os.environ.get(TEMPLATE_ENV)
+    if inherited and Path(inherited).is_dir():
+        return Path(inherited)
     if not _TEMPLATE_FOLDER:
         _TEMPLATE_FOLDER.append(tempfile.TemporaryDirectory(prefix="fake-webui-ckpt-"))
     return Path(_TEMPLATE_FOLDER[0].name)
 
 
 def fake_checkpoint(dest: Path, seed: int) -> Path:
-    """Copy of a tiny checkpoint for ``seed`` (written once per process, then copied)."""
+    """Copy of a tiny checkpoint for ``seed`` (written once into the template folder, then copied)."""
     from fake_sd_model import write_fake_checkpoint
 
     if seed not in _TEMPLATES:
-        _TEMPLATES[seed] = write_fake_checkpoint(template_folder() / f"seed{seed}.safetensors", seed)
+        template = template_folder() / f"seed{seed}.safetensors"
+        if not template.exists():  # processes sharing the folder may write it side by side: each writes whole, then renames
+            partial = write_fake_checkpoint(template.with_name(f".seed{seed}-{os.getpid()}.safetensors"), seed)
+            os.replace(partial, template)
+        _TEMPLATES[seed] = template
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_TEMPLATES[seed], dest)
     return dest
