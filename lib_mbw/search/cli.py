@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from ..blocks import BASE, BLOCKS
 from ..errors import MBWError
+from .stopping import DEFAULT_MAX_EVALUATIONS, DEFAULT_PATIENCE
 
 EXAMPLES = """examples:
   # search with the diffusers backend and ImageReward, write the merged model to models/
@@ -34,7 +35,7 @@ EXAMPLES = """examples:
   python -m lib_mbw search A.safetensors B.safetensors C.safetensors --payloads payloads -o models/
 
   # settings from a file (JSON or TOML), a few of them changed by flags
-  python -m lib_mbw search --config search.toml --max-evals 150 --patience 54
+  python -m lib_mbw search --config search.toml --max-evals 150 --patience 40
 
   # only some payloads, geometric tally, early abandon, blocks frozen/ranged/grouped
   python -m lib_mbw search -a A.safetensors -b B.safetensors --payload portrait --payload landscape \\
@@ -155,8 +156,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--order", choices=["canonical", "rt", "rt-fork"], help="block order of 27-value input such as seed CSVs (default: rt)")
     g.add_argument("--fold", choices=["mbw", "sd-mecha"], help="convention of 25/26-value presets (default: mbw)")
     g = parser.add_argument_group("stopping")
-    g.add_argument("--max-evals", type=int, help="most evaluations (default: 270)")
-    g.add_argument("--patience", type=int, help="stop after this many evaluations without improvement; 0 = never")
+    g.add_argument("--max-evals", type=int, help=f"most evaluations (default: {DEFAULT_MAX_EVALUATIONS})")
+    g.add_argument("--patience", type=int, help=f"stop after this many evaluations without improvement (default: {DEFAULT_PATIENCE}); 0 = never")
     g.add_argument("--tol-abs", type=float, help="an improvement must exceed this (score units)")
     g.add_argument("--tol-rel", type=float, help="an improvement must exceed this fraction of |best|")
     g.add_argument("--max-minutes", type=float, help="time budget in minutes")

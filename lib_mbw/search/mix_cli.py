@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import MBWError
 from ..fileio import read_text_capped
+from .stopping import DEFAULT_PATIENCE
 
 EXAMPLES = """examples:
   python -m lib_mbw mix-search A.safetensors B.safetensors C.safetensors --payloads payloads
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the optimizer and the payloads")
     parser.add_argument("--levels", type=int, default=21, help="grid levels per chain weight")
     parser.add_argument("--evaluations", type=int, default=None, help="maximum evaluations (default 150 x (N-1))")
-    parser.add_argument("--patience", type=int, default=None, help="stop after this many without a new best (default 54 x (N-1); 0: never)")
+    parser.add_argument("--patience", type=int, default=None, help=f"stop after this many without a new best (default {DEFAULT_PATIENCE} x (N-1); 0: never)")
     parser.add_argument("--space", type=Path, default=None, help="JSON file with steps (ranges/frozen/groups per step) and frozen_shares")
     parser.add_argument("--config-dir", type=Path, default=None, help="diffusers config folder for the checkpoints")
     parser.add_argument("--device", default="auto", help="device to render on")

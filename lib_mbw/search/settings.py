@@ -18,7 +18,7 @@ A config file holds the same keys as ``SearchSettings.to_dict()``, e.g. TOML::
     names = ["portrait", "landscape"]
     [stop]
     max_evaluations = 200
-    patience = 54
+    patience = 81
     [scorer]
     name = "imagereward"
 """
