@@ -490,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for problem, seed in planned:
                 jid = job_id(label, problem, seed, evals)
-                key = keys.setdefault((label, problem), run_key(label, problem))
+                if (label, problem) not in keys:  # a key hashes several files: once per (label, problem), not per seed
+                    keys[(label, problem)] = run_key(label, problem)
+                key = keys[(label, problem)]
                 entry = cache.get(jid)
                 if entry and entry.get("key") == key:
                     results[jid] = entry["result"]

@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for runs in families.values():
         for problem, seed in runs:
-            key = keys.setdefault(problem, bench.run_key(LABEL, problem))
+            if problem not in keys:  # once per problem, not per seed
+                keys[problem] = bench.run_key(LABEL, problem)
+            key = keys[problem]
             jid = bench.job_id(LABEL, problem, seed, args.evals)
             if cache.get(jid, {}).get("key") != key:
                 results.pop(jid, None)

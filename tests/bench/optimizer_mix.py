@@ -144,9 +144,10 @@ def scoring_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def run_key(label: str) -> str:
-    """Hash of what a run of ``label`` depends on: the scores (``scoring_hash``) and its runner (the default: the search)."""
-    digest = hashlib.sha256(scoring_hash().encode())
+def run_key(label: str, scoring: str | None = None) -> str:
+    """Hash of what a run of ``label`` depends on: the scores (``scoring_hash``, pass it when already computed) and its
+    runner (the default: the search)."""
+    digest = hashlib.sha256((scoring or scoring_hash()).encode())
     digest.update(code_text(HERE / "optimizer_mix.py", RUN_BY[label]).encode())
     if label == "default":
         for name in SEARCH_FILES:
@@ -420,12 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.kinds, args.per_dim, args.labels = [2, 3], ["diverse", "few-blocks"], 90, ["default"]
     seeds = list(range(args.seeds))
-    keys = {label: run_key(label) for label in RUNNERS}
+    scoring = scoring_hash()
+    keys = {label: run_key(label, scoring) for label in RUNNERS}
     cache = {k: v for k, v in load_cache().items() if v.get("code") == keys.get(k.split("|")[0])}
     jobs = [(label, n, kind, seed, args.per_dim * (n - 1)) for n in args.n for kind in args.kinds for seed in seeds for label in args.labels]
     todo = [] if args.cached else [j for j in jobs if job_id(*j) not in cache]
     todo.sort(key=lambda j: (j[0] != "default", -j[1]))  # long default runs first
-    print(f"optimizer_mix: {len(jobs)} runs, {len(todo)} to run, code {scoring_hash()}", flush=True)
+    print(f"optimizer_mix: {len(jobs)} runs, {len(todo)} to run, code {scoring}", flush=True)
     if todo:
         import fcntl
 
