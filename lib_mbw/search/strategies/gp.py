@@ -323,6 +323,11 @@ class GaussianProcess:
         """Standard deviation of the observation noise the model believes in, in score units."""
         return math.sqrt(math.exp(self.hyper.log_noise) + _MIN_NOISE) * self._y_std
 
+    @property
+    def noise_fraction(self) -> float:
+        """The observation noise variance the model believes in, as a fraction of the scores' variance."""
+        return math.exp(self.hyper.log_noise) + _MIN_NOISE
+
     @single_threaded
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Latent mean and variance at ``x`` (n, dim), in score units."""
@@ -372,6 +377,20 @@ class GaussianProcess:
         self._extra_noise = flagged.to(torch.float64) * extra
         self._condition(self._x, self._y)
         return int(flagged.sum())
+
+    def loo_log_likelihood(self) -> float:
+        """Mean leave-one-out log predictive density of the (standardized) scores, R&W eq. 5.10-5.12.
+
+        How well the model predicts each score from all the others; comparable
+        between kernels conditioned on the same scores.
+        """
+        if self._chol is None or self._alpha is None:
+            raise RuntimeError("GaussianProcess.loo_log_likelihood before fit/set_data")
+        with torch.no_grad():
+            inv_diag = torch.diagonal(torch.cholesky_inverse(self._chol))
+            residual = self._alpha[:, 0] / inv_diag
+            log_p = 0.5 * torch.log(inv_diag) - 0.5 * residual**2 * inv_diag - 0.5 * math.log(2.0 * math.pi)
+        return float(log_p.mean())
 
     def lengthscales(self) -> np.ndarray:
         return np.exp(self.hyper.log_lengthscales)

@@ -24,6 +24,24 @@ sum, clipped to [0.2, 0.8] so neither arm dies out. Before ``model_after``
 scores only CMA-ES runs; its first suggestion is its own mean, the centre of
 the space (``SurrogateCMA``'s ``mean_first``).
 
+**Model-led on noise-free scores.** A payload rendered with fixed seeds gives
+a recipe the same score every time (the demo's reference-image scoring,
+ImageReward on fixed seeds). When a hyperparameter fit after
+``model_after`` scores puts the noise under ``quiet_noise`` (0.8 %) of the
+scores' variance, the model explains the scores and is trusted: every
+suggestion is the ei arm's; the GP gets one length scale per block, and at
+each refit two kernels are fitted, the plain Matern kernel (optuna's
+GPSampler's model, which beat the portfolio on the benchmark's real
+pipeline) and Matern plus the additive part (better where the score is
+close to a sum of per-block effects), and the one that predicts each score
+better from the others (leave-one-out likelihood) is kept; no score is
+down-weighted as an outlier (an exact score is not luck; down-weighting let
+the model's mean choose a recipe whose own score was low). On the
+benchmark's noisy families (noise 5-20 % of the range) no fit went under
+1.3 %; on the real pipeline every search went under 0.8 % after 34-51
+scores (docs/optimizer.md). A later fit that finds more noise hands the
+search back to the portfolio.
+
 The returned recipe (``recommend``) is the evaluated one with the highest
 posterior mean of the search GP after scores the rest contradict were
 down-weighted (``GaussianProcess.downweight_outliers``).
@@ -46,6 +64,8 @@ SUCCESS_QUANTILE = 0.9
 DISCOUNT = 0.9
 #: least and most share of suggestions the ei arm gets
 EI_SHARE = (0.2, 0.8)
+#: below this fitted noise (fraction of the scores' variance) the scores count as noise-free: the model leads
+QUIET_NOISE = 0.008
 
 
 class PortfolioGP(SurrogateCMA, TrustRegionGP):
@@ -59,28 +79,60 @@ class PortfolioGP(SurrogateCMA, TrustRegionGP):
         random_candidates: int = 256,
         refine: int = 2,
         ei_share: float = -1.0,
+        quiet_noise: float = QUIET_NOISE,
         **options: Any,
     ) -> None:
         if not (float(ei_share) == -1.0 or 0.0 <= float(ei_share) <= 1.0):
             raise OptimizerError(f"{self.name}: ei_share must be in [0, 1] (or -1: adapt), got {ei_share!r}")
+        if not 0.0 <= float(quiet_noise) < 1.0:
+            raise OptimizerError(f"{self.name}: quiet_noise must be in [0, 1) (0: never model-led), got {quiet_noise!r}")
         try:
             SurrogateCMA._setup_engine(self, **options)
         except OptimizerError as exc:
-            raise OptimizerError(str(exc).replace("SurrogateCMA", self.name) + ", local_candidates, random_candidates, refine, ei_share") from None
+            raise OptimizerError(
+                str(exc).replace("SurrogateCMA", self.name) + ", local_candidates, random_candidates, refine, ei_share, quiet_noise"
+            ) from None
         rng = self._rng
         TrustRegionGP._setup_engine(
             self, local_candidates=local_candidates, random_candidates=random_candidates, refine=refine, ard=0, continuous=0
         )
         self._rng = rng
         self.ei_share = float(ei_share)
+        self.quiet_noise = float(quiet_noise)
+        self._led_additive = False  # model-led: whether the GP kept its additive part (the better leave-one-out fit)
         self._arm_rng = np.random.default_rng([self.seed, 6])
         self._arms = {"cma": [1.0, 2.0], "ei": [1.0, 2.0]}  # discounted (successes + 1, trials + 2)
         self._pulls = {"cma": 0, "ei": 0}
 
     # ----- allocation -------------------------------------------------------------------------------
+    def _model_led(self) -> bool:
+        """Whether the last fit (after ``model_after`` scores) found the scores nearly noise-free; see the module docstring."""
+        fitted = getattr(self, "_fitted_noise", None)
+        return fitted is not None and fitted[0] >= self.model_after and fitted[1] < self.quiet_noise
+
+    def _search_kernel(self, n: int) -> tuple[bool, bool]:
+        if self._model_led():
+            return True, self._led_additive
+        return SurrogateCMA._search_kernel(self, n)
+
+    def _fit_search_gp(self, x: np.ndarray, y: np.ndarray, n: int, additive: bool | None = None) -> Any:
+        """Model-led: per-block length scales, with or without the additive part, whichever predicts the scores
+        better (leave-one-out); otherwise the cma arm's GP."""
+        if additive is not None or not self._model_led():
+            return SurrogateCMA._fit_search_gp(self, x, y, n, additive)
+        fits = [SurrogateCMA._fit_search_gp(self, x, y, n, additive=flag) for flag in (False, True)]
+        best = max(fits, key=lambda gp: gp.loo_log_likelihood())
+        self._led_additive = best.additive
+        return best
+
+    def _exact_scores(self) -> bool:
+        return self._model_led()
+
     def _ei_probability(self) -> float:
         if self.ei_share >= 0:
             return self.ei_share
+        if self._model_led():
+            return 1.0
         rate = {arm: s / t for arm, (s, t) in self._arms.items()}
         return float(np.clip(rate["ei"] / (rate["ei"] + rate["cma"]), *EI_SHARE))
 
@@ -149,6 +201,7 @@ class PortfolioGP(SurrogateCMA, TrustRegionGP):
         data = SurrogateCMA._engine_describe(self)
         data["suggestions"] = dict(self._pulls)
         data["ei_share_now"] = round(self._ei_probability(), 3)
+        data["model_led"] = self._model_led()
         return data
 
 

@@ -95,6 +95,7 @@ class SurrogateCMA(Optimizer):
         self.mean_first = bool(mean_first)
         self._cma: Any = None
         self._restarts = 0
+        self._fitted_noise: tuple[int, float] | None = None  # (scores, noise fraction) of the last hyperparameter fit
         self._generation: list[tuple[np.ndarray, Point]] = []
         self._to_evaluate: list[Point] = []
         self._rng = np.random.default_rng([self.seed, 3])
@@ -131,18 +132,38 @@ class SurrogateCMA(Optimizer):
         keep = model_subset([s for _, s in self.cache.order], MAX_MODEL_POINTS)
         x = self.space.unit([self.cache.order[i][0] for i in keep])
         y = np.array([self.cache.order[i][1] for i in keep])
-        ard = bool(self._gp_ard_from) and n >= self._gp_ard_from
-        gp = GaussianProcess(self.space.ndim, hyper=self._gp_hyper, ard=ard, pool=self._gp_pool, additive=self._gp_additive)
         fitted_at = getattr(self, "_search_fitted_at", -(10**9))
         if self._gp_hyper is None or n - fitted_at >= _refit_interval(n):
-            restart = self._gp_fits % 10 == 0
-            gp.fit(x, y, max_iter=80 if restart else 30, restart=restart)
+            gp = self._fit_search_gp(x, y, n)
             self._gp_hyper, self._gp_fits, self._search_fitted_at = gp.hyper, self._gp_fits + 1, n
+            self._fitted_noise = (n, gp.noise_fraction)
         else:
+            ard, additive = self._search_kernel(n)
+            gp = GaussianProcess(self.space.ndim, hyper=self._gp_hyper, ard=ard, pool=self._gp_pool, additive=additive)
             gp.set_data(x, y)
-        gp.downweight_outliers()
+        if not self._exact_scores():
+            gp.downweight_outliers()
         self._search_gp = (n, gp)
         return gp
+
+    def _fit_search_gp(self, x: np.ndarray, y: np.ndarray, n: int, additive: bool | None = None) -> Any:
+        """The search GP with hyperparameters refitted (warm-started; every 10th fit also from fixed starts)."""
+        from .gp import GaussianProcess
+
+        ard, default_additive = self._search_kernel(n)
+        additive = default_additive if additive is None else additive
+        gp = GaussianProcess(self.space.ndim, hyper=self._gp_hyper, ard=ard, pool=self._gp_pool, additive=additive)
+        restart = self._gp_fits % 10 == 0
+        gp.fit(x, y, max_iter=80 if restart else 30, restart=restart)
+        return gp
+
+    def _search_kernel(self, n: int) -> tuple[bool, bool]:
+        """(one length scale per block, additive part) of the search GP at ``n`` scores: the ``ard`` and ``additive`` options."""
+        return bool(self._gp_ard_from) and n >= self._gp_ard_from, self._gp_additive
+
+    def _exact_scores(self) -> bool:
+        """Whether the scores are taken as noise-free: no score is down-weighted as a lucky outlier."""
+        return False
 
     # ----- CMA-ES -----------------------------------------------------------------------------------
     def _start_mean(self) -> np.ndarray:
