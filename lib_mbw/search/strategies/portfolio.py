@@ -44,7 +44,7 @@ search back to the portfolio.
 
 The returned recipe (``recommend``) is the evaluated one with the highest
 posterior mean of the search GP after scores the rest contradict were
-down-weighted (``GaussianProcess.downweight_outliers``).
+down-weighted (``GaussianProcess.downweight_outliers``; none when model-led).
 """
 
 from __future__ import annotations
