@@ -109,7 +109,6 @@ def test_default_strategy_climbs_a_smooth_multimodal_landscape():
     assert np.median(default) > np.median(random) + 0.2, (default, random)
 
 
-
 def test_default_lets_its_model_lead_when_scores_are_noise_free():
     """A payload with fixed seeds scores a recipe the same every time; the default notices (its GP fits almost no
     noise) and lets expected improvement on a per-block model pick every recipe (on the benchmark's real pipeline
