@@ -13,11 +13,14 @@ What the facade owns, for every strategy alike (``Optimizer``):
   and random points) and warm start from scored recipes (history rows);
 * the score cache and de-duplication: scores are kept per snapped recipe
   (``ScoreCache``); ``ask`` never returns a recipe that was scored, failed or
-  is still being evaluated. When an engine proposes such a recipe, the
-  facade answers the engine from the cache (no evaluation) and asks again;
-  after ``MAX_ENGINE_RETRIES`` it falls back to an unseen neighbouring point.
+  is still being evaluated, unless the engine asks for a re-score (below).
+  When an engine proposes such a recipe, the facade answers the engine from
+  the cache (no evaluation) and asks again; after ``MAX_ENGINE_RETRIES`` it
+  falls back to an unseen neighbouring point.
   ``tell`` accepts any recipe (snapped to the grid), also one told before: a
-  re-score is one more noisy observation of it, and its mean counts;
+  re-score is one more noisy observation of it, and its mean counts. An
+  engine that wants a scored recipe evaluated again (to learn whether a
+  recipe's score repeats) proposes it with a ``Repeat`` token;
 * exact resume without saved engine state: every strategy is deterministic
   given its seed, so ``replay`` rebuilds an optimizer from its settings and
   the recorded ask/tell sequence (the run's history) and then asks what the
@@ -105,6 +108,13 @@ class StrategyInfo:
 
 
 @dataclass(frozen=True)
+class Repeat:
+    """An engine's token for a proposal to evaluate although it was scored (the facade otherwise answers from the cache)."""
+
+    token: Any = None
+
+
+@dataclass(frozen=True)
 class Recommendation:
     """The recipe a search returns, and why it was chosen."""
 
@@ -142,6 +152,10 @@ class ScoreCache:
     def points(self) -> list[Point]:
         """Distinct scored points, in the order they were first scored."""
         return list(self._scores)
+
+    def repeated(self) -> list[list[float]]:
+        """The scores of every point scored more than once."""
+        return [list(values) for values in self._scores.values() if len(values) > 1]
 
     @property
     def n_observations(self) -> int:
@@ -228,7 +242,7 @@ class Optimizer:
                 point = self.space.check_point(point)
                 if point in tokens:
                     tokens[point].append(token)
-                elif self._is_known(point):
+                elif self._is_known(point) and not self._repeatable(point, token):
                     self._answer_known(point, token)
                 else:
                     chosen.append(point)
@@ -264,9 +278,9 @@ class Optimizer:
         """``recipe`` could not be evaluated: it gets no score and is never suggested again as it is."""
         point = self.space.point_of(recipe)
         tokens = self.pending.pop(point, None)
-        if point in self.cache:  # a re-score failed: the earlier scores stand
+        if point in self.cache:  # a re-score failed: the earlier scores stand (a repeat asked for learned nothing)
             for token in tokens or ():
-                self._engine_tell(token, self.cache.mean(point))
+                self._engine_tell(token, None if isinstance(token, Repeat) else self.cache.mean(point))
             return
         self.failed.add(point)
         if tokens:
@@ -319,6 +333,10 @@ class Optimizer:
     # ----- internals -------------------------------------------------------------------------
     def _is_known(self, point: Point) -> bool:
         return point in self.cache or point in self.pending or point in self.failed
+
+    def _repeatable(self, point: Point, token: Any) -> bool:
+        """Whether a known proposal is evaluated again: a ``Repeat`` of a scored recipe not being evaluated now."""
+        return isinstance(token, Repeat) and point in self.cache and point not in self.pending
 
     def _answer_known(self, point: Point, token: Any) -> None:
         """Give the engine the result of a proposal that needs no evaluation."""

@@ -153,8 +153,10 @@ class GaussianProcess:
         quadratic: bool = False,
         pool: float = 0.0,
         additive: bool = False,
+        lengthscale_prior: tuple[float, float] | None = None,
     ) -> None:
         self.dim = dim
+        self.ls_prior = lengthscale_prior  # (mu, sigma) of the log length scales; None: ``lengthscale_prior(dim)``
         self._extra_noise: torch.Tensor | None = None
         self.ard = ard
         self.quadratic = quadratic
@@ -217,7 +219,7 @@ class GaussianProcess:
         resid = (y - mean)[:, None]
         alpha = torch.cholesky_solve(resid, chol)
         nll = 0.5 * (resid * alpha).sum() + torch.log(torch.diagonal(chol)).sum() + 0.5 * n * math.log(2 * math.pi)
-        mu, sigma = lengthscale_prior(self.dim)
+        mu, sigma = self.ls_prior or lengthscale_prior(self.dim)
         if self.pool > 0:  # partial pooling: length scales scatter (sd ``pool``) around a shared centre
             centre = log_ls.mean()
             prior = (centre - mu) ** 2 / (2 * sigma**2) + ((log_ls - centre) ** 2).sum() / (2 * self.pool**2)

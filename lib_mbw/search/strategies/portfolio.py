@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from ..optimizer import OptimizerError, StrategyInfo, register_strategy
+from ..optimizer import OptimizerError, Repeat, StrategyInfo, register_strategy
 from ..space import Point
 from .surrogate_cma import SurrogateCMA
 from .trust_region import TrustRegionGP
@@ -66,6 +66,14 @@ DISCOUNT = 0.9
 EI_SHARE = (0.2, 0.8)
 #: below this fitted noise (fraction of the scores' variance) the scores count as noise-free: the model leads
 QUIET_NOISE = 0.008
+#: model-led: (mu, sigma) of the GP's log-normal length-scale prior, around 1 in the unit cube (optuna GPSampler's scale)
+LED_LENGTHSCALE_PRIOR = (0.0, 1.2)
+#: scores so far before the best recipe is scored again, to learn whether a score repeats
+PROBE_AFTER = 11
+#: a repeated score differing by at most this fraction of the scores' standard deviation counts as the same
+REPEAT_TOLERANCE = 0.01
+#: when scores repeat, the model leads while its fitted noise stays under this fraction of the scores' variance
+REPEATED_NOISE = 0.03
 
 
 class PortfolioGP(SurrogateCMA, TrustRegionGP):
@@ -80,17 +88,20 @@ class PortfolioGP(SurrogateCMA, TrustRegionGP):
         refine: int = 2,
         ei_share: float = -1.0,
         quiet_noise: float = QUIET_NOISE,
+        probe_after: int = PROBE_AFTER,
         **options: Any,
     ) -> None:
         if not (float(ei_share) == -1.0 or 0.0 <= float(ei_share) <= 1.0):
             raise OptimizerError(f"{self.name}: ei_share must be in [0, 1] (or -1: adapt), got {ei_share!r}")
         if not 0.0 <= float(quiet_noise) < 1.0:
             raise OptimizerError(f"{self.name}: quiet_noise must be in [0, 1) (0: never model-led), got {quiet_noise!r}")
+        if isinstance(probe_after, bool) or not isinstance(probe_after, int) or probe_after < 0:
+            raise OptimizerError(f"{self.name}: probe_after must be a whole number >= 0 (0: never re-score), got {probe_after!r}")
         try:
             SurrogateCMA._setup_engine(self, **options)
         except OptimizerError as exc:
             raise OptimizerError(
-                str(exc).replace("SurrogateCMA", self.name) + ", local_candidates, random_candidates, refine, ei_share, quiet_noise"
+                str(exc).replace("SurrogateCMA", self.name) + ", local_candidates, random_candidates, refine, ei_share, quiet_noise, probe_after"
             ) from None
         rng = self._rng
         TrustRegionGP._setup_engine(
@@ -99,6 +110,8 @@ class PortfolioGP(SurrogateCMA, TrustRegionGP):
         self._rng = rng
         self.ei_share = float(ei_share)
         self.quiet_noise = float(quiet_noise)
+        self.probe_after = probe_after
+        self._probe_asked = False
         self._led_additive = False  # model-led: whether the GP kept its additive part (the better leave-one-out fit)
         self._arm_rng = np.random.default_rng([self.seed, 6])
         self._arms = {"cma": [1.0, 2.0], "ei": [1.0, 2.0]}  # discounted (successes + 1, trials + 2)
@@ -106,9 +119,32 @@ class PortfolioGP(SurrogateCMA, TrustRegionGP):
 
     # ----- allocation -------------------------------------------------------------------------------
     def _model_led(self) -> bool:
-        """Whether the last fit (after ``model_after`` scores) found the scores nearly noise-free; see the module docstring."""
-        fitted = getattr(self, "_fitted_noise", None)
+        """Whether the scores are taken as noise-free: a repeated score was the same and the last fit (if any)
+        agrees, or the last fit after ``model_after`` scores found almost no noise; see the module docstring."""
+        if self.quiet_noise <= 0:
+            return False
+        fitted = self._fitted_noise
+        if self._scores_repeat():
+            return fitted is None or fitted[1] < REPEATED_NOISE
         return fitted is not None and fitted[0] >= self.model_after and fitted[1] < self.quiet_noise
+
+    def _scores_repeat(self) -> bool | None:
+        """Whether every recipe scored twice got the same score (within ``REPEAT_TOLERANCE``); None: none was."""
+        repeated = self.cache.repeated()
+        if not repeated:
+            return None
+        spread = float(np.std([s for _, s in self.cache.order]))
+        return all(max(scores) - min(scores) <= REPEAT_TOLERANCE * spread for scores in repeated)
+
+    def _probe(self) -> tuple[Point, Any] | None:
+        """The best recipe so far, to score again once ``probe_after`` scores are in (unless a recipe was re-scored)."""
+        if self._probe_asked or not self.probe_after or self.cache.n_observations < self.probe_after:
+            return None
+        if self._scores_repeat() is not None:
+            return None
+        self._probe_asked = True
+        best = max(self.cache.points(), key=self.cache.mean)
+        return best, Repeat("probe")
 
     def _search_kernel(self, n: int) -> tuple[bool, bool]:
         if self._model_led():
@@ -124,6 +160,9 @@ class PortfolioGP(SurrogateCMA, TrustRegionGP):
         best = max(fits, key=lambda gp: gp.loo_log_likelihood())
         self._led_additive = best.additive
         return best
+
+    def _lengthscale_prior(self) -> tuple[float, float] | None:
+        return LED_LENGTHSCALE_PRIOR if self._model_led() else None
 
     def _exact_scores(self) -> bool:
         return self._model_led()
@@ -148,8 +187,12 @@ class PortfolioGP(SurrogateCMA, TrustRegionGP):
     def _engine_ask(self, n: int) -> list[tuple[Point, Any]]:
         out: list[tuple[Point, Any]] = []
         taken: set[Point] = set()
-        for _ in range(n):
-            use_ei = len(self.cache) >= self.model_after and self._arm_rng.random() < self._ei_probability()
+        probe = self._probe()
+        if probe is not None:
+            out.append(probe)
+            taken.add(probe[0])
+        for _ in range(n - len(out)):
+            use_ei = (len(self.cache) >= self.model_after or self._model_led()) and self._arm_rng.random() < self._ei_probability()
             point = self._ei_point(taken) if use_ei else None
             if point is not None:
                 out.append((point, "ei"))
@@ -202,6 +245,7 @@ class PortfolioGP(SurrogateCMA, TrustRegionGP):
         data["suggestions"] = dict(self._pulls)
         data["ei_share_now"] = round(self._ei_probability(), 3)
         data["model_led"] = self._model_led()
+        data["scores_repeat"] = self._scores_repeat()
         return data
 
 

@@ -152,7 +152,9 @@ class SurrogateCMA(Optimizer):
 
         ard, default_additive = self._search_kernel(n)
         additive = default_additive if additive is None else additive
-        gp = GaussianProcess(self.space.ndim, hyper=self._gp_hyper, ard=ard, pool=self._gp_pool, additive=additive)
+        gp = GaussianProcess(
+            self.space.ndim, hyper=self._gp_hyper, ard=ard, pool=self._gp_pool, additive=additive, lengthscale_prior=self._lengthscale_prior()
+        )
         restart = self._gp_fits % 10 == 0
         gp.fit(x, y, max_iter=80 if restart else 30, restart=restart)
         return gp
@@ -160,6 +162,10 @@ class SurrogateCMA(Optimizer):
     def _search_kernel(self, n: int) -> tuple[bool, bool]:
         """(one length scale per block, additive part) of the search GP at ``n`` scores: the ``ard`` and ``additive`` options."""
         return bool(self._gp_ard_from) and n >= self._gp_ard_from, self._gp_additive
+
+    def _lengthscale_prior(self) -> tuple[float, float] | None:
+        """(mu, sigma) of the search GP's log-normal length-scale prior; None: the GP's default for the dimension."""
+        return None
 
     def _exact_scores(self) -> bool:
         """Whether the scores are taken as noise-free: no score is down-weighted as a lucky outlier."""
