@@ -424,3 +424,23 @@ def test_dead_worker_pauses_the_run_and_its_recipe_is_evaluated_after_resume() -
     assert [r.status for r in search_rows] == ["ok", "ok", "ok"]  # no failure was recorded for the dead worker
     assert [r.recipe for r in search_rows] == [uniform(0.2), BEST, uniform(0.6)]  # BEST was retried, not lost
     assert all(s is not None for _, s in optimizer.observations)
+
+
+def test_the_default_optimizer_re_scores_from_the_cache_and_the_log_says_when_its_model_leads(caplog):
+    """The default scores its best recipe again after 11 scores; the loop answers from its cache (fixed seeds give
+    the same score), renders nothing, and logs that the optimizer's model picks every recipe from then on."""
+    from lib_mbw.search.optimizer import InitSettings, make_optimizer
+    from lib_mbw.search.space import SearchSpace
+
+    generator = FakeGenerator()
+    optimizer = make_optimizer("default", SearchSpace(), seed=0, init=InitSettings(random=10))
+    run, _ = make_run(optimizer, generator, stop=StopSettings(max_evaluations=14, patience=None))
+    with caplog.at_level("INFO", logger="lib_mbw.search.loop"):
+        run.run()
+    statuses = [row.status for row in run.rows if row.source in ("optimizer", "initial")]
+    assert len(statuses) == 14 and statuses.count("cached") == 1 and statuses[11] == "cached", statuses
+    assert generator.applies == 13  # the re-score rendered nothing
+    assert optimizer.describe()["model_led"] is True
+    assert [r.message for r in caplog.records if "noise-free" in r.message] == [
+        "optimizer: the scores look noise-free; from evaluation 13 its model picks every recipe"
+    ]

@@ -251,6 +251,7 @@ class SearchRun:
         self._best: tuple[Recipe, float] | None = None
         self._images: dict[Recipe, list[GeneratedImage]] = {}
         self._failures_in_row = 0
+        self._model_led = False  # the optimizer's describe()["model_led"] last seen (logged when it changes)
         self._launched = 0
         self._phase = "search"
         self._stop_reason: StopReason | None = None
@@ -834,6 +835,7 @@ class SearchRun:
     def _record_cached(self, recipe: Recipe, source: str) -> None:
         score = self._cache[recipe]
         self.optimizer.tell(recipe, self._sign * score)
+        self._note_optimizer_mode()
         row = HistoryRow(
             len(self._rows), "cached", source, recipe, score=score, payload_scores=dict.fromkeys(self._names), reason="recipe evaluated before; its score was reused"
         )
@@ -842,6 +844,19 @@ class SearchRun:
         self._save_state()
         self._emit_done(row, Evaluation(recipe, "cached", score, worker=""), is_new_best=False, phase="search")
 
+    def _note_optimizer_mode(self) -> None:
+        """Log when the optimizer starts or stops letting its model pick every recipe (scores found noise-free)."""
+        describe = getattr(self.optimizer, "describe", None)
+        led = bool(describe().get("model_led")) if callable(describe) else False
+        if led == self._model_led:
+            return
+        self._model_led = led
+        at = self._tracker.evaluations + 2  # this row is not counted yet; the change applies to the next
+        if led:
+            log.info("optimizer: the scores look noise-free; from evaluation %d its model picks every recipe", at)
+        else:
+            log.info("optimizer: the model found noise in the scores; from evaluation %d the search is shared again", at)
+
     def _record_search(self, evaluation: Evaluation, source: str) -> None:
         recipe = evaluation.recipe
         if evaluation.status == "failed":
@@ -849,6 +864,7 @@ class SearchRun:
         else:
             assert evaluation.score is not None
             self.optimizer.tell(recipe, self._sign * evaluation.score)
+        self._note_optimizer_mode()
         before = self._best
         row = self._row(evaluation, source)
         self._append(row)

@@ -26,21 +26,30 @@ the space (``SurrogateCMA``'s ``mean_first``).
 
 **Model-led on noise-free scores.** A payload rendered with fixed seeds gives
 a recipe the same score every time (the demo's reference-image scoring,
-ImageReward on fixed seeds). When a hyperparameter fit after
-``model_after`` scores puts the noise under ``quiet_noise`` (0.8 %) of the
-scores' variance, the model explains the scores and is trusted: every
-suggestion is the ei arm's; the GP gets one length scale per block, and at
-each refit two kernels are fitted, the plain Matern kernel (optuna's
-GPSampler's model, which beat the portfolio on the benchmark's real
-pipeline) and Matern plus the additive part (better where the score is
-close to a sum of per-block effects), and the one that predicts each score
-better from the others (leave-one-out likelihood) is kept; no score is
-down-weighted as an outlier (an exact score is not luck; down-weighting let
-the model's mean choose a recipe whose own score was low). On the
-benchmark's noisy families (noise 5-20 % of the range) no fit went under
-1.3 %; on the real pipeline every search went under 0.8 % after 34-51
-scores (docs/optimizer.md). A later fit that finds more noise hands the
-search back to the portfolio.
+ImageReward on fixed seeds; the loop fixes every seed). After
+``probe_after`` (11) scores the default scores its best recipe once more
+(a ``Repeat`` proposal; the loop answers it from its cache: a ``cached``
+history row that counts as an evaluation but renders nothing). If
+the score repeats (within 1 % of the scores' standard deviation), the scores
+are exact and the model leads from the next step on, for as long as its
+fitted noise stays under 3 % of the scores' variance; otherwise (or with
+``probe_after`` = 0) it leads once a hyperparameter fit after
+``model_after`` scores puts the noise under ``quiet_noise`` (0.8 %). When
+model-led, every suggestion is the ei arm's; the GP gets one length scale
+per block under a log-normal prior around 1 in the unit cube (the scale of
+optuna GPSampler's prior: exact scores can afford a model that varies
+faster than the dimension-scaled default prior allows), and at each refit
+two kernels are fitted, the plain Matern kernel (GPSampler's model, which
+beat the portfolio on the benchmark's real pipeline) and Matern plus the
+additive part (better where the score is close to a sum of per-block
+effects), and the one that predicts each score better from the others
+(leave-one-out likelihood) is kept; no score is down-weighted as an outlier
+(an exact score is not luck; down-weighting let the model's mean choose a
+recipe whose own score was low). On the benchmark's noisy families (noise
+5-20 % of the range) the re-score never repeated (150 searches) and no fit
+went under 1.3 %; the re-score costs each such search one evaluation
+(docs/optimizer.md). A later fit that finds more noise hands the search
+back to the portfolio.
 
 The returned recipe (``recommend``) is the evaluated one with the highest
 posterior mean of the search GP after scores the rest contradict were
