@@ -15,6 +15,7 @@ from lib_mbw.search.optimizer import (
     InitSettings,
     Optimizer,
     OptimizerError,
+    Repeat,
     make_optimizer,
     model_subset,
     resolve_strategy,
@@ -284,3 +285,44 @@ def test_a_failed_repeat_is_not_taken_for_a_repeated_score():
     opt.tell_failed(probe)
     assert opt.describe()["scores_repeat"] is None and opt.describe()["model_led"] is False
     assert opt.cache.n_observations == 11
+
+
+class _ProposingEngine(Optimizer):
+    """An engine that proposes what the test lines up and records what the facade tells it."""
+
+    name = "test-proposing"
+
+    def _setup_engine(self, **options) -> None:
+        self.lined_up: list = []
+        self.told: list = []
+
+    def _engine_ask(self, n: int) -> list:
+        return [self.lined_up.pop(0) for _ in range(min(n, len(self.lined_up)))]
+
+    def _engine_tell(self, token, score) -> None:
+        self.told.append((token, score))
+
+
+def test_an_engine_has_a_scored_recipe_evaluated_again_only_with_a_repeat_token():
+    space = SearchSpace(levels=5)
+    opt = _ProposingEngine(space, seed=0, init=InitSettings(random=0))
+    scored, new = (1,) * space.ndim, (2,) * space.ndim
+    opt.tell(space.recipe(scored), 1.0)
+
+    opt.lined_up = [(scored, "plain"), (new, "new")]
+    asked = opt.ask(1)
+    assert [space.point_of(r) for r in asked] == [new]  # a known recipe is answered from the cache
+    assert opt.told == [("plain", 1.0)]
+    opt.tell(asked[0], 0.5)
+
+    opt.lined_up = [(scored, Repeat("again"))]
+    asked = opt.ask(1)
+    assert [space.point_of(r) for r in asked] == [scored]
+    opt.tell(asked[0], 1.25)
+    assert opt.told[-1] == (Repeat("again"), 1.25) and opt.cache.repeated() == [[1.0, 1.25]]
+
+    opt.lined_up = [(scored, Repeat("once more"))]
+    asked = opt.ask(1)
+    opt.tell_failed(asked[0])
+    assert opt.told[-1] == (Repeat("once more"), None)  # a failed repeat learned nothing: not the cached mean
+    assert opt.cache.scores(scored) == [1.0, 1.25] and scored not in opt.failed
